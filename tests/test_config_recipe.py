@@ -1,0 +1,71 @@
+from pathlib import Path
+
+import pytest
+
+from tandem.config.recipe import RecipeError, load_recipe
+
+RECIPES = sorted((Path(__file__).parents[1] / "recipes").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_validate(path):
+    r = load_recipe(path)
+    assert r.objectives
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "r.yaml"
+    p.write_text(text)
+    return p
+
+
+BASE = """\
+output_dir: runs/x
+model:
+  name_or_path: some/model
+data:
+  sft: {source: a.jsonl}
+objectives:
+  sft: {name: sft}
+"""
+
+
+def test_unknown_key_names_key_line_and_file(tmp_path):
+    p = _write(tmp_path, BASE + "optimizer:\n  lr: 1.0e-5\n  learning_rate: 3\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert "optimizer.learning_rate" in msg and str(p) in msg and "line 10" in msg
+
+
+def test_misspelt_top_level_key(tmp_path):
+    p = _write(tmp_path, BASE + "sedd: 3\n")
+    with pytest.raises(RecipeError, match="unknown key 'sedd'"):
+        load_recipe(p)
+
+
+def test_bad_value_names_field(tmp_path):
+    p = _write(tmp_path, BASE + "batching: {batch_size: 0}\n")
+    with pytest.raises(RecipeError, match="batching.batch_size"):
+        load_recipe(p)
+
+
+def test_set_overrides_nested_values(tmp_path):
+    p = _write(tmp_path, BASE)
+    r = load_recipe(p, ["optimizer.lr=3e-4", "schedule.max_steps=7", "model.lora.r=4", "data.overlong=drop"])
+    assert r.optimizer.lr == pytest.approx(3e-4)
+    assert r.schedule.max_steps == 7
+    assert r.model.lora.r == 4
+    assert r.data.overlong == "drop"
+
+
+def test_set_with_unknown_key_is_an_error(tmp_path):
+    p = _write(tmp_path, BASE)
+    with pytest.raises(RecipeError, match="optimizer.lrr"):
+        load_recipe(p, ["optimizer.lrr=1"])
+
+
+def test_unknown_objective_role(tmp_path):
+    p = _write(tmp_path, BASE.replace("sft: {name: sft}", "sfft: {name: sft}"))
+    with pytest.raises(RecipeError, match="sfft"):
+        load_recipe(p)

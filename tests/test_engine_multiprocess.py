@@ -1,0 +1,48 @@
+"""`accelerate launch --num_processes 2 --cpu` gives the same loss curve as one process (same global batch)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tandem.config.recipe import dump_recipe
+
+from test_engine_train import recipe
+
+
+def _losses(run: Path) -> list[float]:
+    rows = [json.loads(l) for l in (run / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None and not Path(sys.executable).with_name("accelerate").exists(), reason="accelerate CLI missing")
+@pytest.mark.parametrize("method", ["sft", "dpo"])
+def test_two_cpu_processes_match_one(tmp_path, tiny_model_dir, synthetic_files, method):
+    paths = {}
+    for name in ("one", "two"):
+        r = recipe(tmp_path / name, tiny_model_dir, synthetic_files, method=method,
+                   **{"schedule.max_steps": 4, "checkpoint.every": 0, "data.val_size": 0, "batching.batch_size": 8,
+                      "batching.grad_accum": 2})
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(dump_recipe(r))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "tandem.cli.main", "train", str(paths["one"]), "--no-progress"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-3000:]
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    two = subprocess.run(
+        [accelerate, "launch", "--num_processes", "2", "--num_machines", "1", "--cpu", "--mixed_precision", "no",
+         "--dynamo_backend", "no", "-m", "tandem.cli.main", "train", str(paths["two"]), "--no-progress"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = _losses(tmp_path / "one" / "run"), _losses(tmp_path / "two" / "run")
+    assert len(a) == len(b) == 4
+    assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
+    assert a[0] != a[-1]  # it trained
