@@ -1,0 +1,71 @@
+"""``hbat-freeze``: instead of a penalty, freeze the tensors the other objective found most important.
+
+Importance is HBAT's (``tandem.regularizers.ewc``): ``F^o = F_max * softmax(normalise(AC^o) / temperature)``
+from the accumulated per-tensor change ``AC^o`` of the other kind ``o``. Before a stage of kind ``k`` whose other
+kind has finished at least one stage, the top ``percent`` % of the tracked tensors by ``F^o`` (that is,
+``round(N * percent / 100)`` tensors, ties broken by parameter order) get ``requires_grad = False``; ``after_stage``
+sets it back to ``True``. The first stage freezes nothing.
+
+Since the engine builds the optimizer after ``before_stage``, frozen tensors are not in it. On a mid-stage
+resume ``before_stage`` is not called again, so ``grad_term`` also enforces the freeze: it sets ``.grad = None``
+on the frozen tensors (optimizers skip those) and clears their ``requires_grad``. Under DDP, freezing after the
+model was wrapped needs ``find_unused_parameters=True``.
+"""
+
+from __future__ import annotations
+
+from tandem.regularizers.base import lookup, other_kind, stage_kind
+from tandem.regularizers.ewc import ChangeTracker
+
+
+class Freeze:
+    last_penalty = 0.0
+
+    def __init__(self, percent: float = 20.0, f_max: float = 1.0, normalise: str = "zscore",
+                 temperature: float = 1.0, scale: float = 1e20, anchor_device: str = "same"):
+        if not 0 <= percent <= 100:
+            raise ValueError(f"percent: must be in [0, 100], got {percent}")
+        self.percent = float(percent)
+        self.tracker = ChangeTracker(f_max, normalise, temperature, scale, anchor_device)
+        self.frozen: list[str] = []
+
+    def choose(self, kind: str) -> list[str]:
+        """Names to freeze in a stage of ``kind``: the top ``percent`` % by ``F`` of the other kind."""
+        f = self.tracker.importance(other_kind(kind))
+        if not f:
+            return []
+        k = int(round(len(f) * self.percent / 100.0))
+        order = sorted(f, key=lambda n: -f[n])  # stable sort: ties keep parameter order
+        return order[:k]
+
+    def before_stage(self, model, stage) -> None:
+        kind = stage_kind(stage)
+        self.tracker.begin(model, stage)
+        self.frozen = self.choose(kind)
+        for p in lookup(model, self.frozen).values():
+            p.requires_grad_(False)
+
+    def grad_term(self, model) -> None:
+        for p in lookup(model, self.frozen).values():
+            p.grad = None
+            if p.requires_grad:
+                p.requires_grad_(False)
+
+    def after_stage(self, model, stage) -> None:
+        self.tracker.end(model, stage)
+        for p in lookup(model, self.frozen).values():
+            p.requires_grad_(True)
+        self.frozen = []
+
+    def penalty(self, model) -> float:
+        return 0.0
+
+    def importance_report(self) -> dict:
+        return self.tracker.report({"percent": self.percent})
+
+    def state_dict(self) -> dict:
+        return {"version": 1, "percent": self.percent, "tracker": self.tracker.state_dict(), "frozen": list(self.frozen)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tracker.load_state_dict(state["tracker"])
+        self.frozen = list(state["frozen"])
