@@ -1,0 +1,78 @@
+"""``tandem merge``: interpolate a base and a tuned checkpoint and save a normal HF model.
+
+Mounted by ``tandem.cli.main``; also usable alone: ``python -m tandem.cli.merge_cmd --help``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+
+
+def _fail(msg: str) -> None:
+    console.print(f"[bold red]error:[/] {msg}")
+    raise typer.Exit(2)
+
+
+@app.command("merge")
+def merge(
+    base: str = typer.Argument(..., help="theta_0: model before preference training (dir, Hub id or LoRA adapter dir)."),
+    tuned: str = typer.Argument(..., help="theta_1: model after preference training (dir, Hub id or LoRA adapter dir)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Global weight of the TUNED model (Wise-FT)."),
+    alphas: Optional[str] = typer.Option(None, "--alphas", help="One tuned-model weight per group: '0.2,0.5,0.8'."),
+    groups: str = typer.Option("block3", "--groups", help="'blockK' (K contiguous groups), 'layerwise', or ranges '0-9,10-19,20-29'."),
+    head_alpha: Optional[float] = typer.Option(None, "--head-alpha", help="Weight for final norm + LM head (default: mean of group alphas)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output dir for the merged model."),
+    mergekit_config: Optional[Path] = typer.Option(None, "--mergekit-config", help="Also write the equivalent mergekit YAML here."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output dir."),
+) -> None:
+    """Merge two checkpoints: theta = (1 - alpha) * base + alpha * tuned, per tensor.
+
+    alpha is the weight of the TUNED model (1 = tuned, 0 = base); some tools use the opposite.
+
+    Embeddings follow the first group; final norm and LM head follow --head-alpha.
+
+    Uneven blockK groups: the first (layers % K) groups get one extra layer.
+
+    Examples:
+
+      tandem merge models/sft runs/dpo/final --alpha 0.5 -o merged/wise-0.5
+
+      tandem merge models/sft runs/dpo-lora/final --alphas 0.2,0.5,0.8 --groups block3 -o merged/hma --mergekit-config merged/hma.yaml
+    """
+    from tandem.merging.groups import GroupSpecError
+    from tandem.merging.loading import merge_checkpoints
+
+    if (alpha is None) == (alphas is None):
+        _fail("give exactly one of --alpha (global) or --alphas (one per group)")
+    alpha_list = None
+    if alphas is not None:
+        try:
+            alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
+        except ValueError:
+            _fail(f"--alphas {alphas!r}: expected comma-separated numbers like '0.2,0.5,0.8'")
+    for a in ([alpha] if alpha is not None else alpha_list) + ([head_alpha] if head_alpha is not None else []):
+        if not 0.0 <= a <= 1.0:
+            console.print(f"[yellow]warning:[/] alpha {a} is outside [0, 1]: extrapolating")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        if not overwrite:
+            _fail(f"{out} exists and is not empty; pass --overwrite to replace it")
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    try:
+        record = merge_checkpoints(base, tuned, out, group_spec=groups, alpha=alpha, alphas=alpha_list,
+                                   head_alpha=head_alpha, mergekit_config=mergekit_config)
+    except (GroupSpecError, ValueError, KeyError, FileNotFoundError, OSError) as e:
+        _fail(str(e))
+    console.print(f"[green]merged[/] groups {record['groups']} alphas {record['alphas']} "
+                  f"head {record['head_alpha']:.4g} -> {out}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
