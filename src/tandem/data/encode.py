@@ -1,0 +1,154 @@
+"""Examples -> token features with response-only labels.
+
+Rendering (``prompt_ids``):
+
+* If ``tokenizer.chat_template`` is set: ``tokenizer.apply_chat_template(prompt, tokenize=False,
+  add_generation_prompt=True)``, tokenized with ``add_special_tokens=False`` (the template decides about BOS,
+  so it is never doubled).
+* Otherwise the plain fallback template, one block per message::
+
+      ### System:\\n{content}\\n\\n      (system turns)
+      ### User:\\n{content}\\n\\n        (user turns)
+      ### Assistant:\\n{content}\\n\\n   (earlier assistant turns)
+      ### Assistant:\\n                 (the generation slot)
+
+  tokenized with ``add_special_tokens=False`` and preceded by ``bos_token_id`` when the tokenizer has one.
+
+The response is tokenized on its own (``add_special_tokens=False``) and followed by ``eos_token_id``, so the
+boundary between prompt and response is exact: ``input_ids = prompt_ids + response_ids + [eos]`` and
+``labels = [-100] * len(prompt_ids) + response_ids + [eos]``. The first token is never labelled.
+
+Over-long examples (``len(prompt) + len(response) > max_length``):
+
+* ``overlong="drop"``: the example is dropped (``None``).
+* ``overlong="truncate"``: the prompt keeps its **tail**, at most ``max(max_length - len(response),
+  max_length // 2)`` tokens (and at most ``max_length - 1``, at least 1); the response keeps its **head**
+  in the remaining room, so at least one response token is always labelled. For a preference pair both
+  responses share one prompt cut (computed from the longer response), so the two prompts stay identical.
+  With ``max_length < 2`` nothing fits and the example is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tandem.data.types import Message, PreferenceExample, SFTExample
+
+IGNORE = -100
+FALLBACK_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+
+
+@dataclass
+class EncodeStats:
+    """Counts from :func:`encode_all`: examples seen, kept, truncated (kept but cut), dropped."""
+
+    total: int = 0
+    kept: int = 0
+    truncated: int = 0
+    dropped: int = 0
+
+
+def render_fallback(prompt: list[Message]) -> str:
+    """The plain template used when the tokenizer has no chat template (see the module docstring)."""
+    parts = [f"### {FALLBACK_ROLES.get(m['role'], m['role'].capitalize())}:\n{m['content']}\n\n" for m in prompt]
+    return "".join(parts) + "### Assistant:\n"
+
+
+def _ids(tokenizer, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def prompt_ids(tokenizer, prompt: list[Message]) -> list[int]:
+    """Token ids of the rendered prompt, ending with the assistant generation slot."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        return _ids(tokenizer, text)
+    ids = _ids(tokenizer, render_fallback(prompt))
+    bos = tokenizer.bos_token_id
+    return ([bos] + ids) if bos is not None and ids[:1] != [bos] else ids
+
+
+def response_ids(tokenizer, response: str) -> list[int]:
+    """Token ids of the response followed by EOS."""
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise ValueError("the tokenizer has no eos_token_id; set tokenizer.eos_token before encoding")
+    return _ids(tokenizer, response) + [eos]
+
+
+def _prompt_keep(n_prompt: int, n_response: int, max_length: int) -> int:
+    keep = min(n_prompt, max(max_length - n_response, max_length // 2), max_length - 1)
+    return max(keep, 1)
+
+
+def _join(p: list[int], r: list[int]) -> tuple[list[int], list[int]]:
+    labels = [IGNORE] * len(p) + r
+    labels[0] = IGNORE
+    return p + r, labels
+
+
+def _fit(p: list[int], responses: list[list[int]], max_length: int, overlong: str):
+    """(prompt, responses, truncated) after the truncation rule, or None when the example is dropped."""
+    if overlong not in ("truncate", "drop"):
+        raise ValueError(f"overlong must be 'truncate' or 'drop', got {overlong!r}")
+    longest = max(len(r) for r in responses)
+    if len(p) + longest <= max_length:
+        return p, responses, False
+    if overlong == "drop" or max_length < 2 or not p:
+        return None
+    keep = _prompt_keep(len(p), longest, max_length)
+    room = max_length - keep
+    return p[len(p) - keep :], [r[:room] for r in responses], True
+
+
+def _encode_sft(tokenizer, example: SFTExample, max_length: int, overlong: str):
+    fitted = _fit(prompt_ids(tokenizer, example.prompt), [response_ids(tokenizer, example.response)], max_length, overlong)
+    if fitted is None:
+        return None, False
+    p, (r,), truncated = fitted
+    ids, labels = _join(p, r)
+    return {"input_ids": ids, "labels": labels}, truncated
+
+
+def _encode_pref(tokenizer, example: PreferenceExample, max_length: int, overlong: str):
+    p = prompt_ids(tokenizer, example.prompt)
+    rs = [response_ids(tokenizer, example.chosen), response_ids(tokenizer, example.rejected)]
+    fitted = _fit(p, rs, max_length, overlong)
+    if fitted is None:
+        return None, False
+    p, (rc, rr), truncated = fitted
+    c_ids, c_labels = _join(p, rc)
+    r_ids, r_labels = _join(p, rr)
+    feat = {"chosen_input_ids": c_ids, "chosen_labels": c_labels, "rejected_input_ids": r_ids, "rejected_labels": r_labels}
+    return feat, truncated
+
+
+def encode_sft(tokenizer, example: SFTExample, max_length: int, overlong: str = "truncate") -> dict | None:
+    """``{"input_ids", "labels"}`` for one SFT example, or ``None`` if dropped (see the module docstring)."""
+    return _encode_sft(tokenizer, example, max_length, overlong)[0]
+
+
+def encode_preference(tokenizer, example: PreferenceExample, max_length: int, overlong: str = "truncate") -> dict | None:
+    """``{"chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels"}`` or ``None``."""
+    return _encode_pref(tokenizer, example, max_length, overlong)[0]
+
+
+def encode_all(tokenizer, examples, max_length: int, overlong: str = "truncate") -> tuple[list[dict], EncodeStats]:
+    """Encode SFT and/or preference examples; returns the kept features and :class:`EncodeStats`."""
+    stats = EncodeStats()
+    feats = []
+    for ex in examples:
+        stats.total += 1
+        if isinstance(ex, PreferenceExample):
+            feat, truncated = _encode_pref(tokenizer, ex, max_length, overlong)
+        elif isinstance(ex, SFTExample):
+            feat, truncated = _encode_sft(tokenizer, ex, max_length, overlong)
+        else:
+            raise TypeError(f"expected SFTExample or PreferenceExample, got {type(ex).__name__}")
+        if feat is None:
+            stats.dropped += 1
+            continue
+        stats.truncated += int(truncated)
+        feats.append(feat)
+    stats.kept = len(feats)
+    return feats, stats
