@@ -86,9 +86,26 @@ class ScheduleConfig(Strict):
     max_steps: int | None = Field(default=None, ge=1, description="cap on optimizer steps per stage")
 
 
+class HBATConfig(Strict):
+    """Settings of the hybrid-training methods (see tandem.schedules.methods). Each regularizer block is passed
+    to the regularizer registry as keyword arguments, so a wrong key is an error naming it."""
+
+    ewc: dict[str, Any] = Field(default_factory=lambda: {"lam": 1.0, "f_max": 50.0, "normalise": "zscore", "temperature": 1.0})
+    freeze: dict[str, Any] = Field(default_factory=lambda: {"percent": 20.0, "normalise": "zscore"})
+    fisher: dict[str, Any] = Field(default_factory=lambda: {"lam": 1.0, "samples": 64})
+    l2: dict[str, Any] = Field(default_factory=lambda: {"lam": 0.01})
+    l1: dict[str, Any] = Field(default_factory=lambda: {"lam": 1e-4})
+    mix_gamma: float = Field(default=0.5, ge=0, description="weight of the auxiliary loss in dpo+sft / sft+dpo")
+    reference: Literal["stage_start", "initial"] = "stage_start"
+    select_metric: str | None = Field(default=None, description="validation metric that picks the best stage, e.g. preference/rewards/margin")
+    select_mode: Literal["max", "min"] = "max"
+    final: Literal["best", "last"] = "last"
+
+
 class CheckpointConfig(Strict):
     every: int = Field(default=0, ge=0, description="optimizer steps between checkpoints; 0 = stage ends only")
     keep: int = Field(default=1, ge=1)
+    stage_weights: bool = Field(default=True, description="save trainable weights at the start and at each stage end (stages/)")
 
 
 class LoggingConfig(Strict):
@@ -109,6 +126,7 @@ class Recipe(Strict):
     schedule: ScheduleConfig = ScheduleConfig()
     objectives: dict[str, ObjectiveConfig]
     regularizer: RegularizerConfig | None = None
+    hbat: HBATConfig = HBATConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
     save_merged: bool = Field(default=True, description="with LoRA, also save a merged full model in final/merged")

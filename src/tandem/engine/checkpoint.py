@@ -55,7 +55,12 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 
 def load_trainable(model, path: Path) -> None:
-    tensors = load_file(str(Path(path) / "trainable.safetensors"))
+    load_trainable_file(model, Path(path) / "trainable.safetensors")
+
+
+def load_trainable_file(model, file: Path) -> None:
+    path = Path(file)
+    tensors = load_file(str(path))
     params = dict(model.named_parameters())
     missing = [n for n in tensors if n not in params]
     if missing:

@@ -1,3 +1,6 @@
-from tandem.schedules.stages import SCHEDULES, Stage, build_stages
+"""Schedules: which stages a method runs, in which order, with which data part and extras."""
 
-__all__ = ["SCHEDULES", "Stage", "build_stages"]
+from tandem.schedules.methods import METHODS, Method, build_stages, get_method
+from tandem.schedules.stages import Stage, alternating, sequential, single
+
+__all__ = ["METHODS", "Method", "Stage", "alternating", "build_stages", "get_method", "sequential", "single"]

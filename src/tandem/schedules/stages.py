@@ -30,8 +30,10 @@ def _stage(i: int, role: str, part: int, n: int) -> Stage:
 
 
 def single(role: str):
+    """One stage over all the data of one role (``parts`` does not apply)."""
+
     def build(parts: int) -> list[Stage]:
-        return [_stage(i, role, i, parts) for i in range(parts)] if parts > 1 else [_stage(0, role, 0, 1)]
+        return [_stage(0, role, 0, 1)]
 
     return build
 
@@ -48,19 +50,3 @@ def alternating(parts: int) -> list[Stage]:
         out.append(_stage(len(out), "sft", p, parts))
         out.append(_stage(len(out), "preference", p, parts))
     return out
-
-
-SCHEDULES = {
-    "sft": lambda parts: [_stage(0, "sft", 0, 1)],
-    "dpo": lambda parts: [_stage(0, "preference", 0, 1)],
-    "preference": lambda parts: [_stage(0, "preference", 0, 1)],
-    "reward": lambda parts: [_stage(0, "reward", 0, 1)],
-    "sequential": sequential,
-    "alternating": alternating,
-}
-
-
-def build_stages(method: str, parts: int) -> list[Stage]:
-    if method not in SCHEDULES:
-        raise ValueError(f"schedule.method: unknown method {method!r}; known: {sorted(SCHEDULES)}")
-    return SCHEDULES[method](parts)

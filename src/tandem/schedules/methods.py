@@ -1,0 +1,65 @@
+"""Alignment methods: a schedule of stages, plus the regularizer and auxiliary loss each stage carries.
+
+Every method shares the engine; a method only decides *which* stages run and *what* is added to them.
+
+| method          | stages                                  | added to the stages                                        |
+|-----------------|-----------------------------------------|------------------------------------------------------------|
+| sft             | SFT                                     | -                                                          |
+| dpo             | preference                              | -                                                          |
+| reward          | reward model                            | -                                                          |
+| sequential      | SFT, preference                         | -                                                          |
+| sequential-ewc  | SFT, preference                         | modified EWC (the preference stage is pulled to the SFT end)|
+| hbat            | SFT-1, pref-1, ..., SFT-N, pref-N       | modified EWC                                               |
+| hbat-no-ewc     | SFT-1, pref-1, ..., SFT-N, pref-N       | -                                                          |
+| hbat-freeze     | SFT-1, pref-1, ..., SFT-N, pref-N       | freeze the top p% tensors most important to the other side |
+| fisher-ewc      | SFT-1, pref-1, ..., SFT-N, pref-N       | original EWC, diagonal empirical Fisher                    |
+| dpo+sft         | preference                              | + gamma * SFT loss on SFT data in the same step            |
+| sft+dpo         | SFT                                     | + gamma * DPO loss on preference data in the same step     |
+| l2-anchor       | SFT, preference                         | lambda * ||theta - theta_start||^2 / 2, uniform             |
+| l1-anchor       | SFT, preference                         | lambda * ||theta - theta_start||_1, uniform                 |
+
+The regularizer's settings come from the recipe's ``hbat`` block (``recipes/hbat.yaml`` writes them out);
+an explicit ``regularizer`` block in the recipe overrides the method's choice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tandem.schedules.stages import Stage, alternating, sequential, single
+
+
+@dataclass(frozen=True)
+class Method:
+    schedule: object  # parts -> list[Stage]
+    regularizer: str | None = None  # key into the hbat block's regularizer settings
+    aux_role: str | None = None  # objective role mixed into every stage, weighted by hbat.mix_gamma
+
+
+METHODS: dict[str, Method] = {
+    "sft": Method(single("sft")),
+    "dpo": Method(single("preference")),
+    "preference": Method(single("preference")),
+    "reward": Method(single("reward")),
+    "sequential": Method(sequential),
+    "sequential-ewc": Method(sequential, regularizer="ewc"),
+    "hbat": Method(alternating, regularizer="ewc"),
+    "hbat-no-ewc": Method(alternating),
+    "hbat-freeze": Method(alternating, regularizer="freeze"),
+    "fisher-ewc": Method(alternating, regularizer="fisher"),
+    "dpo+sft": Method(single("preference"), aux_role="sft"),
+    "sft+dpo": Method(single("sft"), aux_role="preference"),
+    "l2-anchor": Method(sequential, regularizer="l2"),
+    "l1-anchor": Method(sequential, regularizer="l1"),
+}
+
+
+def get_method(name: str) -> Method:
+    if name not in METHODS:
+        raise ValueError(f"schedule.method: unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
+    return METHODS[name]
+
+
+def build_stages(name: str, parts: int) -> list[Stage]:
+    """The stage list of a method (a pure function: easy to print, test and resume)."""
+    return get_method(name).schedule(parts)
