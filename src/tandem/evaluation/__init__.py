@@ -1,1 +1,36 @@
+"""Evaluation: generation (cached), ROUGE, reward-model scores and win rates, LLM-judge win rates, temperature
+sweeps, and alignment-tax metrics (held-out perplexity, multiple-choice accuracy, lm-eval)."""
 
+from tandem.evaluation.generation import generate, generate_to_file, model_identity
+from tandem.evaluation.judge import JudgeConfig, JudgeError, judge_pairs, parse_verdict
+from tandem.evaluation.metrics import (
+    load_mc_rows,
+    multiple_choice_accuracy,
+    perplexity,
+    reward_scores,
+    reward_win_rate,
+    rouge_scores,
+    run_lm_eval,
+    temperature_sweep,
+)
+from tandem.evaluation.run import GenerationSettings, evaluate
+
+__all__ = [
+    "GenerationSettings",
+    "JudgeConfig",
+    "JudgeError",
+    "evaluate",
+    "generate",
+    "generate_to_file",
+    "judge_pairs",
+    "load_mc_rows",
+    "model_identity",
+    "multiple_choice_accuracy",
+    "parse_verdict",
+    "perplexity",
+    "reward_scores",
+    "reward_win_rate",
+    "rouge_scores",
+    "run_lm_eval",
+    "temperature_sweep",
+]

@@ -1,0 +1,219 @@
+"""``write_report``: a markdown report (with PNG plots) for a run dir or a compare dir.
+
+* **Run dir** (has ``metrics.jsonl``): a stage table (steps, last train/val loss), training curves (one panel
+  per metric, stage boundaries marked), the last logged value of every metric per stage.
+* **Compare dir** (has ``table.json``: a list of ``{"method", "seed", metric: value, ...}``): a table of
+  ``mean ± std`` per method over seeds (sample std, ``ddof=1``; ``n`` = number of seeds with the metric) and
+  a scatter of an instruction-following metric (x) against a preference metric (y), one point per method.
+* Either kind: every ``*sweep*.json`` (rows ``{"temperature", "mean", "std", ["metric"], ["method"]}``, as
+  written from :func:`tandem.evaluation.metrics.temperature_sweep`) becomes a line plot with a ±std band,
+  and every ``results.json`` from :func:`tandem.evaluation.evaluate` found in the dir or one level below is
+  listed.
+
+The report is ``out`` (default ``DIR/report.md``); plots go to ``<out stem>_plots/`` next to it and are
+linked with relative paths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+
+from tandem.report import plots as P
+
+X_CANDIDATES = ("instruction_following", "ifeval", "if_score", "rougeL", "rouge/rougeL", "rouge1", "mc_accuracy", "acc")
+Y_CANDIDATES = ("judge_win_rate", "reward_win_rate", "win_rate", "reward", "rewards/accuracy", "preference_accuracy")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Rows of a JSONL file; a torn last line (interrupted write) is skipped, any other bad line is an error."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    rows = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if i == len(lines):
+                continue
+            raise ValueError(f"{path}:{i}: not valid JSON ({e})") from e
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return str(v)
+        return f"{v:.3g}" if (abs(v) < 1e-3 or abs(v) >= 1e4) and v != 0 else f"{v:.4f}"
+    return str(v)
+
+
+def summarize(table: list[dict], metrics: list[str] | None = None) -> dict[str, dict[str, dict]]:
+    """``{method: {metric: {"mean", "std", "n"}}}`` over the rows (seeds) of each method, in first-seen order;
+    ``std`` is the sample standard deviation (0 for one seed)."""
+    if not isinstance(table, list) or not all(isinstance(r, dict) and "method" in r for r in table):
+        raise ValueError("table.json must be a list of objects, each with a 'method' field")
+    keys = metrics or sorted({k for r in table for k, v in r.items() if k not in ("method", "seed") and P._num(v)})
+    out: dict[str, dict[str, dict]] = {}
+    for method in dict.fromkeys(str(r["method"]) for r in table):
+        rows = [r for r in table if str(r["method"]) == method]
+        out[method] = {}
+        for k in keys:
+            vals = [float(r[k]) for r in rows if P._num(r.get(k))]
+            if vals:
+                out[method][k] = {
+                    "mean": statistics.fmean(vals),
+                    "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                    "n": len(vals),
+                }
+    return out
+
+
+def _pick(keys: list[str], wanted: str | None, candidates, avoid: str | None = None) -> str | None:
+    if wanted is not None:
+        if wanted not in keys:
+            raise ValueError(f"metric {wanted!r} is not in table.json (have: {', '.join(keys)})")
+        return wanted
+    for c in candidates:
+        if c in keys and c != avoid:
+            return c
+    rest = [k for k in keys if k != avoid]
+    return rest[0] if rest else None
+
+
+def _rel(path: Path | None, base: Path) -> str | None:
+    return None if path is None else str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
+def _run_section(d: Path, plots_dir: Path, base: Path) -> list[str]:
+    rows = read_jsonl(d / "metrics.jsonl")
+    if not rows:
+        return ["No rows in `metrics.jsonl` yet.", ""]
+    lines = ["## Stages", "", "| # | stage | steps | last train loss | last val loss |", "|---|---|---|---|---|"]
+    spans = P.stage_spans(rows)
+    for i, (name, lo, hi) in enumerate(spans):
+        def last(split, name=name):
+            vals = [r for r in rows if r.get("stage") == name and r.get("split", "train") == split and P._num(r.get("loss"))]
+            return vals[-1]["loss"] if vals else None
+
+        lines.append(f"| {i} | {name} | {lo}–{hi} | {_fmt(last('train'))} | {_fmt(last('val'))} |")
+    png = P.plot_training_curves(rows, plots_dir / "training_curves.png", title=f"Training curves: {d.name}")
+    lines += ["", "## Training curves", ""]
+    if png is not None:
+        lines += [f"![training curves]({_rel(png, base)})", ""]
+    keys = P.metric_keys(rows)
+    lines += ["## Last logged values per stage", ""]
+    for split in ("train", "val"):
+        srows = [r for r in rows if r.get("split", "train") == split]
+        if not srows:
+            continue
+        present = [k for k in keys if any(P._num(r.get(k)) for r in srows)]
+        lines += [f"**{split}**", "", "| stage | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
+        for name, _, _ in spans:
+            st = [r for r in srows if r.get("stage") == name]
+            if st:
+                vals = [next((r[k] for r in reversed(st) if P._num(r.get(k))), None) for k in present]
+                lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in vals) + " |")
+        lines.append("")
+    return lines
+
+
+def _compare_section(d: Path, plots_dir: Path, base: Path, x_key: str | None, y_key: str | None) -> list[str]:
+    path = d / "table.json"
+    try:
+        table = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from e
+    try:
+        summary = summarize(table)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    keys = sorted({k for s in summary.values() for k in s})
+    lines = ["## Methods (mean ± std over seeds)", "", "| method | seeds | " + " | ".join(keys) + " |",
+             "|---" * (len(keys) + 2) + "|"]
+    for method, s in summary.items():
+        seeds = len({r.get("seed") for r in table if str(r["method"]) == method})
+        cells = [f"{_fmt(s[k]['mean'])} ± {_fmt(s[k]['std'])}" if k in s else "—" for k in keys]
+        lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
+    lines.append("")
+    x = _pick(keys, x_key, X_CANDIDATES)
+    y = _pick(keys, y_key, Y_CANDIDATES, avoid=x)
+    if x and y:
+        png = P.plot_method_scatter(summary, x, y, plots_dir / "methods_scatter.png")
+        if png is not None:
+            lines += [f"## {y} vs {x}", "", f"![{y} vs {x}]({_rel(png, base)})", ""]
+    return lines
+
+
+def _sweep_section(d: Path, plots_dir: Path, base: Path) -> list[str]:
+    lines = []
+    for f in sorted(d.glob("*sweep*.json")):
+        try:
+            rows = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{f}: not valid JSON ({e})") from e
+        if isinstance(rows, dict):
+            rows = rows.get("rows", [])
+        png = P.plot_temperature_sweep(rows, plots_dir / f"{f.stem}.png", title=f"Temperature sweep: {f.stem}")
+        if png is not None:
+            lines += [f"## Temperature sweep (`{f.name}`)", "", f"![{f.stem}]({_rel(png, base)})", ""]
+    return lines
+
+
+def _eval_section(d: Path, base: Path) -> list[str]:
+    found = sorted([*d.glob("results.json"), *d.glob("*/results.json")])
+    if not found:
+        return []
+    lines = ["## Evaluations", "", "| results | metric | value |", "|---|---|---|"]
+    for f in found:
+        try:
+            res = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            continue
+        flat: dict = {}
+
+        def walk(prefix, v):
+            if isinstance(v, dict):
+                for k, x in v.items():
+                    walk(f"{prefix}/{k}" if prefix else k, x)
+            elif P._num(v):
+                flat[prefix] = v
+
+        walk("", res.get("metrics", {}))
+        for k, v in flat.items():
+            lines.append(f"| `{_rel(f, base)}` | {k} | {_fmt(v)} |")
+    return lines + [""]
+
+
+def write_report(run_or_compare_dir: str | Path, out: str | Path | None = None, x_key: str | None = None,
+                 y_key: str | None = None, title: str | None = None) -> Path:
+    """Write the markdown report for a run dir or a compare dir (see the module docstring); returns its path.
+
+    ``x_key`` / ``y_key`` pick the compare scatter's instruction-following and preference metrics (default:
+    the first of :data:`X_CANDIDATES` / :data:`Y_CANDIDATES` present, else the first numeric columns)."""
+    d = Path(run_or_compare_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"{d}: not a directory")
+    is_run, is_compare = (d / "metrics.jsonl").is_file(), (d / "table.json").is_file()
+    sweeps = list(d.glob("*sweep*.json"))
+    if not (is_run or is_compare or sweeps):
+        raise FileNotFoundError(f"{d}: neither a run dir (metrics.jsonl) nor a compare dir (table.json), and no *sweep*.json")
+    out = Path(out) if out is not None else d / "report.md"
+    base = out.parent
+    plots_dir = base / f"{out.stem}_plots"
+    kind = "Run" if is_run else "Comparison" if is_compare else "Report"
+    lines = [f"# {title or f'{kind}: {d.name}'}", "", f"Source: `{d}`", ""]
+    if is_run:
+        lines += _run_section(d, plots_dir, base)
+    if is_compare:
+        lines += _compare_section(d, plots_dir, base, x_key, y_key)
+    lines += _sweep_section(d, plots_dir, base)
+    lines += _eval_section(d, base)
+    base.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
+    return out
