@@ -108,17 +108,13 @@ def data_inspect(
     C().print(render_inspection(report))
 
 
-def _mount_optional() -> None:
-    """Sub-command groups that live next to their packages."""
-    from tandem.cli import models_cmd
+def _mount() -> None:
+    """Commands that live next to their packages (each module holds a typer app)."""
+    from tandem.cli import eval_cmd, merge_cmd, models_cmd
 
     app.add_typer(models_cmd.app, name="models", help="Fetch and describe models.")
-    try:
-        from tandem.cli import merge_cmd
-
-        app.registered_commands.extend(merge_cmd.app.registered_commands)
-    except ImportError:  # pragma: no cover - merging not installed
-        pass
+    for sub in (merge_cmd, eval_cmd):
+        app.registered_commands.extend(sub.app.registered_commands)
 
 
 @app.command()
@@ -137,7 +133,7 @@ def quickstart(
     run_quickstart(output_dir=output_dir, model=model, overwrite=overwrite)
 
 
-_mount_optional()
+_mount()
 
 
 def main() -> None:  # pragma: no cover

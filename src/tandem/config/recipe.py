@@ -102,6 +102,34 @@ class HBATConfig(Strict):
     final: Literal["best", "last"] = "last"
 
 
+class JudgeSettings(Strict):
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    task: Literal["dialogue", "summarization"] = "dialogue"
+    max_workers: int = 4
+
+
+class EvalConfig(Strict):
+    """What ``tandem eval`` (and ``tandem compare``) measure. Generation metrics use ``data`` (prompts with
+    references, any SFT format); alignment-tax metrics use ``heldout_text`` and ``mc``."""
+
+    data: SourceConfig | None = None
+    metrics: list[str] = Field(default_factory=list)
+    reward_model: str | None = None
+    baseline: str | None = Field(default=None, description="JSONL with an 'output' per prompt to compare against")
+    judge: JudgeSettings | None = None
+    heldout_text: str | None = Field(default=None, description="text/JSONL file (field 'text') for perplexity")
+    mc: str | None = Field(default=None, description="JSONL of {question, choices, answer}")
+    temperature: float = 0.75
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    batch_size: int = 8
+    temperatures: list[float] = Field(default_factory=list, description="temperature sweep (empty: none)")
+    repeats: int = Field(default=1, ge=1)
+    seed: int = 0
+
+
 class CheckpointConfig(Strict):
     every: int = Field(default=0, ge=0, description="optimizer steps between checkpoints; 0 = stage ends only")
     keep: int = Field(default=1, ge=1)
@@ -127,6 +155,7 @@ class Recipe(Strict):
     objectives: dict[str, ObjectiveConfig]
     regularizer: RegularizerConfig | None = None
     hbat: HBATConfig = HBATConfig()
+    eval: EvalConfig = EvalConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
     save_merged: bool = Field(default=True, description="with LoRA, also save a merged full model in final/merged")

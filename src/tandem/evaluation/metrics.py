@@ -150,6 +150,18 @@ def win_rate_from_counts(wins: int, losses: int, ties: int) -> dict:
     }
 
 
+def exact_match(predictions: list[str], references: list[str]) -> dict:
+    """Share of outputs whose answer equals the reference after normalisation (case kept; a leading
+    "The answer is", surrounding quotes/punctuation and everything after the first word are dropped; see
+    :func:`tandem.data.synthetic.normalise_answer`)."""
+    from tandem.data.synthetic import normalise_answer
+
+    if len(predictions) != len(references):
+        raise ValueError(f"exact_match: {len(predictions)} predictions for {len(references)} references")
+    hits = [normalise_answer(p) == normalise_answer(r) for p, r in zip(predictions, references)]
+    return {"accuracy": sum(hits) / len(hits) if hits else 0.0, "n": len(hits)}
+
+
 # ------------------------------------------------------------------------------------- temperature sweep
 
 

@@ -3,6 +3,7 @@
 Metric names (``metrics=``):
 
 =================  ==========================================================================================
+``exact_match``    share of generations whose answer equals the reference (checkable tasks)
 ``rouge``          ROUGE-1/2/L F1 of the generations against ``references``
 ``reward``         mean reward-model score of the generations (and of the baseline, when there is one)
 ``reward_win_rate``  reward-judged win rate of the generations over the baseline (ties excluded)
@@ -29,8 +30,8 @@ from tandem.evaluation import metrics as M
 from tandem.evaluation.generation import generate_to_file, model_identity
 from tandem.evaluation.judge import JudgeConfig, judge_pairs
 
-METRICS = ("rouge", "reward", "reward_win_rate", "judge_win_rate", "perplexity", "mc_accuracy", "lm_eval")
-NEEDS_GENERATION = {"rouge", "reward", "reward_win_rate", "judge_win_rate"}
+METRICS = ("exact_match", "rouge", "reward", "reward_win_rate", "judge_win_rate", "perplexity", "mc_accuracy", "lm_eval")
+NEEDS_GENERATION = {"exact_match", "rouge", "reward", "reward_win_rate", "judge_win_rate"}
 
 
 @dataclass
@@ -140,6 +141,10 @@ def evaluate(
             model, tokenizer, prompts, out / "generations.jsonl", references=references,
             model_id=model_identity(model_path) if model_path is not None else None, **asdict(s),
         )
+    if "exact_match" in metrics:
+        if references is None:
+            raise ValueError("metric 'exact_match' needs references")
+        res["exact_match"] = M.exact_match(outputs, references)
     if "rouge" in metrics:
         if references is None:
             raise ValueError("metric 'rouge' needs references")
