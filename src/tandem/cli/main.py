@@ -128,9 +128,51 @@ def quickstart(
     Runs in a few minutes on 2 CPU cores. Example: tandem quickstart -o runs/qs
     """
     _setup_logging(False)
-    from tandem.quickstart import run_quickstart
+    from tandem.demos.quickstart import run_quickstart
 
     run_quickstart(output_dir=output_dir, model=model, overwrite=overwrite)
+
+
+@app.command()
+def compare(
+    recipe: Path = typer.Argument(..., help="Recipe shared by every method (only schedule.method and seed change)."),
+    methods: str = typer.Option("sequential,hbat", "--methods", help="Comma list of methods (see docs/methods.md)."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma list of seeds."),
+    out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="COMPARE directory."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe field for every run."),
+    resume: bool = typer.Option(False, "--resume", help="Keep finished runs, resume unfinished ones."),
+    x_key: Optional[str] = typer.Option(None, "--x", help="Instruction-following metric for the scatter."),
+    y_key: Optional[str] = typer.Option(None, "--y", help="Preference metric for the scatter."),
+) -> None:
+    """Train several methods on the same data, seed and step budget; write COMPARE/table.md, table.json and plots.
+
+    Example: tandem compare runs/testbed/recipe.yaml --methods sequential,hbat,hbat-no-ewc,hbat-freeze --seeds 0,1,2
+    """
+    _setup_logging(False)
+    from tandem.config.recipe import RecipeError
+    from tandem.engine.compare import compare as run_compare
+
+    try:
+        run_compare(recipe, methods.split(","), [int(s) for s in seeds.split(",")], out, list(set_), resume, x_key, y_key)
+    except (RecipeError, ValueError) as e:
+        fail(str(e))
+    console.print((out / "table.md").read_text())
+    console.print(f"wrote {out}/table.json, table.md, report.md")
+
+
+@app.command()
+def testbed(
+    out: Path = typer.Argument(Path("runs/testbed"), help="Directory for the model, data and recipe."),
+    seed: int = typer.Option(1234, "--seed"),
+) -> None:
+    """Build the CPU testbed where SFT and preference alignment conflict (tiny Llama + generated tasks).
+
+    Example: tandem testbed runs/testbed && tandem compare runs/testbed/recipe.yaml --methods sequential,hbat
+    """
+    from tandem.demos.testbed import build_testbed
+
+    recipe = build_testbed(out, seed=seed)
+    console.print(f"wrote {recipe}")
 
 
 _mount()

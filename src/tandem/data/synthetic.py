@@ -69,13 +69,13 @@ def preference_pairs(n: int, seed: int) -> list[PreferenceExample]:
 
 
 def normalise_answer(text: str) -> str:
-    """The first answer-like token: strips 'The answer is', punctuation and quotes."""
-    t = text.strip()
-    low = t.lower()
-    if low.startswith("the answer is"):
-        t = t[len("the answer is") :]
-    t = t.strip().strip(".!\"'` ").split("\n")[0].strip()
-    return t.split()[0].strip(".,!\"'`") if t.split() else ""
+    """The answer a response commits to: the last word of its first line, without quotes or punctuation.
+
+    "68" -> "68"; "The answer is 68." -> "68"; "Sure! I think it is 67." -> "67".
+    """
+    lines = [ln for ln in text.strip().split("\n") if ln.strip()]
+    words = lines[0].split() if lines else []
+    return words[-1].strip(".,!?;:\"'`()") if words else ""
 
 
 def is_correct(output: str, answer: str) -> bool:
@@ -92,3 +92,25 @@ def to_records(examples) -> list[dict]:
         else:
             recs.append({"prompt": prompt, "chosen": e.chosen, "rejected": e.rejected, **e.meta})
     return recs
+
+
+def conflict_pairs(n: int, seed: int) -> list[PreferenceExample]:
+    """Preference pairs in conflict with the instruction tasks, by construction (the CPU testbed).
+
+    The labeller prefers a friendly, confident reply that guesses ("Sure! I think it is 67.") over the
+    plain correct answer ("68"). Training towards the chosen style therefore costs exact-match accuracy,
+    which is what hybrid training is meant to limit.
+    """
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        family, prompt, answer, wrong = _task(rng)
+        out.append(
+            PreferenceExample(
+                prompt=user(prompt),
+                chosen=f"Sure! I think it is {wrong}.",
+                rejected=answer,
+                meta={"family": family, "answer": answer},
+            )
+        )
+    return out

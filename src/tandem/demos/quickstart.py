@@ -19,7 +19,7 @@ from rich.table import Table
 
 from tandem.data import synthetic
 
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "quickstart.yaml"
 DEFAULT_MODEL = Path("models/smollm2-135m-instruct")
 
 
