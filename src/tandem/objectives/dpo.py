@@ -1,16 +1,29 @@
 """Direct preference optimisation and its variants, on per-sequence log-probs.
 
-With h = (log pi(y_w) - log ref(y_w)) - (log pi(y_l) - log ref(y_l)) per pair:
+For each pair, with ``logp`` the summed log-prob of the response tokens under the policy and ``ref`` the same
+under the reference (the model at the start of the stage):
 
-  sigmoid (DPO, Rafailov et al.):          -log sigmoid(beta h)
-  label smoothing eps (cDPO):              -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)
-  ipo (Azar et al.):                        (h - 1 / (2 beta))^2
-  hinge (SLiC):                             max(0, 1 - beta h)
+    h = (logp_c - ref_c) - (logp_r - ref_r)
 
-``average_logps`` uses the mean token log-prob of each response instead of the sum (common for IPO).
-``nll_coef`` adds nll_coef * (mean token NLL of the chosen responses): the "anchor" that keeps the chosen
-likelihood from falling. Reference log-probs are computed once per stage by ``prepare`` (no grad) and carried
-in the features as ``ref_chosen_logp`` / ``ref_rejected_logp``, so no reference model is held while training.
+    sigmoid (DPO, Rafailov et al. 2023):   -log sigmoid(beta h)
+    label smoothing eps (cDPO):            -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)
+    ipo (Azar et al. 2023):                (h - 1 / (2 beta))^2
+    hinge (SLiC, Zhao et al. 2023):        max(0, 1 - beta h)
+
+The loss is the mean over pairs. ``average_logps=True`` replaces every summed log-prob (policy and reference)
+by the mean log-prob per response token, as often done for IPO; ``beta`` then acts on that scale.
+``nll_coef`` adds ``nll_coef * NLL_c`` with NLL_c the token-level mean negative log-likelihood of the chosen
+responses (sum of their token NLLs / their token count): the "anchor" that keeps the chosen likelihood from
+falling (RPO-style).
+
+Reference log-probs are computed once per stage by ``DPO.prepare`` (one no-grad pass, eval mode) and carried in
+the features as ``ref_chosen_logp`` / ``ref_rejected_logp``: always the *summed* log-prob of the response
+tokens, whatever ``average_logps`` is (the average is taken here, from the token counts). So no reference model
+is held while training.
+
+Metrics: ``loss``, ``chosen_logp`` / ``rejected_logp`` (mean policy log-probs, averaged per token when
+``average_logps``), ``rewards/chosen = beta (logp_c - ref_c)``, ``rewards/rejected``, ``rewards/margin =
+beta h``, ``rewards/accuracy`` (fraction of pairs with h > 0), and ``nll_chosen`` when ``nll_coef`` is set.
 """
 
 from __future__ import annotations
@@ -21,10 +34,16 @@ import torch.nn.functional as F
 from tandem.objectives.logprobs import sequence_logps
 
 LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+REF_KEYS = ("ref_chosen_logp", "ref_rejected_logp")
+
+
+def logratio_margin(logp_chosen, logp_rejected, ref_chosen, ref_rejected) -> torch.Tensor:
+    """``h = (logp_c - ref_c) - (logp_r - ref_r)`` per pair."""
+    return (logp_chosen - ref_chosen) - (logp_rejected - ref_rejected)
 
 
 def dpo_loss(h: torch.Tensor, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> torch.Tensor:
-    """Per-pair loss for the log-ratio margin ``h`` (see the module docstring)."""
+    """Per-pair loss for the log-ratio margin ``h`` (formulas in the module docstring); take ``.mean()``."""
     if loss_type == "sigmoid":
         return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     if loss_type == "ipo":
@@ -34,7 +53,14 @@ def dpo_loss(h: torch.Tensor, beta: float, loss_type: str = "sigmoid", label_smo
     raise ValueError(f"dpo loss_type {loss_type!r}: choose one of {LOSS_TYPES}")
 
 
+def chosen_nll(logp_sum_chosen: torch.Tensor, n_tokens_chosen: torch.Tensor) -> torch.Tensor:
+    """Token-level mean NLL of the chosen responses: ``-sum(logp_sum_c) / sum(n_tokens_c)``."""
+    return -logp_sum_chosen.sum() / n_tokens_chosen.sum().clamp(min=1)
+
+
 class DPO:
+    """DPO-family objective on preference batches (see the module docstring)."""
+
     data_kind = "preference"
     unit = "examples"
 
@@ -42,55 +68,68 @@ class DPO:
                  nll_coef: float = 0.0, average_logps: bool = False):
         if loss_type not in LOSS_TYPES:
             raise ValueError(f"dpo loss_type {loss_type!r}: choose one of {LOSS_TYPES}")
+        if not beta > 0:
+            raise ValueError(f"dpo beta must be > 0, got {beta}")
         if not 0 <= label_smoothing < 0.5:
             raise ValueError(f"dpo label_smoothing must be in [0, 0.5), got {label_smoothing}")
+        if label_smoothing and loss_type != "sigmoid":
+            raise ValueError(f"dpo label_smoothing applies to loss_type 'sigmoid' only, not {loss_type!r}")
+        if nll_coef < 0:
+            raise ValueError(f"dpo nll_coef must be >= 0, got {nll_coef}")
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
         self.nll_coef, self.average_logps = nll_coef, average_logps
 
-    def _logps(self, model, batch):
-        n = int(batch["seq_ids"].max()) + 1
-        s, count = sequence_logps(model, batch, num_seqs=n)
-        return s, count, n // 2
-
     @torch.no_grad()
     def prepare(self, model, features, batch_fn, batch_size: int = 16):
-        """Add reference log-probs (the model as it is now, in eval mode) to features that lack them."""
-        if all("ref_chosen_logp" in f for f in features):
+        """Features with ``ref_chosen_logp`` / ``ref_rejected_logp`` (summed log-probs of the model as it is now,
+        in eval mode). Features that already carry both keep their values; the model's mode is restored."""
+        todo = [i for i, f in enumerate(features) if not all(k in f for k in REF_KEYS)]
+        if not todo:
             return features
+        out = list(features)
         was = model.training
         model.eval()
-        out = []
-        for i in range(0, len(features), batch_size):
-            chunk = features[i : i + batch_size]
-            s, count, b = self._logps(model, batch_fn(chunk))
-            if self.average_logps:
-                s = s / count.clamp(min=1)
-            for j, f in enumerate(chunk):
-                out.append({**f, "ref_chosen_logp": float(s[j]), "ref_rejected_logp": float(s[b + j])})
-        model.train(was)
+        try:
+            for start in range(0, len(todo), batch_size):
+                idx = todo[start : start + batch_size]
+                chunk = [{k: v for k, v in features[i].items() if k not in REF_KEYS} for i in idx]
+                b = len(chunk)
+                s, _ = sequence_logps(model, batch_fn(chunk), num_seqs=2 * b)
+                s = s.float().cpu()
+                for j, i in enumerate(idx):
+                    out[i] = {**features[i], "ref_chosen_logp": float(s[j]), "ref_rejected_logp": float(s[b + j])}
+        finally:
+            model.train(was)
         return out
 
     def __call__(self, model, batch):
-        s, count, b = self._logps(model, batch)
-        logp = s / count.clamp(min=1) if self.average_logps else s
-        pc, pr = logp[:b], logp[b:]
-        rc = pc - batch["ref_chosen_logp"].to(pc)
-        rr = pr - batch["ref_rejected_logp"].to(pr)
-        losses = dpo_loss(rc - rr, self.beta, self.loss_type, self.label_smoothing)
-        loss = losses.mean()
+        if not all(k in batch for k in REF_KEYS):
+            raise KeyError("dpo batch has no ref_chosen_logp / ref_rejected_logp: run DPO.prepare on the features "
+                           "first (the engine does this at the start of each stage)")
+        b = batch["ref_chosen_logp"].shape[0]
+        s, count = sequence_logps(model, batch, num_seqs=2 * b)
+        ref_c = batch["ref_chosen_logp"].to(s)
+        ref_r = batch["ref_rejected_logp"].to(s)
+        pc, pr = s[:b], s[b:]
+        if self.average_logps:
+            n_c, n_r = count[:b].clamp(min=1), count[b:].clamp(min=1)
+            pc, pr, ref_c, ref_r = pc / n_c, pr / n_r, ref_c / n_c, ref_r / n_r
+        rc, rr = pc - ref_c, pr - ref_r
+        h = rc - rr
+        loss = dpo_loss(h, self.beta, self.loss_type, self.label_smoothing).mean()
         metrics = {}
         if self.nll_coef:
-            nll = -(s[:b].sum() / count[:b].sum())
+            nll = chosen_nll(s[:b], count[:b])
             loss = loss + self.nll_coef * nll
             metrics["nll_chosen"] = float(nll.detach())
-        d = lambda x: float(x.detach().mean())  # noqa: E731
+        d = lambda x: float(x.detach().float().mean())  # noqa: E731
         metrics.update({
             "loss": float(loss.detach()),
             "chosen_logp": d(pc),
             "rejected_logp": d(pr),
             "rewards/chosen": self.beta * d(rc),
             "rewards/rejected": self.beta * d(rr),
-            "rewards/margin": self.beta * d(rc - rr),
-            "rewards/accuracy": float((rc > rr).float().mean()),
+            "rewards/margin": self.beta * d(h),
+            "rewards/accuracy": float((h > 0).float().mean()),
         })
         return loss, metrics

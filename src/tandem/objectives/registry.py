@@ -1,27 +1,35 @@
-"""Objective registry: recipe name -> constructor. Adding a loss = one file + one line here."""
+"""Objective registry: recipe name -> constructor taking the recipe block's keys as keyword arguments.
+
+Adding a loss = its own file + one line in ``OBJECTIVES``. Every objective has ``data_kind`` ("sft" or
+"preference"), ``prepare(model, features, batch_fn) -> features`` and ``__call__(model, batch) -> (loss,
+metrics)``.
+"""
 
 from __future__ import annotations
 
 import inspect
+from typing import Callable
 
 from tandem.objectives.dpo import DPO
 from tandem.objectives.reward import Reward
 from tandem.objectives.sft import SFT
 
-OBJECTIVES: dict[str, type] = {
+OBJECTIVES: dict[str, Callable] = {
     "sft": SFT,
     "reward": Reward,
-    "dpo": DPO,
+    "dpo": DPO,  # loss_type="sigmoid"|"ipo"|"hinge", beta, label_smoothing, nll_coef, average_logps
 }
 
 
 def build(name: str, **kwargs):
+    """The objective registered as ``name``, built with ``kwargs``; clear errors for unknown names or keys."""
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}")
-    cls = OBJECTIVES[name]
-    params = inspect.signature(cls).parameters
+        raise ValueError(f"unknown objective {name!r}; known objectives: {', '.join(sorted(OBJECTIVES))}")
+    ctor = OBJECTIVES[name]
+    params = inspect.signature(ctor).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        bad = [k for k in kwargs if k not in params]
+        bad = sorted(k for k in kwargs if k not in params)
         if bad:
-            raise TypeError(f"unknown argument(s) {bad} for objective {name!r}; accepted: {sorted(params)}")
-    return cls(**kwargs)
+            accepted = ", ".join(sorted(params)) or "none"
+            raise TypeError(f"unknown argument(s) {bad} for objective {name!r}; accepted: {accepted}")
+    return ctor(**kwargs)

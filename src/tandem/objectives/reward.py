@@ -1,9 +1,15 @@
-"""Reward model: Bradley-Terry ranking loss on (chosen, rejected).
+"""Reward model: Bradley-Terry ranking loss on (chosen, rejected) pairs.
 
-loss = mean over pairs of -log sigmoid(r_c - r_r)  [+ center_coef * mean((r_c + r_r)^2)]
+    loss = mean over pairs of -log sigmoid(r_c - r_r)   [+ center_coef * mean((r_c + r_r)^2)]
 
-The reward of a sequence is the scalar head applied to the hidden state of its last token (the EOS that
-ends the response), which is what ``AutoModelForSequenceClassification`` scores for an unpadded sequence.
+The optional centering term (off by default, ``center_coef = 0``) keeps rewards near zero, since the
+Bradley-Terry loss only sees differences. Metrics: ``loss``, ``accuracy`` (fraction of pairs with
+r_c > r_r), ``margin`` (mean r_c - r_r), ``reward_chosen`` / ``reward_rejected`` (means).
+
+The reward model is an ``AutoModelForSequenceClassification(num_labels=1)``. The reward of a sequence is its
+``score`` head applied to the final hidden state of the sequence's last token (the last position carrying its
+seq id), which is what the HF model itself returns for an unpadded sequence. The whole sequence is scored:
+labels are not used, only ``seq_ids``.
 """
 
 from __future__ import annotations
@@ -12,25 +18,41 @@ import torch
 import torch.nn.functional as F
 
 
+def _unwrap(model):
+    """The transformers model under a PEFT wrapper (``getattr(peft_model, "model")`` would be the wrong module)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def sequence_rewards(model, batch: dict, num_seqs: int) -> torch.Tensor:
-    """``[S]`` rewards: the score head at the last token of each sequence (packed or padded batches)."""
-    body = getattr(model, model.base_model_prefix)
+    """``[S]`` float32 rewards: ``model.score`` at the last token of each sequence (packed or padded batch).
+
+    The backbone ``getattr(model, model.base_model_prefix)`` is called with ``position_ids`` (and the
+    ``attention_mask`` only when the batch has one, i.e. pad mode), then the hidden states at the last
+    position of every sequence id ``0..num_seqs-1`` are gathered and scored.
+    """
+    base = _unwrap(model)
+    if not hasattr(base, "score"):
+        raise TypeError(f"reward model {type(base).__name__} has no `score` head; load it with "
+                        "AutoModelForSequenceClassification(num_labels=1)")
+    body = getattr(base, base.base_model_prefix)
     kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
     if "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"]
     hidden = body(**kwargs).last_hidden_state  # [R, T, H]
-    seq = batch["seq_ids"]
-    R, T = seq.shape
-    flat_seq = seq.reshape(-1)
-    pos = torch.arange(R * T, device=seq.device)
-    valid = flat_seq >= 0
+    seq = batch["seq_ids"].reshape(-1)
+    pos = torch.arange(seq.numel(), device=seq.device)
+    valid = seq >= 0
     last = torch.full((num_seqs,), -1, dtype=torch.long, device=seq.device)
-    last = last.scatter_reduce(0, flat_seq[valid], pos[valid], reduce="amax")
-    h = hidden.reshape(R * T, -1)[last]
-    return model.score(h).squeeze(-1).float()
+    last = last.scatter_reduce(0, seq[valid], pos[valid], reduce="amax")
+    if bool((last < 0).any()):
+        missing = torch.nonzero(last < 0).flatten().tolist()
+        raise ValueError(f"sequence_rewards: batch has no token for seq id(s) {missing} (num_seqs={num_seqs})")
+    h = hidden.reshape(seq.numel(), -1)[last]  # [S, H]
+    return base.score(h).squeeze(-1).float()
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0) -> torch.Tensor:
+    """``mean(-logsigmoid(r_c - r_r)) + center_coef * mean((r_c + r_r)^2)``."""
     loss = -F.logsigmoid(r_chosen - r_rejected).mean()
     if center_coef:
         loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
@@ -38,10 +60,14 @@ def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_
 
 
 class Reward:
+    """Bradley-Terry reward-model training on preference batches (see the module docstring)."""
+
     data_kind = "preference"
     unit = "examples"
 
     def __init__(self, center_coef: float = 0.0):
+        if center_coef < 0:
+            raise ValueError(f"reward center_coef must be >= 0, got {center_coef}")
         self.center_coef = center_coef
 
     def prepare(self, model, features, batch_fn):
@@ -49,6 +75,8 @@ class Reward:
 
     def __call__(self, model, batch):
         n = int(batch["seq_ids"].max()) + 1
+        if n % 2:
+            raise ValueError(f"reward batch has {n} sequences; a preference batch has 2B (chosen then rejected)")
         r = sequence_rewards(model, batch, n)
         b = n // 2
         rc, rr = r[:b], r[b:]

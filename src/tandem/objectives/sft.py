@@ -1,8 +1,11 @@
 """Supervised fine-tuning: token-level negative log-likelihood of the response tokens.
 
-loss = - (1 / N) * sum over all N labelled (response) tokens of the batch of log p(y_t | x, y_<t)
+    loss = -(1 / N) * sum_{labelled tokens t of the batch} log p(y_t | x, y_<t)
 
-The mean is over tokens, not sequences: long responses weigh more, as in the usual causal-LM loss.
+N is the number of labelled (response) tokens in the whole batch. The mean is over tokens, not over
+sequences: a long response weighs more than a short one, as in the usual causal-LM loss (and the engine
+weighs shards by their labelled-token counts, ``unit = "tokens"``, so gradient accumulation keeps this mean).
+Metrics: ``loss`` (= ``nll``), ``ppl = exp(nll)``, ``n_tokens`` (N).
 """
 
 from __future__ import annotations
@@ -15,11 +18,16 @@ from tandem.objectives.logprobs import token_logps
 
 
 def sft_loss(token_logp: torch.Tensor) -> torch.Tensor:
-    """Mean negative log-likelihood of the given token log-probs."""
-    return -token_logp.mean()
+    """Mean negative log-likelihood ``-sum(token_logp) / N`` over the ``N`` given token log-probs.
+
+    A batch with no labelled token gives 0 (still attached to the graph), not NaN.
+    """
+    return -token_logp.sum() / max(token_logp.numel(), 1)
 
 
 class SFT:
+    """Token-level NLL on response tokens (see the module docstring)."""
+
     data_kind = "sft"
     unit = "tokens"
 
