@@ -17,9 +17,9 @@ responses (sum of their token NLLs / their token count): the "anchor" that keeps
 falling (RPO-style).
 
 Reference log-probs are computed once per stage by ``DPO.prepare`` (one no-grad pass, eval mode) and carried in
-the features as ``ref_chosen_logp`` / ``ref_rejected_logp``: always the *summed* log-prob of the response
-tokens, whatever ``average_logps`` is (the average is taken here, from the token counts). So no reference model
-is held while training.
+the features as ``ref_chosen_logp`` / ``ref_rejected_logp``, in the same units as the policy log-probs they are
+compared with: summed log-probs, or per-token means when ``average_logps`` (precomputed values must follow the
+same convention). So no reference model is held while training.
 
 Metrics: ``loss``, ``chosen_logp`` / ``rejected_logp`` (mean policy log-probs, averaged per token when
 ``average_logps``), ``rewards/chosen = beta (logp_c - ref_c)``, ``rewards/rejected``, ``rewards/margin =
@@ -82,7 +82,8 @@ class DPO:
     @torch.no_grad()
     def prepare(self, model, features, batch_fn, batch_size: int = 16):
         """Features with ``ref_chosen_logp`` / ``ref_rejected_logp`` (summed log-probs of the model as it is now,
-        in eval mode). Features that already carry both keep their values; the model's mode is restored."""
+        in eval mode; per-token means when ``average_logps``). Features that already carry both keep their values;
+        the model's train/eval mode is restored."""
         todo = [i for i, f in enumerate(features) if not all(k in f for k in REF_KEYS)]
         if not todo:
             return features
@@ -94,7 +95,9 @@ class DPO:
                 idx = todo[start : start + batch_size]
                 chunk = [{k: v for k, v in features[i].items() if k not in REF_KEYS} for i in idx]
                 b = len(chunk)
-                s, _ = sequence_logps(model, batch_fn(chunk), num_seqs=2 * b)
+                s, count = sequence_logps(model, batch_fn(chunk), num_seqs=2 * b)
+                if self.average_logps:
+                    s = s / count.clamp(min=1)
                 s = s.float().cpu()
                 for j, i in enumerate(idx):
                     out[i] = {**features[i], "ref_chosen_logp": float(s[j]), "ref_rejected_logp": float(s[b + j])}
@@ -102,18 +105,21 @@ class DPO:
             model.train(was)
         return out
 
+    def _logps(self, model, batch):
+        """``(logp_sum[2B], n_tokens[2B], B)`` of the policy on a preference batch."""
+        b = int(batch["ref_chosen_logp"].shape[0])
+        s, count = sequence_logps(model, batch, num_seqs=2 * b)
+        return s, count, b
+
     def __call__(self, model, batch):
         if not all(k in batch for k in REF_KEYS):
             raise KeyError("dpo batch has no ref_chosen_logp / ref_rejected_logp: run DPO.prepare on the features "
                            "first (the engine does this at the start of each stage)")
-        b = batch["ref_chosen_logp"].shape[0]
-        s, count = sequence_logps(model, batch, num_seqs=2 * b)
-        ref_c = batch["ref_chosen_logp"].to(s)
-        ref_r = batch["ref_rejected_logp"].to(s)
-        pc, pr = s[:b], s[b:]
-        if self.average_logps:
-            n_c, n_r = count[:b].clamp(min=1), count[b:].clamp(min=1)
-            pc, pr, ref_c, ref_r = pc / n_c, pr / n_r, ref_c / n_c, ref_r / n_r
+        s, count, b = self._logps(model, batch)
+        logp = s / count.clamp(min=1) if self.average_logps else s
+        pc, pr = logp[:b], logp[b:]
+        ref_c = batch["ref_chosen_logp"].to(pc)
+        ref_r = batch["ref_rejected_logp"].to(pr)
         rc, rr = pc - ref_c, pr - ref_r
         h = rc - rr
         loss = dpo_loss(h, self.beta, self.loss_type, self.label_smoothing).mean()

@@ -24,7 +24,7 @@ OBJECTIVES: dict[str, Callable] = {
 def build(name: str, **kwargs):
     """The objective registered as ``name``, built with ``kwargs``; clear errors for unknown names or keys."""
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known objectives: {', '.join(sorted(OBJECTIVES))}")
+        raise ValueError(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}")
     ctor = OBJECTIVES[name]
     params = inspect.signature(ctor).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
