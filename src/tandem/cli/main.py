@@ -122,15 +122,17 @@ def quickstart(
     output_dir: Path = typer.Option(Path("runs/quickstart"), "--output-dir", "-o"),
     model: Optional[str] = typer.Option(None, "--model", help="Model dir; default: SmolLM2-135M-Instruct (pulled if needed)."),
     overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite"),
+    n_train: int = typer.Option(96, "--n-train", help="Generated training examples per data set."),
+    n_eval: int = typer.Option(48, "--n-eval", help="Held-out tasks and pairs for the before/after table."),
 ) -> None:
     """SmolLM2-135M-Instruct + LoRA on a small generated task set: SFT then DPO, evaluated before and after.
 
-    Runs in a few minutes on 2 CPU cores. Example: tandem quickstart -o runs/qs
+    Runs in about 4-5 minutes on 2 CPU cores. Example: tandem quickstart -o runs/qs
     """
     _setup_logging(False)
     from tandem.demos.quickstart import run_quickstart
 
-    run_quickstart(output_dir=output_dir, model=model, overwrite=overwrite)
+    run_quickstart(output_dir=output_dir, model=model, overwrite=overwrite, n_train=n_train, n_eval=n_eval)
 
 
 @app.command()

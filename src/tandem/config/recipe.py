@@ -162,7 +162,7 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _objectives_known(self) -> "Recipe":
-        allowed = {"sft", "preference", "reward"}
+        allowed = {"sft", "preference", "reward", "ppo"}  # ppo: settings for the PPO methods (schedules.methods)
         bad = set(self.objectives) - allowed
         if bad:
             raise ValueError(f"objectives: unknown role(s) {sorted(bad)}; roles are {sorted(allowed)}")

@@ -1,8 +1,9 @@
 """``tandem quickstart``: the whole pipeline on a small generated task set, in minutes on a CPU.
 
 1. Writes instruction tasks with checkable answers and preference pairs (rule in tandem.data.synthetic).
-2. Evaluates the base model: exact-match accuracy on held-out tasks (greedy) and preference win rate
-   (share of held-out pairs where the model gives the chosen response a higher mean token log-prob).
+2. Evaluates the base model on held-out tasks: exact-match accuracy and short-reply rate of greedy replies,
+   NLL of the reference answers, and preference win rate (share of held-out pairs where the model gives the
+   chosen response a higher mean token log-prob).
 3. Trains ``recipes/quickstart.yaml`` (SmolLM2-135M-Instruct + LoRA).
 4. Evaluates the result the same way and prints a before/after table.
 """
@@ -43,11 +44,33 @@ def build_data(data_dir: Path, n_train: int, n_eval: int, seed: int) -> dict[str
 
 
 @torch.no_grad()
-def task_accuracy(model, tok, tasks: list, max_new_tokens: int = 8) -> float:
+def task_scores(model, tok, tasks: list, max_new_tokens: int = 8) -> dict[str, float]:
+    """Greedy replies to held-out tasks: exact-match accuracy, and the share of short replies (one line of at
+    most three words, as the prompts ask: the format SFT teaches)."""
     from tandem.evaluation.generation import generate
 
     outs = generate(model, tok, [t.prompt for t in tasks], temperature=0.0, max_new_tokens=max_new_tokens, batch_size=16)
-    return sum(synthetic.is_correct(o, t.meta["answer"]) for o, t in zip(outs, tasks)) / len(tasks)
+    short = [len(o.strip().splitlines()) == 1 and len(o.split()) <= 3 for o in outs]
+    return {
+        "task_accuracy": sum(synthetic.is_correct(o, t.meta["answer"]) for o, t in zip(outs, tasks)) / len(tasks),
+        "short_reply_rate": sum(short) / len(tasks),
+    }
+
+
+@torch.no_grad()
+def answer_nll(model, tok, tasks: list, max_length: int = 256) -> float:
+    """Mean token NLL of the reference answers of held-out tasks (lower is better)."""
+    from tandem.data import collate, encode_all
+    from tandem.objectives.logprobs import sequence_logps
+
+    feats, _ = encode_all(tok, tasks, max_length, "truncate")
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(feats), 16):
+        chunk = feats[i : i + 16]
+        s, n = sequence_logps(model, collate(chunk, mode="pack", pad_id=tok.pad_token_id), num_seqs=len(chunk))
+        total, count = total - float(s.sum()), count + int(n.sum())
+    return total / max(count, 1)
 
 
 @torch.no_grad()
@@ -70,10 +93,11 @@ def preference_win_rate(model, tok, pairs: list, max_length: int = 256) -> float
 
 
 def evaluate(model, tok, tasks, pairs) -> dict[str, float]:
-    return {"task_accuracy": task_accuracy(model, tok, tasks), "preference_win_rate": preference_win_rate(model, tok, pairs)}
+    return {**task_scores(model, tok, tasks), "answer_nll": answer_nll(model, tok, tasks),
+            "preference_win_rate": preference_win_rate(model, tok, pairs)}
 
 
-def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool = True, n_train: int = 48, n_eval: int = 48) -> dict:
+def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool = True, n_train: int = 96, n_eval: int = 48) -> dict:
     from tandem.config.recipe import load_recipe
     from tandem.engine.run import train
     from tandem.models import find_smollm2, load_policy, pull_smollm2

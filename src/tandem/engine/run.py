@@ -84,11 +84,18 @@ def load_model(recipe: Recipe, reward: bool):
     return model, tok
 
 
-def build_objective(recipe: Recipe, role: str):
+def build_objective(recipe: Recipe, role: str, forced: str | None = None):
+    """The objective of ``role``. ``forced`` (a method's ``preference_objective``, e.g. ``ppo``) takes its settings
+    from ``objectives.<forced>`` when present, else from ``objectives.<role>``, which must then name it."""
     from tandem.objectives import build
 
+    if forced is not None and forced in recipe.objectives:
+        role = forced
     if role not in recipe.objectives:
         raise ValueError(f"the schedule needs objectives.{role}, which the recipe does not define")
+    if forced is not None and recipe.objectives[role].name != forced:
+        raise ValueError(f"schedule.method {recipe.schedule.method!r} trains the preference stages with {forced!r}: add an "
+                         f"objectives.{forced} block (or set objectives.{role}.name: {forced})")
     cfg = recipe.objectives[role].model_dump()
     name = cfg.pop("name")
     try:
@@ -170,7 +177,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
         return {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in b.items()}
 
     roles = sorted({s.role for s in stages} | ({method.aux_role} if method.aux_role else set()))
-    objectives = {role: build_objective(recipe, role) for role in roles}
+    objectives = {role: build_objective(recipe, role, method.preference_objective if role == "preference" else None)
+                  for role in roles}
     data = {role: _load_data(acc, recipe, role, tok, objectives[role], run_dir) for role in roles}
     n_parts = {role: max([s.n_parts for s in stages if s.role == role] or [1]) for role in roles}
     parts = {role: split_parts(data[role][0], n, seed=recipe.seed) if n > 1 else [data[role][0]] for role, n in n_parts.items()}
@@ -230,7 +238,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
             )
             t0 = time.perf_counter()
             first = start_step if mid_stage else 0
-            driver = getattr(objective, "run_stage", None)  # online objectives (PPO) drive their own stage
+            # online objectives (PPO) drive their own stage, also when they are the auxiliary one (sft+ppo)
+            driver = next((o.run_stage for o in [objective, *(a[0] for a in aux)] if hasattr(o, "run_stage")), None)
             global_step = driver(ctx, optimizer, scheduler, first, total) if driver else run_stage(ctx, optimizer, scheduler, first, total, spe)
             if regularizer is not None:
                 _after_stage(regularizer, model, stage, feats, batch_fn)

@@ -45,12 +45,19 @@ def _load(auto_cls, name_or_path, gguf_file, dtype, trust_remote_code, revision,
     _check_safetensors(name_or_path, gguf_file)
     kw = dict(trust_remote_code=trust_remote_code, revision=revision, **extra)
     if gguf_file:
+        from transformers import GgufConfig
+
         kw["gguf_file"] = gguf_file
+        # Training needs plain dense weights: unpack every GGUF block at load time (transformers would otherwise
+        # keep them packed when a matmul kernel is installed, and such a model can be neither trained nor saved).
+        kw["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
     else:
         kw["use_safetensors"] = True
     if dtype in DTYPES:
         kw["dtype"] = DTYPES[dtype]
     model = auto_cls.from_pretrained(name_or_path, **kw)
+    if gguf_file and getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)  # dense now: a normal, trainable, saveable model
     if dtype in DTYPES and gguf_file:
         model = model.to(DTYPES[dtype])  # GGUF weights are dequantised to float32
     tok = load_tokenizer(name_or_path, gguf_file, trust_remote_code, revision)

@@ -11,13 +11,19 @@ import inspect
 from typing import Callable
 
 from tandem.objectives.dpo import DPO
+from tandem.objectives.normalized import Normalized
+from tandem.objectives.ppo import PPO
 from tandem.objectives.reward import Reward
 from tandem.objectives.sft import SFT
+from tandem.objectives.sparse_token import SparseToken
 
 OBJECTIVES: dict[str, Callable] = {
     "sft": SFT,
     "reward": Reward,
     "dpo": DPO,  # loss_type="sigmoid"|"ipo"|"hinge", beta, label_smoothing, nll_coef, average_logps
+    "normalized": Normalized,  # beta (None: no sigmoid weight, no reference), rescale, eps
+    "sparse_token": SparseToken,  # beta, shared_weight
+    "ppo": PPO,  # online: reward_model | reward_fn, critic, beta, kl_control, gamma, lam, clip, ... (drives its stage)
 }
 
 

@@ -17,6 +17,15 @@ Every method shares the engine; a method only decides *which* stages run and *wh
 | sft+dpo         | SFT                                     | + gamma * DPO loss on preference data in the same step     |
 | l2-anchor       | SFT, preference                         | lambda * ||theta - theta_start||^2 / 2, uniform             |
 | l1-anchor       | SFT, preference                         | lambda * ||theta - theta_start||_1, uniform                 |
+| ppo             | preference (PPO)                        | -                                                          |
+| sequential-ppo  | SFT, preference (PPO)                   | -                                                          |
+| hbat-ppo        | SFT-1, PPO-1, ..., SFT-N, PPO-N         | modified EWC; one critic carried across the PPO stages      |
+| ppo+sft         | preference (PPO)                        | + gamma * SFT loss on SFT data in every PPO update          |
+| sft+ppo         | SFT (driven by PPO)                     | + gamma * PPO loss on prompts of the preference data        |
+
+Methods marked PPO train their preference stages with the ``ppo`` objective (``Method.preference_objective``):
+its settings come from ``objectives.ppo`` when the recipe has that block, else from ``objectives.preference``,
+which must then name ``ppo`` (so one recipe can hold both a DPO and a PPO configuration for ``tandem compare``).
 
 The regularizer's settings come from the recipe's ``hbat`` block (``recipes/hbat.yaml`` writes them out);
 an explicit ``regularizer`` block in the recipe overrides the method's choice.
@@ -34,6 +43,7 @@ class Method:
     schedule: object  # parts -> list[Stage]
     regularizer: str | None = None  # key into the hbat block's regularizer settings
     aux_role: str | None = None  # objective role mixed into every stage, weighted by hbat.mix_gamma
+    preference_objective: str | None = None  # forces the objective of the preference role (e.g. "ppo")
 
 
 METHODS: dict[str, Method] = {
@@ -51,6 +61,11 @@ METHODS: dict[str, Method] = {
     "sft+dpo": Method(single("sft"), aux_role="preference"),
     "l2-anchor": Method(sequential, regularizer="l2"),
     "l1-anchor": Method(sequential, regularizer="l1"),
+    "ppo": Method(single("preference"), preference_objective="ppo"),
+    "sequential-ppo": Method(sequential, preference_objective="ppo"),
+    "hbat-ppo": Method(alternating, regularizer="ewc", preference_objective="ppo"),
+    "ppo+sft": Method(single("preference"), aux_role="sft", preference_objective="ppo"),
+    "sft+ppo": Method(single("sft"), aux_role="preference", preference_objective="ppo"),
 }
 
 

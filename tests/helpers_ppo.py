@@ -1,0 +1,48 @@
+"""Programmatic rewards and recipes for the PPO tests (imported by ``reward_fn: "helpers_ppo:..."``)."""
+
+from __future__ import annotations
+
+from tandem.config.recipe import parse_recipe
+
+
+def count_e(prompt: str, response: str) -> float:
+    """+1 per letter 'e' in the response."""
+    return float(response.count("e"))
+
+
+def length_reward(prompt: str, response: str) -> float:
+    return float(len(response)) / 10.0
+
+
+def ppo_block(**over) -> dict:
+    block = {"name": "ppo", "reward_fn": "helpers_ppo:count_e", "critic": "value_head", "beta": 0.05,
+             "kl_control": "adaptive", "kl_target": 6.0, "gamma": 1.0, "lam": 0.95, "clip": 0.2, "vf_clip": 0.2,
+             "vf_coef": 0.1, "ppo_epochs": 2, "mini_batches": 2, "critic_warmup_steps": 0, "max_new_tokens": 6,
+             "temperature": 1.0, "top_p": 1.0}
+    block.update(over)
+    return block
+
+
+def ppo_recipe(tmp_path, model_dir, files, method="ppo", ppo=None, **over):
+    raw = {
+        "name": "ppo-test",
+        "output_dir": str(tmp_path / "run"),
+        "seed": 0,
+        "precision": "fp32",
+        "model": {"name_or_path": str(model_dir), "dtype": "float32"},
+        "data": {"sft": {"source": str(files["sft"])}, "preference": {"source": str(files["preference"])},
+                 "max_length": 96, "val_size": 0},
+        "batching": {"mode": "pack", "batch_size": 4},
+        "optimizer": {"lr": 1e-3, "scheduler": "constant"},
+        "schedule": {"method": method, "parts": 1, "epochs": 1, "max_steps": 3},
+        "objectives": {"sft": {"name": "sft"}, "preference": ppo_block(**(ppo or {}))},
+        "checkpoint": {"every": 0, "keep": 1},
+        "logging": {"progress": False, "tensorboard": False},
+    }
+    for k, v in over.items():
+        node = raw
+        *path, last = k.split(".")
+        for p in path:
+            node = node.setdefault(p, {})
+        node[last] = v
+    return parse_recipe(raw)
