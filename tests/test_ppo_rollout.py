@@ -170,17 +170,19 @@ def test_encode_keeps_distinct_prompt_tails(tiny_model_dir):
 
     from tandem.data.types import PreferenceExample, user
 
+    from tandem.data.encode import prompt_ids
+
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)
     ppo = build("ppo", reward_fn="helpers_ppo:count_e", max_new_tokens=8)
     long = "word " * 40
     exs = [PreferenceExample(user("hi"), "a", "b"), PreferenceExample(user("hi"), "c", "d"),
            PreferenceExample(user(long), "a", "b")]
-    feats, stats = ppo.encode(tok, exs, max_length=24, overlong="truncate")
+    room = len(prompt_ids(tok, user("hi"))) + 2  # "hi" fits, the long prompt does not
+    feats, stats = ppo.encode(tok, exs, max_length=room + 8, overlong="truncate")
     assert stats == {"total": 3, "kept": 2, "truncated": 1, "dropped": 0, "duplicates": 1}
-    assert len(feats[1]["prompt_ids"]) == 16 and feats[1]["prompt_ids"][-3:] == feats[1]["prompt_ids"][-3:]
-    from tandem.data.encode import prompt_ids
-
-    assert feats[1]["prompt_ids"] == prompt_ids(tok, user(long))[-16:]
-    assert ppo.encode(tok, exs, max_length=24, overlong="drop")[1]["dropped"] == 1
+    assert feats[0] == {"prompt_ids": prompt_ids(tok, user("hi")), "prompt": user("hi")}
+    assert feats[1]["prompt_ids"] == prompt_ids(tok, user(long))[-room:]  # the tail, ending at the generation slot
+    assert ppo.encode(tok, exs, max_length=room + 8, overlong="drop")[1]["dropped"] == 1
+    assert ppo.tokenizer is tok
     with pytest.raises(ValueError, match="max_new_tokens"):
         ppo.encode(tok, exs, max_length=8)

@@ -50,11 +50,14 @@ def reference_rows(model, feats, params):
         out.append((float(gw @ gl), float(gw.norm()), float(gl.norm())))
     for p, fl in zip(ps, flags):
         p.requires_grad_(fl)
+    model.train()
     return out
 
 
 def check_against_flat(model, params, **kw):
+    was = model.training
     rows = entanglement_stats(model, PAIRS, batch_fn, params=params, **kw)
+    assert model.training == was
     for row, (dot, nw, nl) in zip(rows, reference_rows(model, PAIRS, params)):
         assert row["dot"] == pytest.approx(dot, rel=1e-4, abs=1e-6)
         assert row["norm_w"] == pytest.approx(nw, rel=1e-5)
@@ -93,7 +96,6 @@ def test_inner_products_on_lora_params_and_flags_restored():
     rows = check_against_flat(model, "lora")
     assert all(r["norm_w"] > 0 for r in rows)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
-    assert model.training
     assert all(p.grad is None for p in model.parameters())
     assert {n for n, _ in select_params(model, "lora")} == {n for n in flags if "lora_" in n}
 
@@ -165,7 +167,7 @@ def test_token_cosines_match_direct_per_token_gradients():
     assert res["cosine"].shape == (4, 4)
     assert torch.allclose(res["cosine"], expected, atol=1e-5)
     # the shared first two tokens (same prefix, same context) have identical gradients
-    assert res["cosine"][0, 0] == pytest.approx(1.0, abs=1e-6) and res["cosine"][1, 1] == pytest.approx(1.0, abs=1e-6)
+    assert res["cosine"][0, 0] == pytest.approx(1.0, abs=1e-5) and res["cosine"][1, 1] == pytest.approx(1.0, abs=1e-5)
     assert res["chosen_ids"] == [5, 6, 7, 8] and res["rejected_ids"] == [5, 6, 11, 8]
     # a tiny memory budget (one tensor per chunk) gives the same matrix
     small = token_cosines(model, f, batch_fn, params=r"layers\.0\.", max_tokens=4, max_bytes=1)

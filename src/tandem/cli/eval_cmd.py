@@ -8,35 +8,9 @@ from typing import Optional
 
 import typer
 
+from tandem.evaluation.inputs import eval_inputs
+
 app = typer.Typer()
-
-
-def _lines(path: str) -> list[str]:
-    p = Path(path)
-    if p.suffix in (".jsonl", ".gz"):
-        from tandem.data.readers import read_records
-
-        return [r.get("text") or r.get("output") or "" for r in read_records(str(p))]
-    return [t for t in p.read_text().split("\n\n") if t.strip()]
-
-
-def eval_inputs(cfg) -> dict:
-    """Prompts, references, baseline, held-out texts and MC rows named by a recipe's eval block."""
-    from tandem.data import load_examples
-    from tandem.evaluation.metrics import load_mc_rows
-
-    out: dict = {}
-    if cfg.data is not None:
-        examples, _ = load_examples(cfg.data.source, format=cfg.data.format, split=cfg.data.split, limit=cfg.data.limit)
-        out["prompts"] = [e.prompt for e in examples]
-        out["references"] = [getattr(e, "response", None) or getattr(e, "chosen", None) for e in examples]
-    if cfg.baseline:
-        out["baseline"] = _lines(cfg.baseline)[: len(out.get("prompts", []))]
-    if cfg.heldout_text:
-        out["heldout_texts"] = _lines(cfg.heldout_text)
-    if cfg.mc:
-        out["mc_rows"] = load_mc_rows(cfg.mc)
-    return out
 
 
 def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatures: list[float]) -> dict:

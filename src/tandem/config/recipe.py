@@ -130,6 +130,38 @@ class EvalConfig(Strict):
     seed: int = 0
 
 
+class AdaptiveRatiosConfig(Strict):
+    enabled: bool = True
+    top_k: int = Field(default=8, ge=1, description="highest-reward responses of the tuned model to learn on")
+    steps: int = Field(default=20, ge=1)
+    lr: float = 0.1
+    mean_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class TaxConfig(Strict):
+    """``tandem tax``: model averaging between theta_0 (before preference training) and theta_1 (after)."""
+
+    base: str | None = Field(default=None, description="theta_0; default model.name_or_path")
+    tuned: str | None = Field(default=None, description="theta_1; default OUTPUT_DIR/final")
+    out: str | None = Field(default=None, description="default OUTPUT_DIR/tax")
+    groups: str = "block3"
+    head_alpha: float | None = None
+    sweep: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    trials: int = Field(default=16, ge=0, description="optuna trials over per-group ratios")
+    seed: int = 0
+    prompts: SourceConfig | None = Field(default=None, description="reward side prompts; default eval.data")
+    reward_model: str | None = Field(default=None, description="default eval.reward_model")
+    tax_metric: Literal["perplexity", "mc"] = "perplexity"
+    heldout_text: str | None = Field(default=None, description="default eval.heldout_text")
+    heldout_limit: int | None = Field(default=None, ge=1)
+    mc: str | None = Field(default=None, description="default eval.mc")
+    budget: float | None = Field(default=None, description="largest tax allowed for the pick")
+    max_new_tokens: int = 48
+    temperature: float = 0.0
+    batch_size: int = 8
+    adaptive: AdaptiveRatiosConfig = AdaptiveRatiosConfig()
+
+
 class CheckpointConfig(Strict):
     every: int = Field(default=0, ge=0, description="optimizer steps between checkpoints; 0 = stage ends only")
     keep: int = Field(default=1, ge=1)
@@ -156,6 +188,7 @@ class Recipe(Strict):
     regularizer: RegularizerConfig | None = None
     hbat: HBATConfig = HBATConfig()
     eval: EvalConfig = EvalConfig()
+    tax: TaxConfig = TaxConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
     save_merged: bool = Field(default=True, description="with LoRA, also save a merged full model in final/merged")

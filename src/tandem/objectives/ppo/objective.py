@@ -27,8 +27,9 @@ head sees detached hidden states). A critic carried over from an earlier stage i
 
 Reference: with LoRA, the policy with its adapters disabled (peft ``disable_adapter()``), i.e. the model
 before any training: no second copy. Without LoRA, a frozen copy of the policy taken at the stage start
-(``hbat.reference: stage_start``) or loaded from ``stages/start.safetensors`` (``hbat.reference: initial``),
-on the policy's device: one more set of weights in memory, no gradients or optimizer state.
+(``hbat.reference: stage_start``; a resumed stage reloads it from the previous stage's ``end.safetensors``) or
+loaded from ``stages/start.safetensors`` (``hbat.reference: initial``), on the policy's device: one more set of
+weights in memory, no gradients or optimizer state.
 
 Over-optimisation guard (``eval_every > 0``): ``eval_prompts`` prompts are held out of the stage's prompts
 (seeded); before the first step, every ``eval_every`` steps and at the stage end the mean score of one seeded
@@ -55,6 +56,7 @@ import math
 import os
 import random
 import time
+import warnings
 from pathlib import Path
 
 import torch
@@ -233,21 +235,29 @@ class PPO:
         self._reward = ModelReward(model, rtok, same, batch_fn, self.reward_batch_size)
         return self._reward
 
-    def _reference(self, ctx):
-        """None (LoRA: adapters disabled) or a frozen copy of the policy (module docstring)."""
+    def _reference(self, ctx, resumed: bool):
+        """None (LoRA: adapters disabled) or a frozen copy of the policy (module docstring). A resumed stage reloads
+        the stage-start weights from the previous stage's ``end.safetensors`` (``stages/start.safetensors``)."""
         from peft import PeftModel
 
         policy = ctx.model
         if isinstance(policy, PeftModel):
             return None
         ref = copy.deepcopy(policy)
+        stages = Path(ctx.recipe.output_dir) / "stages"
+        source = None
         if getattr(ctx.recipe.hbat, "reference", "stage_start") == "initial":
+            source = stages / "start.safetensors"
+        elif resumed:
+            prev = sorted(stages.glob(f"{ctx.stage.index:02d}-*/end.safetensors")) if ctx.stage.index else []
+            source = prev[0] if prev else stages / "start.safetensors"
+        if source is not None:
             from tandem.engine.checkpoint import load_trainable_file
 
-            start = Path(ctx.recipe.output_dir) / "stages" / "start.safetensors"
-            if not start.exists():
-                raise FileNotFoundError(f"ppo reference 'initial' needs {start} (checkpoint.stage_weights: true)")
-            load_trainable_file(ref, start)
+            if not source.exists():
+                raise FileNotFoundError(f"ppo reference: {source} is missing; a PPO stage without LoRA that is resumed "
+                                        "or uses hbat.reference 'initial' needs checkpoint.stage_weights: true")
+            load_trainable_file(ref, source)
         ref.eval()
         for p in ref.parameters():
             p.requires_grad_(False)
@@ -298,7 +308,7 @@ class PPO:
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         eos = eos_ids(policy, self.tokenizer)
         reward = self._reward_scorer(ctx)
-        reference = self._reference(ctx)
+        reference = self._reference(ctx, resumed=first > 0)
         critic, info = self._critic(ctx, stage_dir)
         fresh = info["critic_loaded_from"] is None
         oc = recipe.optimizer
@@ -382,7 +392,9 @@ class PPO:
             mean = s_sum / n
             kl_mean = kl_sum / n
             kl_ctl.update(kl_mean, int(n))
-            scheduler.step()
+            with warnings.catch_warnings():  # warm-up steps leave the policy optimizer untouched: torch warns
+                warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+                scheduler.step()
             ctx.global_step += 1
             dt = time.perf_counter() - t0
             row = {

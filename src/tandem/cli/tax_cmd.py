@@ -1,0 +1,57 @@
+"""``tandem tax``: model averaging between the weights before and after preference training, ratio search and
+the reward-versus-forgetting Pareto front (library: tandem.merging.tax)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+console = Console(stderr=True)
+
+
+@app.command("tax")
+def tax(
+    recipe: Path = typer.Argument(..., help="Recipe with a `tax` block (see recipes/tax.yaml)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe field: --set tax.trials=32 (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Reuse the candidates already scored in OUT/candidates.jsonl."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT directory."),
+    no_progress: bool = typer.Option(False, "--no-progress"),
+) -> None:
+    """Search merge ratios between theta_0 (before preference training) and theta_1 (after).
+
+    theta = (1 - alpha) * theta_0 + alpha * theta_1 per tensor (alpha = 1: the tuned model). Scores a global
+    (Wise-FT) sweep, optuna per-group ratios and the adaptive learned ratios on reward and tax, writes
+    OUT/table.md, OUT/summary.json, OUT/pareto.png, and saves the best candidate under tax.budget to OUT/picked.
+
+    Examples:
+
+      tandem tax recipes/tax.yaml
+
+      tandem tax recipes/tax.yaml --set tax.trials=40 --set tax.budget=0.05 --resume
+    """
+    from tandem.cli.main import _setup_logging, fail
+    from tandem.config.recipe import RecipeError, load_recipe
+    from tandem.merging.tax import run_tax
+
+    _setup_logging(False)
+    try:
+        r = load_recipe(recipe, list(set_))
+    except RecipeError as e:
+        fail(str(e))
+    try:
+        summary = run_tax(r, resume=resume, overwrite=overwrite, show_progress=not no_progress)
+    except (FileExistsError, FileNotFoundError, ValueError) as e:
+        fail(str(e))
+    out = Path(r.tax.out or Path(r.output_dir) / "tax")
+    console.print((out / "table.md").read_text())
+    pick = summary["pick"]
+    if pick is None:
+        console.print("no candidate picked (set tax.budget to pick the best reward under a tax budget)")
+    else:
+        p = summary["points"][pick]
+        console.print(f"[green]picked[/] {p['kind']} alphas {p['alphas']} reward {p['reward']:.4f} tax {p['tax']:.4f} "
+                      f"-> {summary['picked_dir']}")
+    console.print(f"plot: {out / 'pareto.png'}")
