@@ -10,6 +10,15 @@ def count_e(prompt: str, response: str) -> float:
     return float(response.count("e"))
 
 
+_CALLS = [0]
+
+
+def decaying(prompt: str, response: str) -> float:
+    """A reward that falls with every call (-1, -2, ...): the earliest evaluation always scores best."""
+    _CALLS[0] += 1
+    return -float(_CALLS[0])
+
+
 def length_reward(prompt: str, response: str) -> float:
     return float(len(response)) / 10.0
 

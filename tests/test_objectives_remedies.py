@@ -177,3 +177,24 @@ def test_sparse_token_on_a_model_prepare_and_gradient_flow():
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and sum(float(g.abs().sum()) for g in grads) > 0
+
+
+@pytest.mark.parametrize("name", ["normalized", "sparse_token"])
+def test_remedies_train_in_the_engine(tmp_path, tiny_model_dir, synthetic_files, name):
+    from pathlib import Path
+
+    from test_engine_train import read_metrics, recipe
+
+    from tandem.engine.run import train
+
+    r = recipe(tmp_path, tiny_model_dir, synthetic_files, method="dpo",
+               **{"objectives.preference": {"name": name, "beta": 0.1}, "schedule.max_steps": 2,
+                  "checkpoint.every": 0})
+    train(r)
+    val = [x for x in read_metrics(Path(r.output_dir)) if x["split"] == "val"]
+    assert val and math.isfinite(val[-1]["preference/loss"])  # validation runs the objective under no_grad
+    rows = [x for x in read_metrics(Path(r.output_dir)) if x["split"] == "train"]
+    assert [x["step"] for x in rows] == [1, 2] and all(math.isfinite(x["loss"]) for x in rows)
+    assert rows[0]["rewards/margin"] == pytest.approx(0.0, abs=1e-4)  # policy == reference at step 1
+    key = "grad/cosine" if name == "normalized" else "token_weight/chosen"
+    assert 0 < rows[0][key] <= 1

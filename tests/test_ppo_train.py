@@ -135,20 +135,20 @@ def test_resume_mid_stage_matches_uninterrupted_run(tmp_path, tiny_model_dir, sy
 
 
 def test_best_policy_guard_restores_the_best_evaluated_weights(tmp_path, tiny_model_dir, synthetic_files):
+    # the reward falls with every call, so the evaluation before the first step is the best one
     r = ppo_recipe(tmp_path, tiny_model_dir, synthetic_files,
-                   ppo={"eval_every": 2, "eval_prompts": 4, "keep_best": True},
-                   **{"schedule.max_steps": 4, "optimizer.lr": 0.05})
+                   ppo={"reward_fn": "helpers_ppo:decaying", "eval_every": 2, "eval_prompts": 4, "keep_best": True},
+                   **{"schedule.max_steps": 4, "checkpoint.every": 2, "checkpoint.keep": 2})
     train(r)
     run = Path(r.output_dir)
     val = rows(run, "val")
     assert [x["stage_step"] for x in val] == [0, 2, 4]
+    assert val[0]["val_score"] > val[1]["val_score"] > val[2]["val_score"]
     info = json.loads((run / "stages" / "01-pref" / "ppo.json").read_text())
-    scores = [x["val_score"] for x in val]
-    best = max(range(3), key=lambda i: (scores[i], -i))  # first maximum wins
-    assert info["best_step"] == val[best]["stage_step"] and info["best_val_score"] == pytest.approx(scores[best])
-    assert info["restored_best"] == (info["best_step"] != 4)
-    if info["best_step"] == 0:
-        assert same(load_file(run / "stages" / "start.safetensors"), load_file(run / "stages" / "01-pref" / "end.safetensors"))
+    assert info["best_step"] == 0 and info["restored_best"] and info["best_val_score"] == val[0]["val_score"]
+    start = load_file(run / "stages" / "start.safetensors")
+    assert not same(start, load_file(run / "checkpoints" / "stage00-step000002" / "trainable.safetensors"))  # it trained
+    assert same(start, load_file(run / "stages" / "01-pref" / "end.safetensors"))  # ... and the start was restored
     assert not (run / "stages" / "01-pref" / "best-policy.safetensors").exists()
 
 
@@ -161,3 +161,22 @@ def test_ppo_raises_the_reward_of_a_tiny_policy(tmp_path, tiny_model_dir, synthe
     rewards = [x["reward_mean"] for x in rows(Path(r.output_dir))]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
     assert last > first + 1.5, rewards
+
+
+def test_reward_model_and_reward_model_critic_from_a_tandem_reward_run(tmp_path, tiny_model_dir, synthetic_files):
+    lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    rm = ppo_recipe(tmp_path / "rm", tiny_model_dir, synthetic_files, method="reward",
+                    **{"objectives.reward": {"name": "reward"}, "schedule.max_steps": 1, "model.lora": lora,
+                       "save_merged": False})
+    train(rm)
+    final = Path(rm.output_dir) / "final"
+    assert (final / "adapter_config.json").exists()  # a LoRA reward model: merged into the critic
+    r = ppo_recipe(tmp_path / "ppo", tiny_model_dir, synthetic_files,
+                   ppo={"reward_fn": None, "reward_model": str(final), "critic": "reward_model", "critic_warmup_steps": 1},
+                   **{"schedule.max_steps": 2})
+    train(r)
+    run = Path(r.output_dir)
+    tr = rows(run)
+    assert len(tr) == 2 and all(abs(x["score_mean"]) > 0 for x in tr)
+    critic = load_file(run / "stages" / "01-pref" / "critic.safetensors")
+    assert any(k.startswith("model.score") for k in critic) and not any("lora" in k for k in critic)

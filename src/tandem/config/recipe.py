@@ -53,7 +53,7 @@ class BatchingConfig(Strict):
     mode: Literal["pack", "pad"] = "pack"
     batch_size: int = Field(default=8, ge=1, description="examples (or pairs) per optimizer step, all processes")
     grad_accum: int = Field(default=1, ge=1)
-    max_tokens_per_row: int | None = None
+    max_tokens_per_row: int | None = Field(default=1024, ge=1, description="pack: longest row in tokens (attention cost grows with its square); null = one row per micro-batch")
     group_by_length: bool = True
 
 
@@ -174,6 +174,14 @@ class LoggingConfig(Strict):
     progress: bool = True
 
 
+class ProbeConfig(Strict):
+    """Training-time gradient-entanglement probe (tandem.probes.ProbeHook) in preference stages."""
+
+    every: int = Field(default=0, ge=0, description="optimizer steps between probes; 0 = off")
+    pairs: int = Field(default=8, ge=1, description="the first N pairs of the stage's data are probed")
+    params: str = Field(default="all", description="'all', 'lora' or a regex on parameter names")
+
+
 class Recipe(Strict):
     name: str = "run"
     output_dir: str
@@ -191,6 +199,7 @@ class Recipe(Strict):
     tax: TaxConfig = TaxConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     logging: LoggingConfig = LoggingConfig()
+    probe: ProbeConfig = ProbeConfig()
     save_merged: bool = Field(default=True, description="with LoRA, also save a merged full model in final/merged")
 
     @model_validator(mode="after")

@@ -118,6 +118,7 @@ def run_stage(ctx: StageContext, optimizer, scheduler, start_step: int, total_st
     task = ctx.progress.add_task(f"{stage.name}", total=total_steps, completed=start_step, loss="-", tps="-")
     every = recipe.checkpoint.every
     order_cache: dict[int, list[list[int]]] = {}
+    probe = _probe_hook(ctx)
     ctx.runner.train()
     for step in range(start_step, total_steps):
         epoch, pos = divmod(step, spe)
@@ -177,7 +178,9 @@ def run_stage(ctx: StageContext, optimizer, scheduler, start_step: int, total_st
         ctx.global_step += 1
         dt = time.perf_counter() - t0
         tps = n_tokens_all / dt if dt > 0 else 0.0
-        if (step + 1) % recipe.logging.every == 0 or step + 1 == total_steps:
+        probed = probe(ctx.model, ctx.global_step) if probe is not None else None  # main process only
+        stats.update(probed or {})
+        if (step + 1) % recipe.logging.every == 0 or step + 1 == total_steps or probed:
             row = {
                 "split": "train",
                 "stage": stage.name,
@@ -198,6 +201,17 @@ def run_stage(ctx: StageContext, optimizer, scheduler, start_step: int, total_st
         _fault_injection(ctx.global_step)
     ctx.progress.remove_task(task)
     return ctx.global_step
+
+
+def _probe_hook(ctx):
+    """The recipe's gradient-entanglement probe on the first ``probe.pairs`` pairs of a preference stage, on the
+    main process (None when ``probe.every`` is 0, for other roles and on other processes)."""
+    cfg = getattr(ctx.recipe, "probe", None)
+    if cfg is None or not cfg.every or ctx.stage.role != "preference" or not ctx.accelerator.is_main_process:
+        return None
+    from tandem.probes import ProbeHook
+
+    return ProbeHook(ctx.features, ctx.batch_fn, every=cfg.every, pairs=cfg.pairs, params=cfg.params)
 
 
 def _fault_injection(global_step: int) -> None:

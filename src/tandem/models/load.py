@@ -100,11 +100,14 @@ def load_saved(path: str | Path, dtype: str = "auto"):
         from peft import AutoPeftModelForCausalLM
 
         cfg = json.loads((path / "adapter_config.json").read_text())
+        kw = {"dtype": DTYPES[dtype]} if dtype in DTYPES else {}
         if cfg.get("task_type") == "SEQ_CLS":
             from peft import AutoPeftModelForSequenceClassification as cls
+
+            kw["num_labels"] = 1  # a tandem reward model (the default head would have 2 labels)
         else:
             cls = AutoPeftModelForCausalLM
-        model = cls.from_pretrained(str(path), **({"dtype": DTYPES[dtype]} if dtype in DTYPES else {}))
+        model = cls.from_pretrained(str(path), **kw)
         tok = load_tokenizer(str(path) if (path / "tokenizer_config.json").exists() else cfg["base_model_name_or_path"])
         return model, tok
     cfg = json.loads((path / "config.json").read_text())

@@ -34,7 +34,9 @@ Caveats: ``torch.autograd.grad`` needs graphs that can be traversed twice, so no
 checkpointing. Under DDP (several processes) the extra ``autograd.grad`` calls happen inside the wrapped
 forward on the unwrapped parameters; they do not touch ``.grad`` nor fire DDP's gradient hooks, and each
 pair's norms are local to the process that holds it, so the all-reduce still happens once, in the engine's
-backward, but this path is tested on one process only.
+backward. Checked once with ``accelerate launch --num_processes 2 --cpu`` (gloo): the same losses as one
+process for the same global batch; not checked on GPUs (NCCL) nor with FSDP/DeepSpeed, where parameters are
+sharded and ``autograd.grad`` on them would not give full per-pair norms.
 
 Metrics: ``loss`` (the surrogate: only its gradient means something), ``dpo_loss`` (DPO's sigmoid loss at the
 same margin, when references are used), ``chosen_logp``, ``rejected_logp``, ``rewards/margin`` (``h``, when references are used),
@@ -95,10 +97,17 @@ class Normalized:
         return DPO(beta=self.beta).prepare(model, features, batch_fn)
 
     def _pair_stats(self, model, batch, b: int):
-        """``(logp[2B], sq_norm[2B], dot[B])``: per-sequence log-probs (in the graph) and gradient stats."""
+        """``(logp[2B], sq_norm[2B], dot[B])``: per-sequence log-probs (in the graph) and gradient stats.
+
+        Under ``torch.no_grad`` (validation) the gradients are still taken, inside ``torch.enable_grad``, and
+        the returned log-probs are detached."""
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("normalized: the model has no trainable parameter")
+        if not torch.is_grad_enabled():
+            with torch.enable_grad():
+                logp, sq, dot = self._pair_stats(model, batch, b)
+            return logp.detach(), sq, dot
         logps, sq, dots = [], [], []
         singles = split_sequences(batch, 2 * b)
         for i in range(b):

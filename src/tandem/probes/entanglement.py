@@ -166,7 +166,7 @@ def entanglement_stats(model, features: list[dict], batch_fn, params: str = "all
         raise ValueError("entanglement_stats needs preference features (chosen_input_ids / rejected_input_ids)")
     tensors = [p for _, p in select_params(model, params)]
     rows = []
-    with probing(model, tensors):
+    with probing(model, tensors), torch.enable_grad():
         for i, f in enumerate(feats):
             rows.append({"index": i, **pair_row(pair_inner_products(model, f, batch_fn, tensors, chunk_numel), ratio)})
             if on_pair is not None:

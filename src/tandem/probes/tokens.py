@@ -36,7 +36,7 @@ def token_cosines(model, feature: dict, batch_fn, params: str = "all", max_token
     if max_tokens < 1:
         raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
     tensors = [p for _, p in select_params(model, params)]
-    with probing(model, tensors):
+    with probing(model, tensors), torch.enable_grad():
         tok_lp = {}
         for side in ("chosen", "rejected"):
             lp, _ = token_logps(model, batch_fn([single_sequence(feature, side)]))
@@ -86,7 +86,8 @@ def token_labels(tokenizer, ids: list[int]) -> list[str]:
 
 def plot_token_heatmap(result: dict, tokenizer, out_png: str | Path, title: str = "Per-token gradient cosine") -> Path:
     """Heatmap PNG of ``result["cosine"]`` (from :func:`token_cosines`): chosen tokens down, rejected tokens
-    across, a diverging colour scale fixed to [-1, 1] and a colorbar."""
+    across, cell = cos(grad log p(chosen token i), grad log p(rejected token j)), a diverging colour scale fixed
+    to [-1, 1] and a colorbar."""
     from tandem.report.plots import _save, plt
 
     cos = result["cosine"].numpy()
@@ -99,6 +100,6 @@ def plot_token_heatmap(result: dict, tokenizer, out_png: str | Path, title: str 
     ax.set_xlabel("rejected response token")
     ax.set_ylabel("chosen response token")
     ax.set_title(title, fontsize=10)
-    fig.colorbar(im, ax=ax, label="cos(grad log p(chosen token), grad log p(rejected token))")
+    fig.colorbar(im, ax=ax, label="gradient cosine")
     fig.tight_layout()
     return _save(fig, out_png)

@@ -1,7 +1,8 @@
 """``write_report``: a markdown report (with PNG plots) for a run dir or a compare dir.
 
 * **Run dir** (has ``metrics.jsonl``): a stage table (steps, last train/val loss), training curves (one panel
-  per metric, stage boundaries marked), the last logged value of every metric per stage.
+  per metric, stage boundaries marked), chosen vs rejected log-probs and the ``probe/*`` entanglement metrics
+  on shared axes when logged, the last logged value of every metric per stage.
 * **Compare dir** (has ``table.json``: a list of ``{"method", "seed", metric: value, ...}``): a table of
   ``mean ± std`` per method over seeds (sample std, ``ddof=1``; ``n`` = number of seeds with the metric) and
   a scatter of an instruction-following metric (x) against a preference metric (y), one point per method.
@@ -106,6 +107,9 @@ def _run_section(d: Path, plots_dir: Path, base: Path) -> list[str]:
     lines += ["", "## Training curves", ""]
     if png is not None:
         lines += [f"![training curves]({_rel(png, base)})", ""]
+    ent = P.plot_entanglement(rows, plots_dir / "entanglement.png", title=f"Chosen vs rejected: {d.name}")
+    if ent is not None:
+        lines += ["## Chosen vs rejected log-probs and gradient entanglement", "", f"![entanglement]({_rel(ent, base)})", ""]
     keys = P.metric_keys(rows)
     lines += ["## Last logged values per stage", ""]
     for split in ("train", "val"):

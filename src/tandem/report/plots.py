@@ -85,6 +85,47 @@ def plot_training_curves(rows: list[dict], out_png: str | Path, metrics: list[st
     return _save(fig, out_png)
 
 
+ENTANGLEMENT_PANELS = (  # (title, [(key, label)]): chosen vs rejected log-probs, then the probe's metrics
+    ("log-probs (train batches)", [("chosen_logp", "chosen"), ("rejected_logp", "rejected")]),
+    ("log-probs (probe pairs)", [("probe/logp_w", "chosen"), ("probe/logp_l", "rejected")]),
+    ("first-order conditions (probe)", [("probe/frac_chosen_falls", "chosen falls"),
+                                        ("probe/frac_rejected_rises", "rejected rises")]),
+    ("gradient cosine (probe)", [("probe/mean_cosine", "mean"), ("probe/median_cosine", "median")]),
+)
+
+
+def plot_entanglement(rows: list[dict], out_png: str | Path, title: str = "Gradient entanglement") -> Path | None:
+    """Chosen and rejected log-probs on shared axes (train rows), and the ``probe/*`` metrics of the training-time
+    entanglement probe; one panel per group present, stage boundaries marked. None when no key is present."""
+    panels = [(t, [(k, lab) for k, lab in keys if any(_num(r.get(k)) for r in rows)]) for t, keys in ENTANGLEMENT_PANELS]
+    panels = [(t, keys) for t, keys in panels if keys]
+    if not panels:
+        return None
+    spans = stage_spans(rows)
+    steps = [r["step"] for r in rows if _num(r.get("step"))]
+    ncols = min(2, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 3.8 * nrows), squeeze=False)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.set_visible(False)
+    for ax, (t, keys) in zip(axes.flat, panels):
+        for key, label in keys:
+            pts = sorted((r["step"], r[key]) for r in rows if r.get("split", "train") == "train" and "step" in r and _num(r.get(key)))
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, markersize=3,
+                    label=label)
+        if steps:  # the whole run on every panel, so stage boundaries line up
+            ax.set_xlim(min(steps) - 0.5, max(steps) + 0.5)
+        _mark_stages(ax, spans, label=True)
+        ax.set_title(t, pad=16)
+        ax.set_xlabel("step")
+        ax.set_ylabel("fraction of pairs" if "conditions" in t else "cosine" if "cosine" in t else "summed log-prob")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, out_png)
+
+
 def plot_method_scatter(summary: dict[str, dict], x_key: str, y_key: str, out_png: str | Path,
                         title: str | None = None) -> Path | None:
     """One point per method at the mean of ``x_key`` and ``y_key`` over seeds, with ±std error bars.

@@ -71,7 +71,7 @@ class RewardModelCritic(torch.nn.Module):
 def build_critic(kind: str, policy, reward_model: str | None, device) -> torch.nn.Module:
     """A fresh critic of ``kind`` on ``device`` (eval mode: no dropout)."""
     if kind == "value_head":
-        critic = ValueHeadCritic(policy.config.hidden_size if hasattr(policy, "config") else policy.get_base_model().config.hidden_size)
+        critic = ValueHeadCritic(policy.config.hidden_size)  # a peft model forwards .config to its base
     elif kind == "reward_model":
         if reward_model is None:
             raise ValueError("ppo critic: 'reward_model' needs the reward_model path (or use critic: value_head)")
