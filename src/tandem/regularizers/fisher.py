@@ -47,7 +47,7 @@ from tandem.regularizers.base import (
 def _default_logp(model, batch) -> torch.Tensor:
     from tandem.objectives.logprobs import sequence_logps
 
-    return sequence_logps(model, batch).sum()
+    return sequence_logps(model, batch)[0].sum()
 
 
 def empirical_fisher(model, batches: Iterable, logp_fn: Callable, samples: int, names: list[str]) -> tuple[dict, int]:
