@@ -80,3 +80,19 @@ def test_evaluate_adapter_dir_and_errors(dirs):
         evaluate(dirs / "full", dirs / "e", ["bleu"])
     with pytest.raises(ValueError, match="needs references"):
         evaluate(dirs / "full", dirs / "e", ["rouge"], prompts=PROMPTS, settings=SETTINGS)
+
+
+def reply_length(prompt: str, reply: str) -> float:
+    """A programmatic reward for the test: characters in the reply."""
+    return float(len(reply))
+
+
+def test_reward_fn_metric_scores_each_generation(dirs):
+    out = dirs / "eval-fn"
+    res = evaluate(dirs / "full", out, ["reward_fn"], prompts=PROMPTS, settings=SETTINGS,
+                   reward_fn="test_evaluation_run:reply_length")
+    rows = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    expected = sum(len(r["output"]) for r in rows) / len(rows)
+    assert res["metrics"]["reward_fn"] == {"mean": pytest.approx(expected), "n": len(PROMPTS)}
+    with pytest.raises(ValueError, match="reward_fn"):
+        evaluate(dirs / "full", dirs / "eval-fn2", ["reward_fn"], prompts=PROMPTS, settings=SETTINGS)

@@ -23,7 +23,8 @@ def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatur
     settings = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                     batch_size=cfg.batch_size)
     model, tok = E.load_model_and_tokenizer(model_dir)
-    common = dict(metrics=metrics, judge=judge, reward_model_path=cfg.reward_model, model=model, tokenizer=tok, **inputs)
+    common = dict(metrics=metrics, judge=judge, reward_model_path=cfg.reward_model, reward_fn=cfg.reward_fn, model=model,
+                  tokenizer=tok, **inputs)
     results = E.evaluate(model_dir, out_dir, settings=settings, **common)
     if temperatures:
         gen_metrics = [m for m in metrics if m in E.NEEDS_GENERATION]

@@ -117,6 +117,7 @@ class EvalConfig(Strict):
     data: SourceConfig | None = None
     metrics: list[str] = Field(default_factory=list)
     reward_model: str | None = None
+    reward_fn: str | None = Field(default=None, description="'module:function' (prompt_text, reply) -> float, metric reward_fn")
     baseline: str | None = Field(default=None, description="JSONL with an 'output' per prompt to compare against")
     judge: JudgeSettings | None = None
     heldout_text: str | None = Field(default=None, description="text/JSONL file (field 'text') for perplexity")

@@ -30,8 +30,9 @@ from tandem.evaluation import metrics as M
 from tandem.evaluation.generation import generate_to_file, model_identity
 from tandem.evaluation.judge import JudgeConfig, judge_pairs
 
-METRICS = ("exact_match", "rouge", "reward", "reward_win_rate", "judge_win_rate", "perplexity", "mc_accuracy", "lm_eval")
-NEEDS_GENERATION = {"exact_match", "rouge", "reward", "reward_win_rate", "judge_win_rate"}
+METRICS = ("exact_match", "rouge", "reward", "reward_fn", "reward_win_rate", "judge_win_rate", "perplexity", "mc_accuracy",
+           "lm_eval")
+NEEDS_GENERATION = {"exact_match", "rouge", "reward", "reward_fn", "reward_win_rate", "judge_win_rate"}
 
 
 @dataclass
@@ -112,6 +113,7 @@ def evaluate(
     tokenizer=None,
     reward_model=None,
     reward_tokenizer=None,
+    reward_fn=None,
 ) -> dict:
     """Evaluate one model and write ``out_dir/results.json`` and ``out_dir/results.md``; returns the results.
 
@@ -166,6 +168,14 @@ def evaluate(
             if base_scores is None:
                 raise ValueError("metric 'reward_win_rate' needs baseline or references")
             res["reward_win_rate"] = M.reward_win_rate(scores, base_scores)
+    if "reward_fn" in metrics:  # a programmatic reward: fn(last user message, reply) -> float
+        if reward_fn is None:
+            raise ValueError("metric 'reward_fn' needs eval.reward_fn ('module:function')")
+        from tandem.objectives.ppo.rollout import prompt_text, resolve_function
+
+        fn = resolve_function(reward_fn)
+        vals = [float(fn(prompt_text(p), o)) for p, o in zip(prompts, outputs)]
+        res["reward_fn"] = {"mean": sum(vals) / len(vals), "n": len(vals)}
     if "judge_win_rate" in metrics:
         if judge is None or other is None:
             raise ValueError("metric 'judge_win_rate' needs judge=JudgeConfig(...) and baseline or references")
