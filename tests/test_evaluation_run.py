@@ -96,3 +96,20 @@ def test_reward_fn_metric_scores_each_generation(dirs):
     assert res["metrics"]["reward_fn"] == {"mean": pytest.approx(expected), "n": len(PROMPTS)}
     with pytest.raises(ValueError, match="reward_fn"):
         evaluate(dirs / "full", dirs / "eval-fn2", ["reward_fn"], prompts=PROMPTS, settings=SETTINGS)
+
+
+def test_reward_model_from_a_lora_reward_run(tmp_path, tiny_model_dir, synthetic_files):
+    from test_engine_train import recipe
+
+    from tandem.engine.run import train
+    from tandem.evaluation.run import load_reward_model
+
+    r = recipe(tmp_path, tiny_model_dir, synthetic_files, method="reward",
+               **{"model.lora": {"r": 4, "alpha": 8, "target_modules": "all-linear"}, "schedule.max_steps": 2})
+    train(r)
+    adapter, tok = load_reward_model(tmp_path / "run" / "final")
+    merged, tok2 = load_reward_model(tmp_path / "run" / "final" / "merged")
+    prompts = [[{"role": "user", "content": "What is 2 + 2?"}]]
+    a = M.reward_scores(adapter, tok, prompts, ["4"])
+    b = M.reward_scores(merged, tok2, prompts, ["4"])
+    assert a == pytest.approx(b, abs=1e-5)

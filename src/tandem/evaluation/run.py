@@ -64,10 +64,19 @@ def load_model_and_tokenizer(path: str | Path, device: str = "cpu", dtype=None):
 
 
 def load_reward_model(path: str | Path, device: str = "cpu", dtype=None):
+    """A reward model dir (scalar head), or a tandem reward run's LoRA adapter dir (merged into its base)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype or "auto")
-    tok = AutoTokenizer.from_pretrained(str(path))
+    if (Path(path) / "adapter_config.json").is_file():
+        from tandem.models.load import load_saved
+
+        model, tok = load_saved(path)
+        model = model.merge_and_unload()
+        if dtype is not None:
+            model = model.to(dtype)
+    else:
+        model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype or "auto")
+        tok = AutoTokenizer.from_pretrained(str(path))
     if model.config.pad_token_id is None and tok.pad_token_id is not None:
         model.config.pad_token_id = tok.pad_token_id
     return model.to(device).eval(), tok
