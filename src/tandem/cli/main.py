@@ -123,10 +123,10 @@ def quickstart(
     output_dir: Path = typer.Option(Path("runs/quickstart"), "--output-dir", "-o"),
     model: Optional[str] = typer.Option(None, "--model", help="Model dir; default: SmolLM2-135M-Instruct (pulled if needed)."),
     overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite"),
-    n_train: int = typer.Option(96, "--n-train", help="Generated training examples per data set."),
-    n_eval: int = typer.Option(48, "--n-eval", help="Held-out tasks and pairs for the before/after table."),
+    n_train: int = typer.Option(64, "--n-train", help="Generated training examples per data set."),
+    n_eval: int = typer.Option(32, "--n-eval", help="Held-out tasks and pairs for the before/after table."),
 ) -> None:
-    """SmolLM2-135M-Instruct + LoRA on a small generated task set: SFT then DPO, evaluated before and after.
+    """SmolLM2-135M-Instruct + LoRA on a small generated task set: sequential (SFT then DPO) vs hbat, evaluated.
 
     Runs in about 4-5 minutes on 2 CPU cores. Example: tandem quickstart -o runs/qs
     """

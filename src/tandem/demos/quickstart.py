@@ -4,8 +4,9 @@
 2. Evaluates the base model on held-out tasks: exact-match accuracy and short-reply rate of greedy replies,
    NLL of the reference answers, and preference win rate (share of held-out pairs where the model gives the
    chosen response a higher mean token log-prob).
-3. Trains ``recipes/quickstart.yaml`` (SmolLM2-135M-Instruct + LoRA).
-4. Evaluates the result the same way and prints a before/after table.
+3. Trains ``recipes/quickstart.yaml`` (SmolLM2-135M-Instruct + LoRA) twice on the same data: ``sequential``
+   (all SFT, then all DPO) and ``hbat`` (SFT-1, DPO-1, SFT-2, DPO-2 with the modified EWC penalty).
+4. Evaluates both the same way and prints one table: base model, sequential, hbat.
 """
 
 from __future__ import annotations
@@ -97,10 +98,13 @@ def evaluate(model, tok, tasks, pairs) -> dict[str, float]:
             "preference_win_rate": preference_win_rate(model, tok, pairs)}
 
 
-def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool = True, n_train: int = 96, n_eval: int = 48) -> dict:
+def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool = True, n_train: int = 64,
+                   n_eval: int = 32, methods: tuple[str, ...] = ("sequential", "hbat")) -> dict:
+    """Evaluate the base model, train each method on the same data (OUTPUT/<method>), evaluate each, print a
+    table and write OUTPUT/quickstart.json."""
     from tandem.config.recipe import load_recipe
     from tandem.engine.run import train
-    from tandem.models import find_smollm2, load_policy, pull_smollm2
+    from tandem.models import load_policy, pull_smollm2
     from tandem.models.load import load_saved
 
     console = Console()
@@ -111,40 +115,41 @@ def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool =
         console.print(f"[bold]Model not found at {model_path}: pulling SmolLM2-135M-Instruct (once)...")
         pull_smollm2(model_path)
     seed = 0
-    data_dir = output_dir.parent / (output_dir.name + "-data")
+    data_dir = output_dir / "data"
     paths = build_data(data_dir, n_train, n_eval, seed)
     eval_tasks = synthetic.instruction_tasks(n_eval, seed + 2)
     eval_pairs = synthetic.preference_pairs(n_eval, seed + 3)
+    n_steps = len(methods) + 2
 
-    console.print("[bold]1/3[/] evaluating the base model")
+    console.print(f"[bold]1/{n_steps}[/] evaluating the base model")
     base, tok = load_policy(str(model_path))
-    before = evaluate(base, tok, eval_tasks, eval_pairs)
+    scores = {"base": evaluate(base, tok, eval_tasks, eval_pairs)}
     del base
-
-    console.print("[bold]2/3[/] training (recipes/quickstart.yaml)")
-    recipe = load_recipe(
-        RECIPE,
-        [
-            f"output_dir={output_dir}",
+    steps = {}
+    for i, method in enumerate(methods):
+        console.print(f"[bold]{i + 2}/{n_steps}[/] training {method} (recipes/quickstart.yaml)")
+        recipe = load_recipe(RECIPE, [
+            f"output_dir={output_dir / method}",
             f"model.name_or_path={model_path}",
             f"data.sft.source={paths['sft']}",
             f"data.preference.source={paths['preference']}",
-        ],
-    )
-    summary = train(recipe, resume=False, overwrite=overwrite)
+            f"schedule.method={method}",
+        ])
+        summary = train(recipe, resume=False, overwrite=overwrite)
+        steps[method] = summary["global_steps"]
+        tuned, tok2 = load_saved(output_dir / method / "final")
+        scores[method] = evaluate(tuned, tok2, eval_tasks, eval_pairs)
+        del tuned
 
-    console.print("[bold]3/3[/] evaluating the trained model")
-    tuned, tok2 = load_saved(output_dir / "final")
-    after = evaluate(tuned, tok2, eval_tasks, eval_pairs)
-
-    table = Table(title=f"tandem quickstart ({recipe.schedule.method}, {summary['global_steps']} steps)")
+    console.print(f"[bold]{n_steps}/{n_steps}[/] done")
+    table = Table(title="tandem quickstart: SmolLM2-135M-Instruct + LoRA, held-out tasks and pairs")
     table.add_column("metric")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-    for k in before:
-        table.add_row(k, f"{before[k]:.3f}", f"{after[k]:.3f}")
+    for name in scores:
+        table.add_column(name if name == "base" else f"{name} ({steps[name]} steps)", justify="right")
+    for k in scores["base"]:
+        table.add_row(k + (" (lower is better)" if k == "answer_nll" else ""), *[f"{scores[n][k]:.3f}" for n in scores])
     console.print(table)
-    result = {"before": before, "after": after, "seconds": time.perf_counter() - t0, "method": recipe.schedule.method}
+    result = {"scores": scores, "steps": steps, "seconds": time.perf_counter() - t0, "n_train": n_train, "n_eval": n_eval}
     (output_dir / "quickstart.json").write_text(json.dumps(result, indent=2))
-    console.print(f"total time {result['seconds']:.0f}s; results in {output_dir}/quickstart.json")
+    console.print(f"total time {result['seconds']:.0f}s; runs and results in {output_dir}/")
     return result
