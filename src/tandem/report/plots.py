@@ -80,8 +80,8 @@ def plot_training_curves(rows: list[dict], out_png: str | Path, metrics: list[st
         ax.legend(fontsize=8, loc="best")
     for ax in list(axes.flat)[len(keys):]:
         ax.set_visible(False)
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # keep the suptitle clear of the first row's titles
     return _save(fig, out_png)
 
 
@@ -121,8 +121,8 @@ def plot_entanglement(rows: list[dict], out_png: str | Path, title: str = "Gradi
         ax.set_ylabel("fraction of pairs" if "conditions" in t else "cosine" if "cosine" in t else "summed log-prob")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc="best")
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # keep the suptitle clear of the first row's titles
     return _save(fig, out_png)
 
 
@@ -177,8 +177,8 @@ def plot_temperature_sweep(rows: list[dict], out_png: str | Path, title: str = "
         ax.legend(fontsize=8, loc="best")
     for ax in list(axes.flat)[n:]:
         ax.set_visible(False)
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))  # keep the suptitle clear of the first row's titles
     return _save(fig, out_png)
 
 
