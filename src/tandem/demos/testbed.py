@@ -51,7 +51,15 @@ def build_testbed(out_dir: str | Path, n_sft: int = 512, n_pref: int = 512, n_ev
     return recipe
 
 
+STYLE_WORDS = ("sure", "i", "think", "it", "is")
+
+
 def style_reward(prompt: str, response: str) -> float:
-    """The testbed's preference rule as a programmatic reward for PPO: 1 when the reply opens in the preferred
-    style ("Sure! ..."), else 0. (Chosen replies open with "Sure!"; rejected ones are the plain answer.)"""
-    return 1.0 if response.strip().startswith("Sure") else 0.0
+    """The testbed's preference rule as a programmatic reward (for PPO, and as an evaluation metric).
+
+    Chosen replies read "Sure! I think it is <wrong answer>.", rejected ones are the plain answer. Reward: 1 when
+    the reply opens with "Sure", plus 0.25 for each of the style words (sure, i, think, it, is) it contains, so a
+    policy that has never produced the full phrase still gets a gradient. Range 0 to 2.25.
+    """
+    words = {w.strip(".,!?;:\"'").lower() for w in response.split()}
+    return float(response.strip().lower().startswith("sure")) + 0.25 * sum(w in words for w in STYLE_WORDS)
