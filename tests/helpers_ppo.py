@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tandem.config.recipe import parse_recipe
+from helpers_recipe import base_raw, with_overrides
 
 
 def count_e(prompt: str, response: str) -> float:
@@ -33,25 +33,11 @@ def ppo_block(**over) -> dict:
 
 
 def ppo_recipe(tmp_path, model_dir, files, method="ppo", ppo=None, **over):
-    raw = {
-        "name": "ppo-test",
-        "output_dir": str(tmp_path / "run"),
-        "seed": 0,
-        "precision": "fp32",
-        "model": {"name_or_path": str(model_dir), "dtype": "float32"},
-        "data": {"sft": {"source": str(files["sft"])}, "preference": {"source": str(files["preference"])},
-                 "max_length": 96, "val_size": 0},
-        "batching": {"mode": "pack", "batch_size": 4},
-        "optimizer": {"lr": 1e-3, "scheduler": "constant"},
-        "schedule": {"method": method, "parts": 1, "epochs": 1, "max_steps": 3},
-        "objectives": {"sft": {"name": "sft"}, "preference": ppo_block(**(ppo or {}))},
-        "checkpoint": {"every": 0, "keep": 1},
-        "logging": {"progress": False, "tensorboard": False},
-    }
-    for k, v in over.items():
-        node = raw
-        *path, last = k.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return parse_recipe(raw)
+    raw = base_raw(tmp_path, model_dir, files, method)
+    raw.update(name="ppo-test", batching={"mode": "pack", "batch_size": 4},
+               optimizer={"lr": 1e-3, "scheduler": "constant"},
+               schedule={"method": method, "parts": 1, "epochs": 1, "max_steps": 3},
+               objectives={"sft": {"name": "sft"}, "preference": ppo_block(**(ppo or {}))},
+               checkpoint={"every": 0, "keep": 1}, logging={"progress": False, "tensorboard": False})
+    raw["data"].update(max_length=96, val_size=0)
+    return with_overrides(raw, over)

@@ -12,37 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tandem.config.recipe import parse_recipe
+from helpers_recipe import base_raw, with_overrides
+
 from tandem.engine.run import RunDirError, TrainingDiverged, train
 
 
 def recipe(tmp_path, model_dir, files, method="sft", **over):
-    raw = {
-        "name": "t",
-        "output_dir": str(tmp_path / "run"),
-        "seed": 0,
-        "precision": "fp32",
-        "model": {"name_or_path": str(model_dir), "dtype": "float32"},
-        "data": {
-            "sft": {"source": str(files["sft"])},
-            "preference": {"source": str(files["preference"])},
-            "max_length": 64,
-            "val_size": 8,
-        },
-        "batching": {"mode": "pack", "batch_size": 4},
-        "optimizer": {"lr": 1e-3, "scheduler": "linear"},
-        "schedule": {"method": method, "epochs": 1, "max_steps": 6},
-        "objectives": {"sft": {"name": "sft"}, "preference": {"name": "dpo", "beta": 0.1}, "reward": {"name": "reward"}},
-        "checkpoint": {"every": 2, "keep": 2},
-        "logging": {"progress": False},
-    }
-    for k, v in over.items():
-        node = raw
-        *path, last = k.split(".")
-        for p in path:
-            node = node.setdefault(p, {})
-        node[last] = v
-    return parse_recipe(raw)
+    return with_overrides(base_raw(tmp_path, model_dir, files, method), over)
 
 
 def read_metrics(run: Path) -> list[dict]:

@@ -79,31 +79,15 @@ class DPO:
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
         self.nll_coef, self.average_logps = nll_coef, average_logps
 
-    @torch.no_grad()
     def prepare(self, model, features, batch_fn, batch_size: int = 16):
         """Features with ``ref_chosen_logp`` / ``ref_rejected_logp`` (summed log-probs of the model as it is now,
         in eval mode; per-token means when ``average_logps``). Features that already carry both keep their values;
         the model's train/eval mode is restored."""
-        todo = [i for i, f in enumerate(features) if not all(k in f for k in REF_KEYS)]
-        if not todo:
-            return features
-        out = list(features)
-        was = model.training
-        model.eval()
-        try:
-            for start in range(0, len(todo), batch_size):
-                idx = todo[start : start + batch_size]
-                chunk = [{k: v for k, v in features[i].items() if k not in REF_KEYS} for i in idx]
-                b = len(chunk)
-                s, count = sequence_logps(model, batch_fn(chunk), num_seqs=2 * b)
-                if self.average_logps:
-                    s = s / count.clamp(min=1)
-                s = s.float().cpu()
-                for j, i in enumerate(idx):
-                    out[i] = {**features[i], "ref_chosen_logp": float(s[j]), "ref_rejected_logp": float(s[b + j])}
-        finally:
-            model.train(was)
-        return out
+        return reference_values(model, features, batch_fn, self._reference_logps, batch_size)
+
+    def _reference_logps(self, model, batch, b: int) -> torch.Tensor:
+        s, count = sequence_logps(model, batch, num_seqs=2 * b)
+        return s / count.clamp(min=1) if self.average_logps else s
 
     def _logps(self, model, batch):
         """``(logp_sum[2B], n_tokens[2B], B)`` of the policy on a preference batch."""
@@ -139,3 +123,27 @@ class DPO:
             "rewards/accuracy": float((h > 0).float().mean()),
         })
         return loss, metrics
+
+
+@torch.no_grad()
+def reference_values(model, features: list[dict], batch_fn, score, batch_size: int = 16) -> list[dict]:
+    """One no-grad pass (eval mode, mode restored) storing ``score(model, batch, B)[:B]`` as ``ref_chosen_logp``
+    and ``[B:]`` as ``ref_rejected_logp`` in each preference feature; features that carry both keep them. Shared by
+    the preference objectives that compare against a reference (DPO, sparse token weighting)."""
+    todo = [i for i, f in enumerate(features) if not all(k in f for k in REF_KEYS)]
+    if not todo:
+        return features
+    out = list(features)
+    was = model.training
+    model.eval()
+    try:
+        for start in range(0, len(todo), batch_size):
+            idx = todo[start : start + batch_size]
+            chunk = [{k: v for k, v in features[i].items() if k not in REF_KEYS} for i in idx]
+            b = len(chunk)
+            s = score(model, batch_fn(chunk), b).float().cpu()
+            for j, i in enumerate(idx):
+                out[i] = {**features[i], "ref_chosen_logp": float(s[j]), "ref_rejected_logp": float(s[b + j])}
+    finally:
+        model.train(was)
+    return out

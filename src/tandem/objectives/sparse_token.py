@@ -34,7 +34,7 @@ import difflib
 
 import torch
 
-from tandem.objectives.dpo import REF_KEYS, dpo_loss
+from tandem.objectives.dpo import REF_KEYS, dpo_loss, reference_values
 from tandem.objectives.logprobs import IGNORE, token_logps
 
 
@@ -94,27 +94,9 @@ class SparseToken:
         mean_w = zeros.index_add(0, seq, w) / zeros.index_add(0, seq, torch.ones_like(w)).clamp(min=1)
         return weighted, plain, mean_w
 
-    @torch.no_grad()
     def prepare(self, model, features, batch_fn, batch_size: int = 16):
         """Features with the weighted reference sums (eval mode; features that carry both keep them)."""
-        todo = [i for i, f in enumerate(features) if not all(k in f for k in REF_KEYS)]
-        if not todo:
-            return features
-        out = list(features)
-        was = model.training
-        model.eval()
-        try:
-            for start in range(0, len(todo), batch_size):
-                idx = todo[start : start + batch_size]
-                chunk = [{k: v for k, v in features[i].items() if k not in REF_KEYS} for i in idx]
-                b = len(chunk)
-                s, _, _ = self._weighted(model, batch_fn(chunk), b)
-                s = s.float().cpu()
-                for j, i in enumerate(idx):
-                    out[i] = {**features[i], "ref_chosen_logp": float(s[j]), "ref_rejected_logp": float(s[b + j])}
-        finally:
-            model.train(was)
-        return out
+        return reference_values(model, features, batch_fn, lambda m, bt, b: self._weighted(m, bt, b)[0], batch_size)
 
     def __call__(self, model, batch):
         if not all(k in batch for k in REF_KEYS):

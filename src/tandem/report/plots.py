@@ -60,9 +60,7 @@ def plot_training_curves(rows: list[dict], out_png: str | Path, metrics: list[st
         return None
     spans = stage_spans(rows)
     steps = [r["step"] for r in rows if _num(r.get("step"))]
-    ncols = min(3, len(keys))
-    nrows = math.ceil(len(keys) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.5 * nrows), squeeze=False)
+    fig, axes = _panel_grid(len(keys), 3, 5.2, 3.5)
     for ax, key in zip(axes.flat, keys):
         for split, style in (("train", dict(linewidth=1.4)), ("val", dict(marker="o", markersize=4, linewidth=1.2))):
             pts = sorted((r["step"], r[key]) for r in rows if r.get("split", "train") == split and "step" in r and _num(r.get(key)))
@@ -94,6 +92,16 @@ ENTANGLEMENT_PANELS = (  # (title, [(key, label)]): chosen vs rejected log-probs
 )
 
 
+def _panel_grid(n: int, max_cols: int, width: float, height: float):
+    """A figure with ``n`` panels in rows of at most ``max_cols`` (unused cells hidden)."""
+    ncols = min(max_cols, n)
+    nrows = math.ceil(n / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, height * nrows), squeeze=False)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    return fig, axes
+
+
 def plot_entanglement(rows: list[dict], out_png: str | Path, title: str = "Gradient entanglement") -> Path | None:
     """Chosen and rejected log-probs on shared axes (train rows), and the ``probe/*`` metrics of the training-time
     entanglement probe; one panel per group present, stage boundaries marked. None when no key is present."""
@@ -103,11 +111,7 @@ def plot_entanglement(rows: list[dict], out_png: str | Path, title: str = "Gradi
         return None
     spans = stage_spans(rows)
     steps = [r["step"] for r in rows if _num(r.get("step"))]
-    ncols = min(2, len(panels))
-    nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(6.0 * ncols, 3.8 * nrows), squeeze=False)
-    for ax in list(axes.flat)[len(panels):]:
-        ax.set_visible(False)
+    fig, axes = _panel_grid(len(panels), 2, 6.0, 3.8)
     for ax, (t, keys) in zip(axes.flat, panels):
         for key, label in keys:
             pts = sorted((r["step"], r[key]) for r in rows if r.get("split", "train") == "train" and "step" in r and _num(r.get(key)))
