@@ -108,3 +108,24 @@ def test_report_errors_and_eval_results(tmp_path):
     (bad / "table.json").write_text(json.dumps([{"seed": 0, "x": 1}]))
     with pytest.raises(ValueError, match=r"table.json: .*'method'"):
         write_report(bad)
+
+
+def test_runs_overlay_report(tmp_path):
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from tandem.cli.main import app
+
+    for name, slope in (("a", 1.0), ("b", -1.0)):
+        d = tmp_path / name
+        d.mkdir()
+        rows = [{"split": "train", "step": s, "chosen_logp": -10 + slope * s, "rejected_logp": -12.0} for s in (1, 2, 3)]
+        (d / "metrics.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "cmp.md"
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "a"), "--with", str(tmp_path / "b"), "--keys",
+                                   "chosen_logp,rejected_logp,missing", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    md = out.read_text()
+    assert "| a | -9.0000 → -7.0000 | -12.0000 → -12.0000 | - |" in md and "| b | -11.0000 → -13.0000 |" in md
+    assert (tmp_path / "cmp_plots" / "runs_overlay.png").stat().st_size > 0

@@ -95,12 +95,27 @@ def report_command(
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Markdown file (default: DIR/report.md)."),
     x_key: Optional[str] = typer.Option(None, "--x", help="Compare scatter: instruction-following metric."),
     y_key: Optional[str] = typer.Option(None, "--y", help="Compare scatter: preference metric."),
+    with_runs: Optional[str] = typer.Option(None, "--with", help="Other run dirs (comma list): overlay their curves with DIRECTORY's."),
+    keys: str = typer.Option("chosen_logp,rejected_logp,probe/logp_w,probe/logp_l", "--keys", help="Metrics to overlay with --with."),
 ) -> None:
     """Markdown report with PNG plots: training curves, method tables, scatter, temperature sweeps.
 
-    Example: tandem report runs/dpo    |    tandem report runs/compare --x sft/loss --y preference/rewards/accuracy
+    Examples:
+
+      tandem report runs/dpo
+
+      tandem report runs/compare --x sft/loss --y preference/rewards/accuracy
+
+      tandem report runs/dpo --with runs/dpo-nll,runs/dpo-normalized -o runs/losses.md   # overlay log-prob curves
     """
     from tandem.report import write_report
+    from tandem.report.build import write_runs_report
 
+    if with_runs:
+        dirs = [directory, *[Path(p) for p in with_runs.split(",") if p.strip()]]
+        path = write_runs_report({d.name: d for d in dirs}, [k for k in keys.split(",") if k.strip()],
+                                 out or directory.parent / "runs_report.md")
+        typer.echo(f"wrote {path}")
+        return
     path = write_report(directory, out=out, x_key=x_key, y_key=y_key)
     typer.echo(f"wrote {path}")

@@ -221,3 +221,31 @@ def write_report(run_or_compare_dir: str | Path, out: str | Path | None = None, 
     base.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines).rstrip() + "\n", encoding="utf-8")
     return out
+
+
+def write_runs_report(runs: dict[str, str | Path], keys: list[str], out: str | Path, title: str = "Runs compared") -> Path:
+    """Markdown with one overlay plot of ``keys`` across ``runs`` ({label: run dir}) and a table of each run's
+    first and last value of every key; the PNG goes to ``OUT_plots/runs_overlay.png``."""
+    from tandem.report.plots import plot_runs_overlay
+
+    rows = {}
+    for name, d in runs.items():
+        path = Path(d) / "metrics.jsonl"
+        if not path.is_file():
+            raise FileNotFoundError(f"{d}: not a run dir (no metrics.jsonl)")
+        rows[name] = read_jsonl(path)
+    out = Path(out)
+    png = plot_runs_overlay(rows, keys, out.parent / f"{out.stem}_plots" / "runs_overlay.png", title=title)
+    lines = [f"# {title}", "", "| run | " + " | ".join(f"{k} (first → last)" for k in keys) + " |",
+             "|---" * (len(keys) + 1) + "|"]
+    for name, rs in rows.items():
+        cells = []
+        for k in keys:
+            v = [r[k] for r in rs if r.get("split", "train") == "train" and isinstance(r.get(k), (int, float))]
+            cells.append(f"{_fmt(v[0])} → {_fmt(v[-1])}" if v else "-")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if png is not None:
+        lines += ["", f"![{title}]({_rel(png, out.parent)})"]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out

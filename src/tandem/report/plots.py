@@ -186,6 +186,29 @@ def plot_temperature_sweep(rows: list[dict], out_png: str | Path, title: str = "
     return _save(fig, out_png)
 
 
+def plot_runs_overlay(runs: dict[str, list[dict]], keys: list[str], out_png: str | Path,
+                      title: str = "Runs compared") -> Path | None:
+    """One panel per metric, one line per run (train rows; x = global step): for runs that differ in one
+    setting, e.g. the preference loss. None when no run has any of ``keys``."""
+    keys = [k for k in keys if any(_num(r.get(k)) for rows in runs.values() for r in rows)]
+    if not keys:
+        return None
+    fig, axes = _panel_grid(len(keys), 2, 6.0, 3.8)
+    for ax, key in zip(axes.flat, keys):
+        for name, rows in runs.items():
+            pts = sorted((r["step"], r[key]) for r in rows if r.get("split", "train") == "train" and _num(r.get(key)))
+            if pts:
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1.4, label=name)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle(title, fontsize=13)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    return _save(fig, out_png)
+
+
 def _save(fig, out_png) -> Path:
     out = Path(out_png)
     out.parent.mkdir(parents=True, exist_ok=True)
