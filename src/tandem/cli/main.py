@@ -37,6 +37,16 @@ def fail(msg: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def recipe_or_fail(path: Path, overrides: list[str]):
+    """The validated recipe, or exit 2 with the error naming the field, line and file."""
+    from tandem.config.recipe import RecipeError, load_recipe
+
+    try:
+        return load_recipe(path, overrides)
+    except RecipeError as e:
+        fail(str(e))
+
+
 @app.command()
 def train(
     recipe: Path = typer.Argument(..., help="YAML recipe (see recipes/)."),
@@ -60,15 +70,10 @@ def train(
       tandem train recipes/sft.yaml --resume     # after a crash: same final weights as an uninterrupted run
     """
     _setup_logging(verbose)
-    from tandem.config.recipe import RecipeError, load_recipe
     from tandem.engine.run import RunDirError, TrainingDiverged
     from tandem.engine.run import train as run_train
 
-    overrides = list(set_) + ([f"output_dir={output_dir}"] if output_dir else [])
-    try:
-        r = load_recipe(recipe, overrides)
-    except RecipeError as e:
-        fail(str(e))
+    r = recipe_or_fail(recipe, list(set_) + ([f"output_dir={output_dir}"] if output_dir else []))
     try:
         summary = run_train(r, resume=resume, overwrite=overwrite, progress=not no_progress)
     except (RunDirError, TrainingDiverged, ValueError) as e:

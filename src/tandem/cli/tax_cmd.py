@@ -32,15 +32,11 @@ def tax(
 
       tandem tax recipes/tax.yaml --set tax.trials=40 --set tax.budget=0.05 --resume
     """
-    from tandem.cli.main import _setup_logging, fail
-    from tandem.config.recipe import RecipeError, load_recipe
+    from tandem.cli.main import _setup_logging, fail, recipe_or_fail
     from tandem.merging.tax import run_tax
 
     _setup_logging(False)
-    try:
-        r = load_recipe(recipe, list(set_))
-    except RecipeError as e:
-        fail(str(e))
+    r = recipe_or_fail(recipe, list(set_))
     try:
         summary = run_tax(r, resume=resume, overwrite=overwrite, show_progress=not no_progress)
     except (FileExistsError, FileNotFoundError, ValueError) as e:
