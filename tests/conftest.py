@@ -13,23 +13,12 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 
 def save_tiny_model(path: Path, seed: int = 0) -> Path:
+    from helpers_evaluation import tiny_config
     from helpers_tokenizer import make_tokenizer
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaForCausalLM
 
     tok = make_tokenizer(chat_template=True)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        pad_token_id=tok.pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        tie_word_embeddings=False,
-    )
+    cfg = tiny_config(tok, max_position_embeddings=512)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(cfg)
     model.save_pretrained(path, safe_serialization=True)

@@ -7,7 +7,7 @@ from helpers_tokenizer import make_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 
-def tiny_config(tok, **kw) -> LlamaConfig:
+def tiny_config(tok, max_position_embeddings: int = 256, **kw) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=len(tok),
         hidden_size=32,
@@ -15,7 +15,7 @@ def tiny_config(tok, **kw) -> LlamaConfig:
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
-        max_position_embeddings=256,
+        max_position_embeddings=max_position_embeddings,
         pad_token_id=tok.pad_token_id,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,

@@ -53,18 +53,18 @@ def instruction_tasks(n: int, seed: int) -> list[SFTExample]:
 
 
 def preference_pairs(n: int, seed: int) -> list[PreferenceExample]:
+    return _pairs(n, seed, chosen=lambda answer, wrong: f"The answer is {answer}.",
+                  rejected=lambda answer, wrong: f"The answer is {wrong}.")
+
+
+def _pairs(n: int, seed: int, chosen, rejected) -> list[PreferenceExample]:
+    """``n`` seeded tasks as pairs with ``chosen(answer, wrong)`` / ``rejected(answer, wrong)`` replies."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         family, prompt, answer, wrong = _task(rng)
-        out.append(
-            PreferenceExample(
-                prompt=user(prompt),
-                chosen=f"The answer is {answer}.",
-                rejected=f"The answer is {wrong}.",
-                meta={"family": family, "answer": answer},
-            )
-        )
+        out.append(PreferenceExample(prompt=user(prompt), chosen=chosen(answer, wrong), rejected=rejected(answer, wrong),
+                                     meta={"family": family, "answer": answer}))
     return out
 
 
@@ -101,16 +101,5 @@ def conflict_pairs(n: int, seed: int) -> list[PreferenceExample]:
     plain correct answer ("68"). Training towards the chosen style therefore costs exact-match accuracy,
     which is what hybrid training is meant to limit.
     """
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        family, prompt, answer, wrong = _task(rng)
-        out.append(
-            PreferenceExample(
-                prompt=user(prompt),
-                chosen=f"Sure! I think it is {wrong}.",
-                rejected=answer,
-                meta={"family": family, "answer": answer},
-            )
-        )
-    return out
+    return _pairs(n, seed, chosen=lambda answer, wrong: f"Sure! I think it is {wrong}.",
+                  rejected=lambda answer, wrong: answer)
