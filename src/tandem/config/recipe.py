@@ -1,6 +1,9 @@
 """Recipes: the YAML description of a run, validated by pydantic.
 
-Every model forbids unknown keys, so a typo is an error that names the key, its line and the file.
+Every model forbids unknown keys, so a typo is an error that names the key, its line and the file; a key
+given twice in one mapping is an error naming both lines; every number has its range (and must be finite),
+so a bad value is refused here, before anything is loaded. A bad ``--set key=value`` is blamed on the flag,
+not on a line of the file.
 Defaults that matter live in the recipe files under ``recipes/``; the defaults here only make small
 recipes (tests, overrides) possible.
 """
@@ -10,18 +13,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import math
+
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tandem.config.yamlsrc import (  # noqa: F401 - re-exported: tandem.config.recipe is the public place
+    DuplicateKeyError,
+    RecipeError,
+    apply_overrides,
+    flag_of,
+    line_of,
+    load_yaml,
+)
+
+SEED_MAX = 2**32 - 1  # numpy's seed range
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraConfig(Strict):
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
@@ -58,13 +74,21 @@ class BatchingConfig(Strict):
 
 
 class OptimizerConfig(Strict):
-    lr: float = 1e-5
-    weight_decay: float = 0.0
+    lr: float = Field(default=1e-5, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
+    eps: float = Field(default=1e-8, gt=0)
     scheduler: str = "cosine"
     warmup_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
-    max_grad_norm: float | None = 1.0
+    max_grad_norm: float | None = Field(default=1.0, gt=0, description="null = no clipping")
+
+    @field_validator("betas")
+    @classmethod
+    def _betas_in_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        for i, b in enumerate(v):
+            if not 0 <= b < 1:
+                raise ValueError(f"betas[{i}] must be in [0, 1), got {b}")
+        return v
 
 
 class ObjectiveConfig(BaseModel):
@@ -101,13 +125,22 @@ class HBATConfig(Strict):
     select_mode: Literal["max", "min"] = "max"
     final: Literal["best", "last"] = "last"
 
+    @field_validator("ewc", "freeze", "fisher", "l2", "l1")
+    @classmethod
+    def _finite_numbers(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """Each regularizer checks its own ranges when built; a NaN or an infinity is refused here."""
+        for k, x in v.items():
+            if isinstance(x, float) and not math.isfinite(x):
+                raise ValueError(f"{k} must be a finite number, got {x}")
+        return v
+
 
 class JudgeSettings(Strict):
     base_url: str
     model: str
     api_key_env: str = "OPENAI_API_KEY"
     task: Literal["dialogue", "summarization"] = "dialogue"
-    max_workers: int = 4
+    max_workers: int = Field(default=4, ge=1)
 
 
 class EvalConfig(Strict):
@@ -122,20 +155,28 @@ class EvalConfig(Strict):
     judge: JudgeSettings | None = None
     heldout_text: str | None = Field(default=None, description="text/JSONL file (field 'text') for perplexity")
     mc: str | None = Field(default=None, description="JSONL of {question, choices, answer}")
-    temperature: float = 0.75
-    top_p: float = 0.95
-    max_new_tokens: int = 128
-    batch_size: int = 8
+    temperature: float = Field(default=0.75, ge=0, description="0 = greedy")
+    top_p: float = Field(default=0.95, gt=0, le=1)
+    max_new_tokens: int = Field(default=128, ge=1)
+    batch_size: int = Field(default=8, ge=1)
     temperatures: list[float] = Field(default_factory=list, description="temperature sweep (empty: none)")
     repeats: int = Field(default=1, ge=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
+
+    @field_validator("temperatures")
+    @classmethod
+    def _temperatures_non_negative(cls, v: list[float]) -> list[float]:
+        bad = [t for t in v if t < 0]
+        if bad:
+            raise ValueError(f"temperatures must be >= 0, got {bad}")
+        return v
 
 
 class AdaptiveRatiosConfig(Strict):
     enabled: bool = True
     top_k: int = Field(default=8, ge=1, description="highest-reward responses of the tuned model to learn on")
     steps: int = Field(default=20, ge=1)
-    lr: float = 0.1
+    lr: float = Field(default=0.1, gt=0)
     mean_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
 
 
@@ -149,7 +190,7 @@ class TaxConfig(Strict):
     head_alpha: float | None = None
     sweep: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
     trials: int = Field(default=16, ge=0, description="optuna trials over per-group ratios")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     prompts: SourceConfig | None = Field(default=None, description="reward side prompts; default eval.data")
     reward_model: str | None = Field(default=None, description="default eval.reward_model")
     tax_metric: Literal["perplexity", "mc"] = "perplexity"
@@ -157,9 +198,9 @@ class TaxConfig(Strict):
     heldout_limit: int | None = Field(default=None, ge=1)
     mc: str | None = Field(default=None, description="default eval.mc")
     budget: float | None = Field(default=None, description="largest tax allowed for the pick")
-    max_new_tokens: int = 48
-    temperature: float = 0.0
-    batch_size: int = 8
+    max_new_tokens: int = Field(default=48, ge=1)
+    temperature: float = Field(default=0.0, ge=0, description="0 = greedy")
+    batch_size: int = Field(default=8, ge=1)
     adaptive: AdaptiveRatiosConfig = AdaptiveRatiosConfig()
 
 
@@ -186,7 +227,7 @@ class ProbeConfig(Strict):
 class Recipe(Strict):
     name: str = "run"
     output_dir: str
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=SEED_MAX)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     model: ModelConfig
     data: DataConfig
@@ -212,72 +253,33 @@ class Recipe(Strict):
         return self
 
 
-class RecipeError(ValueError):
-    pass
-
-
-def _coerce(text: str) -> Any:
-    return yaml.safe_load(text) if text != "" else ""
-
-
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``key.sub=value`` overrides (values parsed as YAML) to the raw recipe dict."""
-    for item in overrides:
-        if "=" not in item:
-            raise RecipeError(f"--set {item!r}: expected key.sub=value")
-        key, value = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = raw
-        for p in parts[:-1]:
-            if node.get(p) is None:
-                node[p] = {}
-            if not isinstance(node[p], dict):
-                raise RecipeError(f"--set {item!r}: {p!r} is not a mapping")
-            node = node[p]
-        node[parts[-1]] = _coerce(value)
-    return raw
-
-
-def _line_of(text: str, loc: tuple) -> int | None:
-    """1-based line of the YAML node at ``loc`` (or of its closest existing parent)."""
-    try:
-        node = yaml.compose(text)
-    except yaml.YAMLError:
-        return None
-    line = None
-    for key in loc:
-        if isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                if k.value == str(key):
-                    line = k.start_mark.line + 1
-                    node = v
-                    break
-            else:
-                return line
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            return line
-    return line
-
-
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     path = Path(path)
     if not path.exists():
         raise RecipeError(f"{path}: recipe not found")
-    text = path.read_text()
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a directory, not a recipe file")
     try:
-        raw = yaml.safe_load(text) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise RecipeError(f"{path}, line {line}: not valid UTF-8 text (byte {e.object[e.start]:#04x})") from None
+    try:
+        raw = load_yaml(text) or {}
+    except DuplicateKeyError as e:
+        raise RecipeError(f"{path}, line {e.second}: {e}") from None
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of keys, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides or [])
-    return parse_recipe(raw, source=str(path), text=text)
+    return parse_recipe(raw, source=str(path), text=text, overrides=overrides or [])
 
 
-def parse_recipe(raw: dict, source: str = "<recipe>", text: str | None = None) -> Recipe:
+def parse_recipe(raw: dict, source: str = "<recipe>", text: str | None = None,
+                 overrides: list[str] | None = None) -> Recipe:
+    """Validate a raw recipe dict; errors name ``source`` and the line in ``text``, or the ``--set`` flag in
+    ``overrides`` that wrote the value at fault."""
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
@@ -285,10 +287,14 @@ def parse_recipe(raw: dict, source: str = "<recipe>", text: str | None = None) -
         for err in e.errors():
             loc = tuple(x for x in err["loc"])
             key = ".".join(str(x) for x in loc) or "(top level)"
-            where = source
-            ln = _line_of(text, loc) if text else None
-            if ln:
-                where += f", line {ln}"
+            flag = flag_of(overrides or [], loc) if loc else None
+            if flag is not None:
+                where = f"--set {flag}"
+            else:
+                where = source
+                ln = line_of(text, loc) if text else None
+                if ln:
+                    where += f", line {ln}"
             if err["type"] == "extra_forbidden":
                 msg = f"unknown key '{key}'"
             elif err["type"] == "missing":

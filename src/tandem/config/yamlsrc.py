@@ -1,0 +1,118 @@
+"""Reading recipe YAML: duplicate keys refused, ``--set key.sub=value`` overrides, error locations.
+
+A key given twice in one mapping is an error naming both lines; a ``--set`` whose value is not valid YAML is an
+error naming the flag. :func:`line_of` finds the line of a key path in the YAML text, :func:`flag_of` the
+``--set`` flag that wrote it (so a bad value given on the command line is blamed on the flag, not the file).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+
+class RecipeError(ValueError):
+    pass
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping."""
+
+    def __init__(self, key: str, first: int, second: int):
+        super().__init__(f"key '{key}' is given twice (lines {first} and {second}); keep one")
+        self.key, self.first, self.second = key, first, second
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (merge keys ``<<`` excepted)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = key_node.value
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise DuplicateKeyError(key, seen[key], line)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str):
+    """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a key given twice in one mapping."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def override_key(item: str) -> list[str]:
+    key = item.split("=", 1)[0].strip()
+    parts = key.split(".")
+    if not key or any(not p.strip() for p in parts):
+        raise RecipeError(f"--set {item!r}: expected key.sub=value (empty key part)")
+    return [p.strip() for p in parts]
+
+
+def _coerce(item: str, text: str) -> Any:
+    if text == "":
+        return ""
+    try:
+        return load_yaml(text)
+    except yaml.YAMLError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RecipeError(
+            f"--set {item}: the value {text!r} is not valid YAML ({first}); quote it, e.g. --set 'key=\"...\"'"
+        ) from None
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to the raw recipe dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise RecipeError(f"--set {item!r}: expected key.sub=value")
+        parts = override_key(item)
+        node = raw
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            if not isinstance(node[p], dict):
+                raise RecipeError(f"--set {item}: {p!r} is not a mapping")
+            node = node[p]
+        node[parts[-1]] = _coerce(item, item.split("=", 1)[1])
+    return raw
+
+
+def line_of(text: str, loc: tuple) -> int | None:
+    """1-based line of the YAML node at ``loc`` (or of its closest existing parent)."""
+    try:
+        node = yaml.compose(text)
+    except yaml.YAMLError:
+        return None
+    line = None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == str(key):
+                    line = k.start_mark.line + 1
+                    node = v
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def flag_of(overrides: list[str], loc: tuple) -> str | None:
+    """The last ``--set`` flag that wrote ``loc`` (or a parent or a child of it), if any."""
+    key = [str(x) for x in loc]
+    for item in reversed(overrides):
+        parts = override_key(item)
+        n = min(len(parts), len(key))
+        if parts[:n] == key[:n]:
+            return item
+    return None
