@@ -1,10 +1,10 @@
-"""Batched sampling from a causal LM, and a JSONL cache of generations.
+"""Text generation from chat prompts (sampling itself: :mod:`tandem.models.sampling`), and a JSONL cache.
 
 Prompts are chat messages (``[{"role": "user", "content": ...}, ...]``) rendered exactly as in training by
 :func:`tandem.data.encode.prompt_ids`: the tokenizer's chat template with the assistant generation slot when
 it has one, else the plain fallback template ``"### User:\\n{content}\\n\\n### Assistant:\\n"`` (after BOS).
 
-Conventions of :func:`generate`:
+Conventions of :func:`generate` (those of :func:`tandem.models.sampling.sample_ids`):
 
 * prompts are **left**-padded into batches of ``batch_size`` (the attention mask hides the padding, and
   transformers derives position ids from it), so every prompt ends right before its first new token;
@@ -23,36 +23,13 @@ import json
 import os
 from pathlib import Path
 
-import torch
-
 from tandem.data.encode import prompt_ids
 from tandem.data.types import Message
+from tandem.models.sampling import eos_ids, sample_ids, strip_eos
 
 GENERATION_FORMAT = 1
 
-
-def _eos_ids(model, tokenizer) -> list[int]:
-    ids: list[int] = []
-    for src in (tokenizer.eos_token_id, getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
-        if src is None:
-            continue
-        for i in src if isinstance(src, (list, tuple)) else [src]:
-            if i is not None and int(i) not in ids:
-                ids.append(int(i))
-    if not ids:
-        raise ValueError("neither the tokenizer nor the model's generation config defines an EOS token id")
-    return ids
-
-
-def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        if s:
-            ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-            mask[i, width - len(s) :] = 1
-    return ids, mask
+_eos_ids = eos_ids  # old private name, kept for callers outside evaluation until they use tandem.models.sampling
 
 
 def _check_prompts(prompts) -> None:
@@ -61,7 +38,6 @@ def _check_prompts(prompts) -> None:
             raise ValueError(f"prompts[{i}]: expected a non-empty list of chat messages {{'role', 'content'}}, got {p!r:.120}")
 
 
-@torch.no_grad()
 def generate(
     model,
     tokenizer,
@@ -91,34 +67,14 @@ def generate(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     _check_prompts(prompts)
-    eos = _eos_ids(model, tokenizer)
+    eos = eos_ids(model, tokenizer)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos[0]
-    device = next(model.parameters()).device
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     if max_prompt_length is not None:
         encoded = [ids[-max_prompt_length:] for ids in encoded]
-    kw = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad, use_cache=True)
-    if temperature == 0:
-        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
-        kw.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=None)
-    was_training = model.training
-    model.eval()
-    outputs: list[str] = []
-    devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            for start in range(0, len(encoded), batch_size):
-                chunk = encoded[start : start + batch_size]
-                ids, mask = _left_pad(chunk, pad)
-                out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
-                for row in out[:, ids.shape[1] :].tolist():
-                    cut = next((j for j, t in enumerate(row) if t in eos), len(row))
-                    outputs.append(tokenizer.decode(row[:cut], skip_special_tokens=True))
-    finally:
-        model.train(was_training)
-    return outputs
+    new = sample_ids(model, encoded, pad_id=pad, eos=eos, temperature=temperature, top_p=top_p,
+                     max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    return [tokenizer.decode(strip_eos(ids, eos), skip_special_tokens=True) for ids in new]
 
 
 def model_identity(model_or_path) -> dict:

@@ -1,8 +1,7 @@
-"""Load the full weights of a run's output: a full model dir / Hub id, or a peft (LoRA) adapter dir.
+"""Merge two checkpoints into a normal HF model (``merge_checkpoints``).
 
-For an adapter dir (one with ``adapter_config.json``) the base model named in the config (or ``base=``) is
-loaded and the adapter merged into it with ``merge_and_unload()``, so the result is a plain model whose
-weights can be interpolated. Only safetensors files are read (no pickle).
+Loading the full weights of a run's output (a full model dir / Hub id, or a LoRA adapter dir merged into its
+base) lives in :mod:`tandem.models.merged`; ``load_full_weights`` is re-exported here for old callers.
 """
 
 from __future__ import annotations
@@ -10,68 +9,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import torch
+from tandem.models.merged import load_full_weights
+from tandem.models.resolve import tokenizer_source
 
-
-def is_adapter_dir(path: str | Path) -> bool:
-    return (Path(path) / "adapter_config.json").is_file()
-
-
-def _resolve_base(adapter_dir: Path, base: str | None) -> str:
-    if base is not None:
-        return str(base)
-    cfg_path = adapter_dir / "adapter_config.json"
-    try:
-        cfg = json.loads(cfg_path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{cfg_path}: not valid JSON ({e})") from e
-    name = cfg.get("base_model_name_or_path")
-    if not name:
-        raise ValueError(f"{cfg_path}: field 'base_model_name_or_path' is empty; pass base= explicitly")
-    if not Path(name).exists() and (adapter_dir / name).exists():  # relative to the adapter dir
-        return str(adapter_dir / name)
-    return name
-
-
-def load_full_weights(
-    path: str | Path,
-    base: str | None = None,
-    dtype: torch.dtype | str | None = None,
-    device: str | torch.device = "cpu",
-):
-    """A ``PreTrainedModel`` with full weights, in eval mode.
-
-    Args:
-        path: model dir, Hub id, or peft adapter dir.
-        base: base model for an adapter dir (default: ``base_model_name_or_path`` from its config).
-        dtype: load dtype (default: the checkpoint's own, ``"auto"``).
-    """
-    from transformers import AutoModelForCausalLM
-
-    p = Path(path)
-    kw = {"dtype": dtype if dtype is not None else "auto", "use_safetensors": True}
-    if is_adapter_dir(p):
-        from peft import PeftModel
-
-        if not (p / "adapter_model.safetensors").is_file():
-            raise FileNotFoundError(f"{p}: adapter dir without adapter_model.safetensors (only safetensors are read)")
-        base_name = _resolve_base(p, base)
-        model = AutoModelForCausalLM.from_pretrained(base_name, **kw)
-        model = PeftModel.from_pretrained(model, str(p), use_safetensors=True).merge_and_unload()
-    else:
-        if p.exists() and p.is_dir() and not any(p.glob("*.safetensors")):
-            raise FileNotFoundError(f"{p}: no *.safetensors weights (only safetensors are read)")
-        model = AutoModelForCausalLM.from_pretrained(str(path), **kw)
-    return model.to(device).eval()
+__all__ = ["load_full_weights", "merge_checkpoints"]
 
 
 def _copy_tokenizer(sources: list[str], out: Path) -> str | None:
-    """Save the first loadable tokenizer among ``sources`` into ``out``; returns its source or None."""
+    """Save the first loadable tokenizer among ``sources`` (an adapter dir without one: its base model's) into
+    ``out``; returns that source or None."""
     from transformers import AutoTokenizer
 
     for src in sources:
         try:
-            tok = AutoTokenizer.from_pretrained(src)
+            tok = AutoTokenizer.from_pretrained(tokenizer_source(src))
         except (OSError, ValueError, TypeError, KeyError):
             continue
         tok.save_pretrained(out)

@@ -1,12 +1,36 @@
-"""Models: load (Hub id, local dir, GGUF), LoRA, reward/value heads, atomic saves, the default SmolLM2."""
+"""Models: the one place that loads them (Hub id, local dir, run dir, LoRA adapter dir, GGUF; policy, reward
+model, merged weights) and the one place that samples from them; LoRA, atomic saves, the default SmolLM2.
+
+==============================  =============================================================================
+:mod:`tandem.models.resolve`    what a reference names: "not found: PATH" for a missing local path, run dir
+                                -> ``final/``, adapter base and tokenizer source
+:mod:`tandem.models.load`       ``load_policy``, ``load_reward_model``, ``load_saved``, ``load_any``,
+                                ``load_tokenizer``
+:mod:`tandem.models.merged`     ``load_full_weights`` / ``load_merged``: an adapter dir merged into its base
+:mod:`tandem.models.sampling`   ``sample_ids`` (greedy or nucleus, seeded, stops at EOS), ``eos_ids``,
+                                ``left_pad``
+==============================  =============================================================================
+"""
 
 from tandem.models.atomic import atomic_dir
-from tandem.models.load import load_policy, load_reward_model, load_saved, load_tokenizer, load_value_model
+from tandem.models.load import (
+    load_any,
+    load_policy,
+    load_reward_model,
+    load_saved,
+    load_tokenizer,
+    load_value_model,
+)
 from tandem.models.lora import apply_lora, trainable_summary
+from tandem.models.merged import load_full_weights, load_merged
+from tandem.models.resolve import check_exists, is_adapter_dir, resolve_model_path, tokenizer_source
+from tandem.models.sampling import eos_ids, left_pad, sample_ids
 from tandem.models.save import save_model
 from tandem.models.smollm2 import find_smollm2, pull_smollm2
 
 __all__ = [
-    "apply_lora", "atomic_dir", "find_smollm2", "load_policy", "load_reward_model", "load_saved", "load_tokenizer",
-    "load_value_model", "pull_smollm2", "save_model", "trainable_summary",
+    "apply_lora", "atomic_dir", "check_exists", "eos_ids", "find_smollm2", "is_adapter_dir", "left_pad", "load_any",
+    "load_full_weights", "load_merged", "load_policy", "load_reward_model", "load_saved", "load_tokenizer",
+    "load_value_model", "pull_smollm2", "resolve_model_path", "sample_ids", "save_model", "tokenizer_source",
+    "trainable_summary",
 ]

@@ -1,16 +1,62 @@
-"""Load policies and reward models by Hub id, local directory or GGUF file (safetensors weights only)."""
+"""The one place that loads models: policies, reward models and saved tandem models, by Hub id, local dir,
+tandem run dir (its ``final/``), LoRA adapter dir or GGUF file (safetensors weights only, never pickle).
+
+=========================  ==================================================================================
+:func:`load_policy`        ``(AutoModelForCausalLM, tokenizer)`` from a Hub id, model dir, run dir or ``.gguf``
+:func:`load_reward_model`  ``(AutoModelForSequenceClassification(num_labels=1), tokenizer)``: a reward model,
+                           a tandem LoRA reward run (merged), or a causal LM that gets a new scalar head
+:func:`load_saved`         a model saved by tandem (full dir or LoRA adapter dir, *not* merged), or its run dir
+:func:`load_any`           whatever a user may name: run dir, adapter dir, model dir, ``.gguf`` file or Hub id
+:func:`load_tokenizer`     the tokenizer of any of these (an adapter dir without one: its base model's)
+=========================  ==================================================================================
+
+Full merged weights of an adapter dir: :mod:`tandem.models.merged`. Path rules: :mod:`tandem.models.resolve`.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
-import torch
+from tandem.models.resolve import (
+    DTYPES,
+    adapter_base,
+    adapter_config,
+    check_exists,
+    is_adapter_dir,
+    is_model_dir,
+    looks_local,
+    resolve_model_path,
+    tokenizer_source,
+    torch_dtype,
+)
 
 log = logging.getLogger("tandem")
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+__all__ = ["DTYPES", "NoSafetensorsError", "load_any", "load_policy", "load_reward_model", "load_saved",
+           "load_tokenizer", "load_value_model"]
+
+
+class NoSafetensorsError(FileNotFoundError, ValueError):
+    """A local model dir without ``*.safetensors`` weights (tandem never reads pickle weights)."""
+
+
+def check_safetensors(path: str | Path) -> None:
+    """Refuse a local model dir that has no ``*.safetensors`` file (pickle ``.bin``/``.pt`` are never read)."""
+    p = Path(path)
+    if not p.is_dir() or any(p.glob("*.safetensors")):
+        return
+    if any(p.glob("*.bin")) or any(p.glob("*.pt")):
+        raise NoSafetensorsError(
+            f"{p}: only pickle weights (.bin/.pt) found; tandem loads safetensors only. Convert with "
+            "`model.save_pretrained(dir, safe_serialization=True)` in a trusted environment.")
+    raise NoSafetensorsError(f"{p}: no *.safetensors weights (only safetensors are read)")
+
+
+def check_adapter_weights(adapter_dir: str | Path) -> None:
+    if not (Path(adapter_dir) / "adapter_model.safetensors").is_file():
+        raise NoSafetensorsError(f"{adapter_dir}: adapter dir without adapter_model.safetensors "
+                                 "(only safetensors are read)")
 
 
 def _split_gguf(name_or_path: str, gguf_file: str | None) -> tuple[str, str | None]:
@@ -20,29 +66,30 @@ def _split_gguf(name_or_path: str, gguf_file: str | None) -> tuple[str, str | No
     return name_or_path, gguf_file
 
 
-def _check_safetensors(name_or_path: str, gguf_file: str | None) -> None:
-    p = Path(name_or_path)
-    if gguf_file or not p.is_dir():
-        return
-    if not list(p.glob("*.safetensors")) and (list(p.glob("*.bin")) or list(p.glob("*.pt"))):
-        raise ValueError(f"{p}: only pickle weights (.bin/.pt) found; tandem loads safetensors only. "
-                         "Convert with `model.save_pretrained(dir, safe_serialization=True)` in a trusted environment.")
-
-
 def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote_code: bool = False, revision=None):
+    """The tokenizer of a Hub id, model dir, run dir, adapter dir (its own, else its base model's) or GGUF file;
+    a missing pad token becomes EOS."""
     from transformers import AutoTokenizer
 
+    name, gguf_file = _split_gguf(resolve_model_path(name_or_path, "tokenizer"), gguf_file)
     kw = {"gguf_file": gguf_file} if gguf_file else {}
-    tok = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code, revision=revision, **kw)
+    source = name if gguf_file else tokenizer_source(name)
+    check_exists(source, "tokenizer")
+    tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision, **kw)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
         log.info("tokenizer has no pad token: using EOS (%s) for padding", tok.eos_token)
     return tok
 
 
-def _load(auto_cls, name_or_path, gguf_file, dtype, trust_remote_code, revision, **extra):
-    name_or_path, gguf_file = _split_gguf(str(name_or_path), gguf_file)
-    _check_safetensors(name_or_path, gguf_file)
+def _from_pretrained(auto_cls, name_or_path: str, gguf_file: str | None, dtype, trust_remote_code: bool = False,
+                     revision: str | None = None, **extra):
+    """``auto_cls.from_pretrained`` of a resolved reference (safetensors only; GGUF dequantised to dense)."""
+    name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
+    if not gguf_file:
+        check_safetensors(name_or_path)
+    elif looks_local(name_or_path):
+        check_exists(Path(name_or_path) / gguf_file)
     kw = dict(trust_remote_code=trust_remote_code, revision=revision, **extra)
     if gguf_file:
         from transformers import GgufConfig
@@ -53,64 +100,107 @@ def _load(auto_cls, name_or_path, gguf_file, dtype, trust_remote_code, revision,
         kw["quantization_config"] = GgufConfig(gguf_file=gguf_file, dequantize=True)
     else:
         kw["use_safetensors"] = True
-    if dtype in DTYPES:
-        kw["dtype"] = DTYPES[dtype]
+    want = torch_dtype(dtype)
+    if want != "auto":
+        kw["dtype"] = want
     model = auto_cls.from_pretrained(name_or_path, **kw)
-    if gguf_file and getattr(model, "hf_quantizer", None) is not None:
+    if gguf_file and model.hf_quantizer is not None:
         model.hf_quantizer.remove_quantization_config(model)  # dense now: a normal, trainable, saveable model
-    if dtype in DTYPES and gguf_file:
-        model = model.to(DTYPES[dtype])  # GGUF weights are dequantised to float32
-    tok = load_tokenizer(name_or_path, gguf_file, trust_remote_code, revision)
-    return model, tok
+    if gguf_file and want != "auto":
+        model = model.to(want)  # GGUF weights are dequantised to float32
+    return model
+
+
+def _load_adapter(adapter_dir: str, dtype, reward: bool, merge: bool, base: str | None = None):
+    """A LoRA adapter dir on its base model (``SEQ_CLS`` adapters on a 1-label sequence classifier)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    task = adapter_config(adapter_dir).get("task_type")
+    if reward and task != "SEQ_CLS":
+        raise ValueError(f"{adapter_dir}: a LoRA adapter of task {task!r}, not a reward model (task_type SEQ_CLS)")
+    check_adapter_weights(adapter_dir)
+    base_name = resolve_model_path(adapter_base(adapter_dir, base), "base model")
+    if task == "SEQ_CLS":
+        # a tandem reward model: the default head of a sequence classifier would have 2 labels
+        model = _from_pretrained(AutoModelForSequenceClassification, base_name, None, dtype, num_labels=1)
+    else:
+        model = _from_pretrained(AutoModelForCausalLM, base_name, None, dtype)
+    model = PeftModel.from_pretrained(model, adapter_dir, use_safetensors=True)
+    return (model.merge_and_unload() if merge else model).eval()
 
 
 def load_policy(name_or_path: str, gguf_file: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
                 revision: str | None = None):
-    """``(AutoModelForCausalLM, tokenizer)``."""
+    """``(AutoModelForCausalLM, tokenizer)`` from a Hub id, model dir, run dir (its ``final/``) or ``.gguf`` file."""
     from transformers import AutoModelForCausalLM
 
-    model, tok = _load(AutoModelForCausalLM, name_or_path, gguf_file, dtype, trust_remote_code, revision)
+    path = resolve_model_path(name_or_path, "model")
+    model = _from_pretrained(AutoModelForCausalLM, path, gguf_file, dtype, trust_remote_code, revision)
+    tok = load_tokenizer(path, gguf_file, trust_remote_code, revision)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
     return model, tok
 
 
 def load_reward_model(name_or_path: str, gguf_file: str | None = None, dtype: str = "auto",
-                      trust_remote_code: bool = False, revision: str | None = None):
-    """``(AutoModelForSequenceClassification(num_labels=1), tokenizer)``: the LM with a scalar head.
+                      trust_remote_code: bool = False, revision: str | None = None, device=None):
+    """``(AutoModelForSequenceClassification(num_labels=1), tokenizer)``: the LM with a scalar head ``score``.
 
-    From a causal-LM checkpoint the backbone weights are kept and the head ``score`` is new (transformers
-    initialises it with normal(0, initializer_range)); from a saved reward model everything is loaded.
+    * a saved reward model (dir or Hub id): everything is loaded;
+    * a tandem LoRA reward run (its run dir, ``final/`` or any ``SEQ_CLS`` adapter dir): the adapter and its
+      trained head are loaded on the base model and **merged** (a plain model, as fast as a full one);
+    * a causal-LM checkpoint: the backbone weights are kept and ``score`` is new (transformers initialises it
+      with normal(0, initializer_range)) -- the start of reward-model training.
+
+    The model's ``pad_token_id`` is the tokenizer's; with ``device`` the model is moved there.
     """
     from transformers import AutoModelForSequenceClassification
 
-    model, tok = _load(AutoModelForSequenceClassification, name_or_path, gguf_file, dtype, trust_remote_code, revision,
-                       num_labels=1)
+    path = resolve_model_path(name_or_path, "reward model")
+    if is_adapter_dir(path):
+        model = _load_adapter(path, dtype, reward=True, merge=True)
+    else:
+        model = _from_pretrained(AutoModelForSequenceClassification, path, gguf_file, dtype, trust_remote_code,
+                                 revision, num_labels=1)
+    tok = load_tokenizer(path, gguf_file, trust_remote_code, revision)
     model.config.pad_token_id = tok.pad_token_id
-    return model, tok
+    return (model.to(device) if device is not None else model), tok
 
 
 load_value_model = load_reward_model
 
 
-def load_saved(path: str | Path, dtype: str = "auto"):
-    """A model saved by tandem: a full model dir, or a LoRA adapter dir (loaded on its base, not merged)."""
-    path = Path(path)
-    if (path / "adapter_config.json").exists():
-        from peft import AutoPeftModelForCausalLM
+def _is_reward_dir(path: Path) -> bool:
+    import json
 
-        cfg = json.loads((path / "adapter_config.json").read_text())
-        kw = {"dtype": DTYPES[dtype]} if dtype in DTYPES else {}
-        if cfg.get("task_type") == "SEQ_CLS":
-            from peft import AutoPeftModelForSequenceClassification as cls
-
-            kw["num_labels"] = 1  # a tandem reward model (the default head would have 2 labels)
-        else:
-            cls = AutoPeftModelForCausalLM
-        model = cls.from_pretrained(str(path), **kw)
-        tok = load_tokenizer(str(path) if (path / "tokenizer_config.json").exists() else cfg["base_model_name_or_path"])
-        return model, tok
     cfg = json.loads((path / "config.json").read_text())
-    if any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures", [])):
-        return load_reward_model(str(path), dtype=dtype)
-    return load_policy(str(path), dtype=dtype)
+    return any(a.endswith("ForSequenceClassification") for a in cfg.get("architectures") or [])
+
+
+def load_saved(path: str | Path, dtype: str = "auto"):
+    """A model saved by tandem, or its run dir: a full model dir (a reward model when its architecture is a
+    sequence classifier), or a LoRA adapter dir loaded on its base model as a peft model (*not* merged, so the
+    adapter weights stay trainable and countable)."""
+    p = Path(resolve_model_path(path, "model"))
+    if not is_model_dir(p):
+        raise ValueError(f"{p}: not a model dir (no config.json or adapter_config.json) nor a run dir with final/")
+    if is_adapter_dir(p):
+        model = _load_adapter(str(p), dtype, reward=False, merge=False)
+        tok = load_tokenizer(str(p))
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tok.pad_token_id
+        return model, tok
+    if _is_reward_dir(p):
+        return load_reward_model(str(p), dtype=dtype)
+    return load_policy(str(p), dtype=dtype)
+
+
+def load_any(name_or_path: str | Path, dtype: str = "auto"):
+    """``(model, tokenizer)`` from whatever a user may name: a run dir (its ``final/``), a LoRA adapter dir (not
+    merged), a full model dir, a ``.gguf`` file or a Hub id. A local path that does not exist is refused with
+    ``FileNotFoundError("... not found: PATH")``."""
+    path = resolve_model_path(name_or_path, "model")
+    if Path(path).is_dir():
+        return load_saved(path, dtype=dtype)
+    return load_policy(path, dtype=dtype)

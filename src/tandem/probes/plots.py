@@ -10,7 +10,7 @@ def plot_entanglement_hist(rows: list[dict], out_png: str | Path, title: str = "
     """Three panels: histogram of cos(g_w, g_l); histogram of <g_w, g_l>; and each pair at
     ``(<g_w,g_l> / (ratio ||g_w||^2), ratio <g_w,g_l> / ||g_l||^2)`` with the thresholds at 1 (right of the
     vertical line: chosen log-prob falls; above the horizontal line: rejected log-prob rises)."""
-    from tandem.report.plots import _save, plt
+    from tandem.io.figures import plt, save_figure
 
     cos = [r["cosine"] for r in rows]
     dots = [r["dot"] for r in rows]
@@ -39,4 +39,4 @@ def plot_entanglement_hist(rows: list[dict], out_png: str | Path, title: str = "
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)

@@ -88,7 +88,7 @@ def plot_token_heatmap(result: dict, tokenizer, out_png: str | Path, title: str 
     """Heatmap PNG of ``result["cosine"]`` (from :func:`token_cosines`): chosen tokens down, rejected tokens
     across, cell = cos(grad log p(chosen token i), grad log p(rejected token j)), a diverging colour scale fixed
     to [-1, 1] and a colorbar."""
-    from tandem.report.plots import _save, plt
+    from tandem.io.figures import plt, save_figure
 
     cos = result["cosine"].numpy()
     yl, xl = token_labels(tokenizer, result["chosen_ids"]), token_labels(tokenizer, result["rejected_ids"])
@@ -102,4 +102,4 @@ def plot_token_heatmap(result: dict, tokenizer, out_png: str | Path, title: str 
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, label="gradient cosine")
     fig.tight_layout()
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)

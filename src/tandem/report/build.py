@@ -59,13 +59,13 @@ def summarize(table: list[dict], metrics: list[str] | None = None) -> dict[str, 
     ``std`` is the sample standard deviation (0 for one seed)."""
     if not isinstance(table, list) or not all(isinstance(r, dict) and "method" in r for r in table):
         raise ValueError("table.json must be a list of objects, each with a 'method' field")
-    keys = metrics or sorted({k for r in table for k, v in r.items() if k not in ("method", "seed") and P._num(v)})
+    keys = metrics or sorted({k for r in table for k, v in r.items() if k not in ("method", "seed") and P.is_finite_number(v)})
     out: dict[str, dict[str, dict]] = {}
     for method in dict.fromkeys(str(r["method"]) for r in table):
         rows = [r for r in table if str(r["method"]) == method]
         out[method] = {}
         for k in keys:
-            vals = [float(r[k]) for r in rows if P._num(r.get(k))]
+            vals = [float(r[k]) for r in rows if P.is_finite_number(r.get(k))]
             if vals:
                 out[method][k] = {
                     "mean": statistics.fmean(vals),
@@ -99,7 +99,7 @@ def _run_section(d: Path, plots_dir: Path, base: Path) -> list[str]:
     spans = P.stage_spans(rows)
     for i, (name, lo, hi) in enumerate(spans):
         def last(split, name=name):
-            vals = [r for r in rows if r.get("stage") == name and r.get("split", "train") == split and P._num(r.get("loss"))]
+            vals = [r for r in rows if r.get("stage") == name and r.get("split", "train") == split and P.is_finite_number(r.get("loss"))]
             return vals[-1]["loss"] if vals else None
 
         lines.append(f"| {i} | {name} | {lo}–{hi} | {_fmt(last('train'))} | {_fmt(last('val'))} |")
@@ -116,12 +116,12 @@ def _run_section(d: Path, plots_dir: Path, base: Path) -> list[str]:
         srows = [r for r in rows if r.get("split", "train") == split]
         if not srows:
             continue
-        present = [k for k in keys if any(P._num(r.get(k)) for r in srows)]
+        present = [k for k in keys if any(P.is_finite_number(r.get(k)) for r in srows)]
         lines += [f"**{split}**", "", "| stage | " + " | ".join(present) + " |", "|---" * (len(present) + 1) + "|"]
         for name, _, _ in spans:
             st = [r for r in srows if r.get("stage") == name]
             if st:
-                vals = [next((r[k] for r in reversed(st) if P._num(r.get(k))), None) for k in present]
+                vals = [next((r[k] for r in reversed(st) if P.is_finite_number(r.get(k))), None) for k in present]
                 lines.append(f"| {name} | " + " | ".join(_fmt(v) for v in vals) + " |")
         lines.append("")
     return lines
@@ -185,7 +185,7 @@ def _eval_section(d: Path, base: Path) -> list[str]:
             if isinstance(v, dict):
                 for k, x in v.items():
                     walk(f"{prefix}/{k}" if prefix else k, x)
-            elif P._num(v):
+            elif P.is_finite_number(v):
                 flat[prefix] = v
 
         walk("", res.get("metrics", {}))

@@ -7,25 +7,23 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import matplotlib
+from matplotlib.ticker import FormatStrFormatter
+from matplotlib.transforms import blended_transform_factory
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FormatStrFormatter  # noqa: E402
-from matplotlib.transforms import blended_transform_factory  # noqa: E402
+from tandem.io.figures import plt, save_figure
 
 # keys of a metrics.jsonl row that are coordinates or bookkeeping, not curves
 NON_METRIC_KEYS = {"split", "stage", "stage_index", "step", "stage_step", "epoch", "tokens", "time", "wall_time"}
 PREFERRED_ORDER = ["loss", "val_loss", "lr", "tokens_per_s", "grad_norm"]
 
 
-def _num(v) -> bool:
+def is_finite_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def metric_keys(rows: list[dict]) -> list[str]:
     """Numeric keys present in any row, ``loss``/``lr``/... first, then alphabetical."""
-    keys = {k for r in rows for k, v in r.items() if k not in NON_METRIC_KEYS and _num(v)}
+    keys = {k for r in rows for k, v in r.items() if k not in NON_METRIC_KEYS and is_finite_number(v)}
     return [k for k in PREFERRED_ORDER if k in keys] + sorted(keys - set(PREFERRED_ORDER))
 
 
@@ -59,11 +57,11 @@ def plot_training_curves(rows: list[dict], out_png: str | Path, metrics: list[st
     if not keys:
         return None
     spans = stage_spans(rows)
-    steps = [r["step"] for r in rows if _num(r.get("step"))]
+    steps = [r["step"] for r in rows if is_finite_number(r.get("step"))]
     fig, axes = _panel_grid(len(keys), 3, 5.2, 3.5)
     for ax, key in zip(axes.flat, keys):
         for split, style in (("train", dict(linewidth=1.4)), ("val", dict(marker="o", markersize=4, linewidth=1.2))):
-            pts = sorted((r["step"], r[key]) for r in rows if r.get("split", "train") == split and "step" in r and _num(r.get(key)))
+            pts = sorted((r["step"], r[key]) for r in rows if r.get("split", "train") == split and "step" in r and is_finite_number(r.get(key)))
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=split, **style)
         if steps:  # every panel spans the whole run, so stage boundaries line up across panels
@@ -80,7 +78,7 @@ def plot_training_curves(rows: list[dict], out_png: str | Path, metrics: list[st
         ax.set_visible(False)
     fig.suptitle(title, fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.97))  # keep the suptitle clear of the first row's titles
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 ENTANGLEMENT_PANELS = (  # (title, [(key, label)]): chosen vs rejected log-probs, then the probe's metrics
@@ -105,16 +103,16 @@ def _panel_grid(n: int, max_cols: int, width: float, height: float):
 def plot_entanglement(rows: list[dict], out_png: str | Path, title: str = "Gradient entanglement") -> Path | None:
     """Chosen and rejected log-probs on shared axes (train rows), and the ``probe/*`` metrics of the training-time
     entanglement probe; one panel per group present, stage boundaries marked. None when no key is present."""
-    panels = [(t, [(k, lab) for k, lab in keys if any(_num(r.get(k)) for r in rows)]) for t, keys in ENTANGLEMENT_PANELS]
+    panels = [(t, [(k, lab) for k, lab in keys if any(is_finite_number(r.get(k)) for r in rows)]) for t, keys in ENTANGLEMENT_PANELS]
     panels = [(t, keys) for t, keys in panels if keys]
     if not panels:
         return None
     spans = stage_spans(rows)
-    steps = [r["step"] for r in rows if _num(r.get("step"))]
+    steps = [r["step"] for r in rows if is_finite_number(r.get("step"))]
     fig, axes = _panel_grid(len(panels), 2, 6.0, 3.8)
     for ax, (t, keys) in zip(axes.flat, panels):
         for key, label in keys:
-            pts = sorted((r["step"], r[key]) for r in rows if r.get("split", "train") == "train" and "step" in r and _num(r.get(key)))
+            pts = sorted((r["step"], r[key]) for r in rows if r.get("split", "train") == "train" and "step" in r and is_finite_number(r.get(key)))
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o" if len(pts) < 30 else None, markersize=3,
                     label=label)
         if steps:  # the whole run on every panel, so stage boundaries line up
@@ -127,7 +125,7 @@ def plot_entanglement(rows: list[dict], out_png: str | Path, title: str = "Gradi
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.97))  # keep the suptitle clear of the first row's titles
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_method_scatter(summary: dict[str, dict], x_key: str, y_key: str, out_png: str | Path,
@@ -149,7 +147,7 @@ def plot_method_scatter(summary: dict[str, dict], x_key: str, y_key: str, out_pn
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_temperature_sweep(rows: list[dict], out_png: str | Path, title: str = "Temperature sweep") -> Path | None:
@@ -157,7 +155,7 @@ def plot_temperature_sweep(rows: list[dict], out_png: str | Path, title: str = "
     plus an optional ``"metric"`` name (default ``"value"``) and an optional ``"method"`` (one line each)."""
     by_metric: dict[str, dict[str, list]] = {}
     for r in rows:
-        if not (_num(r.get("temperature")) and _num(r.get("mean"))):
+        if not (is_finite_number(r.get("temperature")) and is_finite_number(r.get("mean"))):
             continue
         by_metric.setdefault(str(r.get("metric", "value")), {}).setdefault(str(r.get("method", "")), []).append(r)
     if not by_metric:
@@ -183,20 +181,20 @@ def plot_temperature_sweep(rows: list[dict], out_png: str | Path, title: str = "
         ax.set_visible(False)
     fig.suptitle(title, fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.97))  # keep the suptitle clear of the first row's titles
-    return _save(fig, out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_runs_overlay(runs: dict[str, list[dict]], keys: list[str], out_png: str | Path,
                       title: str = "Runs compared") -> Path | None:
     """One panel per metric, one line per run (train rows; x = global step): for runs that differ in one
     setting, e.g. the preference loss. None when no run has any of ``keys``."""
-    keys = [k for k in keys if any(_num(r.get(k)) for rows in runs.values() for r in rows)]
+    keys = [k for k in keys if any(is_finite_number(r.get(k)) for rows in runs.values() for r in rows)]
     if not keys:
         return None
     fig, axes = _panel_grid(len(keys), 2, 6.0, 3.8)
     for ax, key in zip(axes.flat, keys):
         for name, rows in runs.items():
-            pts = sorted((r["step"], r[key]) for r in rows if r.get("split", "train") == "train" and _num(r.get(key)))
+            pts = sorted((r["step"], r[key]) for r in rows if r.get("split", "train") == "train" and is_finite_number(r.get(key)))
             if pts:
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3, linewidth=1.4, label=name)
         ax.set_title(key)
@@ -206,12 +204,4 @@ def plot_runs_overlay(runs: dict[str, list[dict]], keys: list[str], out_png: str
         ax.legend(fontsize=8, loc="best")
     fig.suptitle(title, fontsize=13)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    return _save(fig, out_png)
-
-
-def _save(fig, out_png) -> Path:
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(fig, out_png)

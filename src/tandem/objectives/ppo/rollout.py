@@ -2,9 +2,9 @@
 
 A rollout of ``B`` prompts:
 
-1. **Sampling** (:func:`sample`): the prompts are left-padded into one batch and ``model.generate`` samples
-   with the KV cache (``use_cache=True``), ``temperature`` / ``top_p``, at most ``max_new_tokens`` new tokens,
-   stopping at EOS. A response is the new tokens up to and including the first EOS (all of them when no
+1. **Sampling** (:func:`sample`, i.e. :func:`tandem.models.sampling.sample_ids`): the prompts are left-padded
+   into one batch and ``model.generate`` samples with the KV cache (``use_cache=True``), ``temperature`` /
+   ``top_p``, at most ``max_new_tokens`` new tokens, stopping at EOS. A response is the new tokens up to and including the first EOS (all of them when no
    EOS came). Sampling is seeded inside :func:`torch.random.fork_rng`, so the caller's RNG is untouched.
 2. **Sequences** (:func:`response_features`): ``prompt + response`` with labels on the response tokens, the
    SFT feature layout of docs/architecture.md, so the engine's ``batch_fn`` packs them.
@@ -23,7 +23,6 @@ tokens, response ``b`` in columns ``0..n_b-1``.
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass
 
@@ -32,52 +31,29 @@ import torch.nn.functional as F
 
 from tandem.data.encode import prompt_ids as render_prompt_ids
 from tandem.data.encode import response_ids as render_response_ids
+from tandem.data.messages import prompt_text
+from tandem.io.callables import resolve_function
+from tandem.models.sampling import eos_ids, sample_ids
 from tandem.objectives.logprobs import IGNORE, _forward_hidden
 
+# re-exported for the PPO objective: ``eos_ids`` (tandem.models.sampling), ``prompt_text`` (tandem.data.messages)
+# and ``resolve_function`` (tandem.io.callables)
+__all__ = ["FunctionReward", "ModelReward", "Rollout", "TokenIndex", "collect", "eos_ids", "gather_hidden",
+           "prompt_text", "reference_token_logps", "resolve_function", "response_features", "sample", "token_index",
+           "token_logps_from_hidden", "token_stats"]
+
 # ---------------------------------------------------------------------------------------------- sampling
-
-
-def eos_ids(model, tokenizer) -> list[int]:
-    """EOS ids of the tokenizer and of the model's generation config."""
-    from tandem.evaluation.generation import _eos_ids
-
-    return _eos_ids(model, tokenizer)
-
-
-def _left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids, mask
 
 
 @torch.no_grad()
 def sample(model, prompts: list[list[int]], pad_id: int, eos: list[int], temperature: float, top_p: float,
            max_new_tokens: int, seed: int, use_cache: bool = True) -> list[list[int]]:
-    """One sampled response (token ids, ending with the first EOS when one came) per prompt."""
-    if not prompts or any(len(p) == 0 for p in prompts):
+    """One sampled response (token ids, ending with the first EOS when one came) per prompt, all in one batch
+    (:func:`tandem.models.sampling.sample_ids`)."""
+    if not prompts:
         raise ValueError("ppo sample: every prompt needs at least one token")
-    device = next(model.parameters()).device
-    ids, mask = _left_pad(prompts, pad_id)
-    kw = dict(max_new_tokens=max_new_tokens, eos_token_id=eos, pad_token_id=pad_id, use_cache=use_cache,
-              do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=None)
-    was = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
-    finally:
-        model.train(was)
-    responses = []
-    eos_set = set(eos)
-    for row in out[:, ids.shape[1]:].tolist():
-        cut = next((j + 1 for j, t in enumerate(row) if t in eos_set), len(row))
-        responses.append(row[:cut])
-    return responses
+    return sample_ids(model, prompts, pad_id=pad_id, eos=eos, temperature=temperature, top_p=top_p,
+                      max_new_tokens=max_new_tokens, seed=seed, use_cache=use_cache)
 
 
 def response_features(prompts: list[list[int]], responses: list[list[int]]) -> list[dict]:
@@ -168,28 +144,6 @@ def reference_token_logps(policy, reference, batch: dict, index: TokenIndex, tem
 
 
 # ------------------------------------------------------------------------------------------------- reward
-
-
-def prompt_text(messages: list[dict]) -> str:
-    """The text a reward function sees as the prompt: the content of the last user turn."""
-    users = [m["content"] for m in messages if m.get("role") == "user"]
-    return users[-1] if users else messages[-1]["content"]
-
-
-def resolve_function(spec):
-    """A callable from ``"package.module:function"`` (or a callable as is)."""
-    if callable(spec):
-        return spec
-    if not isinstance(spec, str) or ":" not in spec:
-        raise ValueError(f"ppo reward_fn: expected 'module:function', got {spec!r}")
-    mod, _, name = spec.partition(":")
-    try:
-        fn = getattr(importlib.import_module(mod), name)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"ppo reward_fn {spec!r}: {e}") from None
-    if not callable(fn):
-        raise ValueError(f"ppo reward_fn {spec!r} is not callable")
-    return fn
 
 
 class FunctionReward:
