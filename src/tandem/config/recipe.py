@@ -63,6 +63,7 @@ class DataConfig(Strict):
     max_length: int = Field(default=512, ge=8)
     overlong: Literal["truncate", "drop"] = "truncate"
     val_size: int = Field(default=0, ge=0)
+    max_record_mb: float = Field(default=10.0, gt=0, description="largest JSON Lines record (line) read, in MiB")
 
 
 class BatchingConfig(Strict):

@@ -30,7 +30,7 @@ Over-long examples (``len(prompt) + len(response) > max_length``):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tandem.data.types import Message, PreferenceExample, SFTExample
 
@@ -40,12 +40,15 @@ FALLBACK_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
 
 @dataclass
 class EncodeStats:
-    """Counts from :func:`encode_all`: examples seen, kept, truncated (kept but cut), dropped."""
+    """Counts from :func:`encode_all`: examples seen, kept, truncated (kept but cut), dropped, and ``reasons``:
+    dropped examples per cause (``over_long``: too long with ``overlong="drop"``; ``no_room``:
+    ``max_length < 2``; ``empty_prompt``: too long with an empty prompt to cut)."""
 
     total: int = 0
     kept: int = 0
     truncated: int = 0
     dropped: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
 
 
 def render_fallback(prompt: list[Message]) -> str:
@@ -133,6 +136,14 @@ def encode_preference(tokenizer, example: PreferenceExample, max_length: int, ov
     return _encode_pref(tokenizer, example, max_length, overlong)[0]
 
 
+def drop_reason(max_length: int, overlong: str) -> str:
+    """Why :func:`_fit` drops an over-long example (see :class:`EncodeStats`): with ``overlong="truncate"``
+    only ``max_length < 2`` or an empty prompt (nothing to cut) drop one."""
+    if overlong == "drop":
+        return "over_long"
+    return "no_room" if max_length < 2 else "empty_prompt"
+
+
 def encode_all(tokenizer, examples, max_length: int, overlong: str = "truncate") -> tuple[list[dict], EncodeStats]:
     """Encode SFT and/or preference examples; returns the kept features and :class:`EncodeStats`."""
     stats = EncodeStats()
@@ -147,6 +158,8 @@ def encode_all(tokenizer, examples, max_length: int, overlong: str = "truncate")
             raise TypeError(f"expected SFTExample or PreferenceExample, got {type(ex).__name__}")
         if feat is None:
             stats.dropped += 1
+            reason = drop_reason(max_length, overlong)
+            stats.reasons[reason] = stats.reasons.get(reason, 0) + 1
             continue
         stats.truncated += int(truncated)
         feats.append(feat)

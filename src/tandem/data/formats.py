@@ -35,7 +35,10 @@ Conventions:
 * A prompt must end with a user turn; rows where it does not are skipped (``prompt_not_user_last``), rows of
   the ``messages`` format without an assistant turn are skipped (``no_assistant_turn``).
 * The format is detected from the first record unless declared; a row missing a field its format needs is a
-  :class:`DataError` naming the source, the 1-based row and the field.
+  :class:`DataError` naming the source, the 1-based row (and its line when they differ) and the field.
+* ``role="sft"|"preference"`` checks the data against the stage that will train on it (see
+  :mod:`tandem.data.roles`): a format of the other kind and KTO-style unpaired rows are refused, empty replies
+  are left out, and a source with no row left is an error counting each filter.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ import re
 from dataclasses import dataclass, field
 
 from tandem.data.errors import DataError
-from tandem.data.readers import read_records
+from tandem.data.readers import MAX_RECORD_BYTES, read_records_with_lines
+from tandem.data.roles import PREFERENCE_FORMATS, SFT_FORMATS, all_filtered_message, check_format_fits, check_role
+from tandem.data.roles import check_unpaired, role_skip, where as _where
 from tandem.data.types import Message, PreferenceExample, SFTExample, user
 
 FORMATS: dict[str, str] = {
@@ -56,8 +61,6 @@ FORMATS: dict[str, str] = {
     "tldr": "subreddit, title, post|instruction, summary|gold_response",
     "tldr_comparison": "subreddit, title, post (or info{...}), summaries [a, b] | summary_0, summary_1, choice",
 }
-SFT_FORMATS = {"prompt_response", "alpaca", "messages", "tldr"}
-PREFERENCE_FORMATS = {"preference", "hh_rlhf", "tldr_comparison"}
 
 HH_ASSISTANT = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -317,32 +320,47 @@ _CONTENT_KEYS = {
 }
 
 
-def examples_from_records(records, source: str, format: str | None = None, limit: int | None = None):
+def examples_from_records(records, source: str, format: str | None = None, limit: int | None = None,
+                          role: str | None = None, lines: list[int] | None = None):
     """Convert raw records; returns ``(examples, LoadReport)``. ``limit`` caps the number of kept examples.
 
-    Each example's ``meta`` holds ``source``, the 1-based ``row`` and the record's other scalar fields (ids,
-    answers, ...).
+    ``role`` (``"sft"``/``"preference"``, optional) checks the rows against it (see the module docstring);
+    ``lines`` (the 1-based line of each record, optional) puts lines into error messages. Each example's
+    ``meta`` holds ``source``, the 1-based ``row`` and the record's other scalar fields (ids, answers, ...).
     """
+    check_role(role)
+    declared = format is not None
     if format is None:
         if not records:
             raise DataError(f"{source}: no records")
         try:
             format = detect_format(records[0])
         except DataError as e:
-            raise DataError(f"{source}: row 1: {e}") from None
+            raise DataError(f"{_where(source, 1, lines[0] if lines else None)}: {e}") from None
     elif format not in CONVERTERS:
         raise DataError(f"{source}: unknown format {format!r}; accepted formats: {_accepted()}")
+    if role is not None:
+        if not records:
+            raise DataError(f"{source}: no records")
+        first, at = (records[0] if isinstance(records[0], dict) else {}), _where(source, 1, lines[0] if lines else None)
+        check_unpaired(first, at)
+        check_format_fits(format, role, first, at, declared)
     report = LoadReport(source=source, format=format)
     out = []
     for i, rec in enumerate(records, start=1):
         if limit is not None and len(out) >= limit:
             break
         report.rows += 1
-        where = f"{source}: row {i}"
+        where = _where(source, i, lines[i - 1] if lines else None)
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected an object, got {type(rec).__name__}")
+        if role is not None:
+            check_unpaired(rec, where)
         try:
             ex = convert(rec, format, where)
+            reason = role_skip(ex, role)
+            if reason is not None:
+                raise Skip(reason)
         except Skip as s:
             report.skipped[s.reason] = report.skipped.get(s.reason, 0) + 1
             continue
@@ -350,15 +368,21 @@ def examples_from_records(records, source: str, format: str | None = None, limit
         ex.meta.update({"source": source, "row": i})
         out.append(ex)
     report.kept = len(out)
+    if role is not None and not out:
+        raise DataError(all_filtered_message(source, report.rows, report.skipped))
     return out, report
 
 
 def load_examples(
-    source: str, format: str | None = None, split: str = "train", limit: int | None = None
+    source: str, format: str | None = None, split: str = "train", limit: int | None = None,
+    role: str | None = None, max_record_bytes: int = MAX_RECORD_BYTES,
 ) -> tuple[list[SFTExample | PreferenceExample], LoadReport]:
     """Read ``source`` (see :func:`tandem.data.readers.read_records`) and convert its rows.
 
     ``format`` overrides detection (detection looks at the first row). ``limit`` stops after that many kept
-    examples; ``LoadReport.rows`` counts the rows looked at.
+    examples; ``LoadReport.rows`` counts the rows looked at. ``role`` (``"sft"`` or ``"preference"``: the
+    objective's ``data_kind``) refuses rows that do not fit it (see the module docstring);
+    ``max_record_bytes`` caps one JSON Lines record.
     """
-    return examples_from_records(read_records(source, split=split), source, format=format, limit=limit)
+    records, lines = read_records_with_lines(source, split=split, max_record_bytes=max_record_bytes)
+    return examples_from_records(records, source, format=format, limit=limit, role=role, lines=lines)
