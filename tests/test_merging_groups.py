@@ -97,3 +97,19 @@ def test_tied_weights_once():
     assert a["model.embed_tokens.weight"] == 0.2  # the tied head follows the embedding
     g = tiny_gpt2()
     assert "lm_head.weight" not in merge_names(g)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_tensor_alphas_refuse_non_finite_alphas_naming_the_value(bad):
+    names = llama_names(6)
+    with pytest.raises(ValueError, match=f"alphas: must be a finite number, got {bad!r}"):
+        tensor_alphas(names, "block3", [0.1, bad, 0.7])
+    with pytest.raises(ValueError, match=f"head_alpha: must be a finite number, got {bad!r}"):
+        tensor_alphas(names, "block3", [0.1, 0.4, 0.7], head_alpha=bad)
+
+
+def test_tensor_alphas_name_the_group_and_a_non_number():
+    with pytest.raises(ValueError, match=r"got nan \(group 1\)"):
+        tensor_alphas(llama_names(6), "block3", [0.1, float("nan"), 0.7])
+    with pytest.raises(ValueError, match="alphas: 'abc' is not a number"):
+        tensor_alphas(llama_names(6), "block3", [0.1, "abc", 0.7])

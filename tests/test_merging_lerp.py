@@ -89,3 +89,20 @@ def test_errors_are_clear():
         Merger(s0, s1).merge_into(m1, {"model.norm.weight": 0.5})
     with pytest.raises(ValueError, match="dtypes"):
         Merger(s0, {k: v.double() for k, v in s1.items()})
+
+
+def test_non_finite_alphas_are_refused_before_any_weight_changes():
+    m0, m1 = pair("llama")
+    s0, s1 = states(m0, m1)
+    before = {k: v.clone() for k, v in m1.state_dict().items()}
+    mg = Merger(s0, s1)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match=f"alpha: must be a finite number, got {bad!r}"):
+            mg.merge_into(m1, bad)
+        with pytest.raises(ValueError, match=f"got {bad!r}"):
+            mg.merged_state_dict(bad)
+    per_tensor = {n: 0.5 for n in mg.names}
+    per_tensor["model.norm.weight"] = float("nan")
+    with pytest.raises(ValueError, match=r"alpha of model\.norm\.weight: must be a finite number, got nan"):
+        mg.merge_into(m1, per_tensor)
+    assert all(torch.equal(before[k], v) for k, v in m1.state_dict().items())

@@ -36,6 +36,7 @@ Tensors outside the blocks
 
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from typing import Iterable, Mapping, Sequence
@@ -150,6 +151,22 @@ def group_of(param_names: Iterable[str], group_spec: str) -> tuple[dict[str, int
     return out, len(groups)
 
 
+def check_alphas(alphas: Sequence[float], what: str = "alpha") -> list[float]:
+    """``alphas`` as floats; ``ValueError`` naming the value when one is NaN, infinite or not a number
+    (a NaN alpha would write a model whose merged tensors are all NaN)."""
+    out = []
+    for i, a in enumerate(alphas):
+        try:
+            x = float(a)
+        except (TypeError, ValueError):
+            raise ValueError(f"{what}: {a!r} is not a number") from None
+        if not math.isfinite(x):
+            where = f" (group {i})" if len(alphas) > 1 else ""
+            raise ValueError(f"{what}: must be a finite number, got {a!r}{where}")
+        out.append(x)
+    return out
+
+
 def tensor_alphas(
     param_names: Iterable[str],
     group_spec: str,
@@ -159,9 +176,11 @@ def tensor_alphas(
     """Alpha of every tensor: block tensors take their group's alpha, embeddings the first group's,
     the rest (final norm, LM head) ``head_alpha`` (default: mean of ``alphas``).
 
-    ``theta = (1 - alpha) * theta_0 + alpha * theta_1``.
+    ``theta = (1 - alpha) * theta_0 + alpha * theta_1``. Every alpha must be finite (``ValueError``).
     """
-    alphas = [float(a) for a in alphas]
+    alphas = check_alphas(alphas, "alphas")
+    if head_alpha is not None:
+        head_alpha = check_alphas([head_alpha], "head_alpha")[0]
     gmap, n_groups = group_of(param_names, group_spec)
     if len(alphas) != n_groups:
         raise GroupSpecError(f"group spec {group_spec!r} makes {n_groups} groups but {len(alphas)} alphas were given")

@@ -22,6 +22,8 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from tandem.merging.groups import check_alphas
+
 Alphas = float | Mapping[str, float]
 
 
@@ -94,12 +96,13 @@ class Merger:
         return sum(t.numel() * t.element_size() for t in self.theta1)
 
     def _alpha_list(self, alphas: Alphas) -> list[float]:
+        """One finite alpha per merged tensor (``ValueError`` naming a NaN/inf value and its tensor)."""
         if isinstance(alphas, (int, float)):
-            return [float(alphas)] * len(self.names)
+            return check_alphas([alphas], "alpha") * len(self.names)
         missing = [n for n in self.names if n not in alphas]
         if missing:
             raise KeyError(f"alphas has no value for {len(missing)} tensors, e.g. {missing[:5]}")
-        return [float(alphas[n]) for n in self.names]
+        return [check_alphas([alphas[n]], f"alpha of {n}")[0] for n in self.names]
 
     def _buckets(self, alphas: Alphas) -> dict[float, list[int]]:
         buckets: dict[float, list[int]] = defaultdict(list)
