@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers_regularizers import Toy, grads, roundtrip, stages, zero_grads
 
-from tandem.regularizers import Anchor, FisherEWC, Freeze, ModifiedEWC, build
+from tandem.regularizers import NO_DATA, Anchor, FisherEWC, Freeze, ModifiedEWC, build
 
 IFA1, HPA1 = stages("ifa", "hpa")
 
@@ -14,10 +14,10 @@ IFA1, HPA1 = stages("ifa", "hpa")
 def started(norm, lam):
     model = Toy()
     model.set([1, 2], [[0, 0], [0, 0]], [1, 1, 1])  # start weights
-    reg = Anchor(lam=lam, norm=norm)
+    reg = Anchor(lam=lam, norm=norm, anchor="initial", stages="all")  # the older behaviour
     reg.before_stage(model, IFA1)
     model.set([2, 0], [[0, 0], [0, 0]], [1, 1, 1])  # a moved by [1, -2]
-    reg.after_stage(model, IFA1)
+    reg.after_stage(model, IFA1, NO_DATA)
     reg.before_stage(model, HPA1)  # the anchor stays at the start
     model.set([2, 0], [[0, 0.5], [0, 0]], [1, 1, 1])  # b moved by 0.5 at [0, 1]
     zero_grads(model)
@@ -43,7 +43,7 @@ def test_l1_anchor_by_hand():
 
 def test_anchor_state_round_trip():
     model, reg = started("l2", 1.0)
-    other = Anchor(lam=1.0)
+    other = Anchor(lam=1.0, anchor="initial", stages="all")
     other.load_state_dict(roundtrip(reg.state_dict()))
     reg.grad_term(model)
     g1 = grads(model)

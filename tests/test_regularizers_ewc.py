@@ -8,7 +8,7 @@ import pytest
 import torch
 from helpers_regularizers import Toy, grads, roundtrip, stages, weights, zero_grads
 
-from tandem.regularizers import ModifiedEWC, importance, recompute_importance, tensor_change
+from tandem.regularizers import NO_DATA, ModifiedEWC, importance, recompute_importance, tensor_change
 
 IFA1, HPA1, IFA2, HPA2 = stages("ifa", "hpa", "ifa", "hpa")
 # end-of-stage weights of the scenario (a [2], b [2, 2], c [3]); the model starts at zeros
@@ -32,7 +32,7 @@ def run(reg, model, upto):
         if st is upto:
             return
         model.set(*w)
-        reg.after_stage(model, st)
+        reg.after_stage(model, st, NO_DATA)
 
 
 def autograd_reference(model, lam, f, anchor):
@@ -89,7 +89,7 @@ def test_importance_degenerate_and_extreme_cases():
 def test_change_accumulation_and_importance_report():
     model, reg = Toy(), ModifiedEWC(lam=1.0, f_max=2.0, normalise="mean")
     run(reg, model, HPA2)
-    rep = reg.importance_report()
+    rep = reg.report()
     assert [s["kind"] for s in rep["stages"]] == ["ifa", "hpa", "ifa"]
     ac_ifa = {n: C1[n] + C3[n] for n in C1}  # a 3, b 2, c 6 (mean 11/3)
     ac_hpa = C2  # mean 0.5
@@ -140,7 +140,7 @@ def test_ifa2_uses_f_hpa_and_hpa2_uses_latest_ifa_anchor():
     f_hpa = softmax([0.5, 1.0, 0.0])
     assert grads(model)["a"].tolist() == pytest.approx([lam * f_hpa[0] * 2, 0.0])
     assert grads(model)["c"].tolist() == pytest.approx([0.0, 0.0, lam * f_hpa[2] * 3])
-    reg.after_stage(model, IFA2)
+    reg.after_stage(model, IFA2, NO_DATA)
     reg.before_stage(model, HPA2)
     model.set([3, 2], [[2, 2], [0, 2]], [3, 0, 4])  # theta - W3 = c [0, 0, 1] only
     zero_grads(model)
@@ -218,9 +218,9 @@ def test_state_dict_round_trip_gives_identical_grad_terms():
     # ... and they go on identically through the next stages
     for r in (reg, other):
         model.set(*W3)
-        r.after_stage(model, IFA2)
+        r.after_stage(model, IFA2, NO_DATA)
         r.before_stage(model, HPA2)
-    assert reg.importance_report() == other.importance_report()
+    assert reg.report() == other.report()
     model.set([1, 1], [[1, 1], [1, 1]], [1, 1, 1])
     res = []
     for r in (reg, other):
@@ -242,7 +242,7 @@ def test_recompute_importance_from_checkpoints_matches_the_run():
         [("ifa", zeros, sd(W1)), ("hpa", sd(W1), sd(W2)), ("ifa", sd(W2), sd(W3))],
         f_max=1.5, normalise="zscore", temperature=0.5,
     )
-    run_rep = reg.importance_report()
+    run_rep = reg.report()
     for n in "abc":
         for k in ("ac_ifa", "ac_hpa", "f_ifa", "f_hpa"):
             assert rep["tensors"][n][k] == pytest.approx(run_rep["tensors"][n][k])
@@ -257,12 +257,12 @@ def test_sequential_schedule_penalises_only_the_second_kind():
     zero_grads(model)
     reg.grad_term(model)
     assert reg.last_penalty == 0.0
-    reg.after_stage(model, ifa)
+    reg.after_stage(model, ifa, NO_DATA)
     reg.before_stage(model, hpa)
     model.set(*W2)
     reg.grad_term(model)
     assert reg.last_penalty > 0
-    assert reg.importance_report()["config"]["mode"] == "sequential"
+    assert reg.report()["config"]["mode"] == "sequential"
 
 
 def test_bad_settings_and_bad_stage_kind():

@@ -7,7 +7,7 @@ import torch
 from helpers_regularizers import grads, roundtrip, stages, zero_grads
 from torch import nn
 
-from tandem.regularizers import FisherEWC
+from tandem.regularizers import NO_DATA, FisherEWC, StageData
 
 IFA1, HPA1 = stages("ifa", "hpa")
 
@@ -34,7 +34,7 @@ F_W, F_B = [0.5, 6.5], [5.0]  # mean of squares over the 2 examples
 def finished_ifa(lam=2.0, **kw):
     model, reg = Linear(), FisherEWC(lam=lam, samples=2, logp_fn=logp, **kw)
     reg.before_stage(model, IFA1)
-    reg.after_stage(model, IFA1, batches=EXAMPLES)
+    reg.after_stage(model, IFA1, StageData(lambda n: EXAMPLES[:n]))
     return model, reg
 
 
@@ -44,7 +44,7 @@ def test_empirical_fisher_by_hand_and_no_penalty_in_the_first_stage():
     model.w.grad = torch.ones(2)
     reg.grad_term(model)
     assert model.w.grad.tolist() == [1.0, 1.0] and reg.last_penalty == 0.0
-    reg.after_stage(model, IFA1, batches=EXAMPLES)
+    reg.after_stage(model, IFA1, StageData(lambda n: EXAMPLES[:n]))
     fisher = reg.fisher["ifa"].tensors()
     assert fisher["w"].tolist() == F_W and fisher["b"].tolist() == F_B
     assert reg.stages[-1]["examples"] == 2
@@ -84,8 +84,7 @@ def test_state_round_trip_and_batches_from_a_callable():
         r.grad_term(model)
         out.append(grads(model))
     assert all(torch.equal(out[0][n], out[1][n]) for n in ("w", "b"))
-    other.fisher_batches = lambda stage: EXAMPLES[1:]  # the engine's hook passes no batches
-    other.after_stage(model, HPA1)
+    other.after_stage(model, HPA1, StageData(lambda n: EXAMPLES[1:]))  # the engine's StageData
     assert other.stages[-1]["examples"] == 2 and "hpa" in other.fisher
 
 
@@ -93,6 +92,6 @@ def test_missing_batches_is_a_clear_error():
     model, reg = Linear(), FisherEWC(logp_fn=logp)
     reg.before_stage(model, IFA1)
     with pytest.raises(ValueError, match="needs example batches"):
-        reg.after_stage(model, IFA1)
+        reg.after_stage(model, IFA1, NO_DATA)
     with pytest.raises(ValueError, match="no examples"):
-        reg.after_stage(model, IFA1, batches=[])
+        reg.after_stage(model, IFA1, StageData(lambda n: []))

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers_regularizers import Toy, roundtrip, stages
 
-from tandem.regularizers import Freeze
+from tandem.regularizers import NO_DATA, Freeze
 
 IFA1, HPA1, IFA2 = stages("ifa", "hpa", "ifa")
 
@@ -35,7 +35,7 @@ def test_freezes_top_percent_by_other_kind_and_releases_after(percent, frozen):
     model, reg = Toy(), Freeze(percent=percent)
     reg.before_stage(model, IFA1)
     model.set([1, 1], [[2, 2], [0, 0]], [3, 0, 0])  # C = a 1, b 2, c 3: c most important, then b
-    reg.after_stage(model, IFA1)
+    reg.after_stage(model, IFA1, NO_DATA)
     reg.before_stage(model, HPA1)
     assert reg.frozen == frozen  # round(3 * percent / 100) tensors
     assert {n for n, p in model.named_parameters() if not p.requires_grad} == set(frozen)
@@ -46,10 +46,10 @@ def test_freezes_top_percent_by_other_kind_and_releases_after(percent, frozen):
     after = all_weights(model)
     for n in "abc":
         assert torch.equal(before[n], after[n]) == (n in frozen), n
-    reg.after_stage(model, HPA1)
+    reg.after_stage(model, HPA1, NO_DATA)
     assert all(p.requires_grad for p in model.parameters()) and reg.frozen == []
     # frozen tensors did not move, so their HPA change is 0
-    rep = reg.importance_report()["tensors"]
+    rep = reg.report()["tensors"]
     for n in frozen:
         assert rep[n]["change"][HPA1.name] == 0.0
 
@@ -58,7 +58,7 @@ def test_mid_stage_resume_reapplies_the_freeze_in_grad_term():
     model, reg = Toy(), Freeze(percent=34)
     reg.before_stage(model, IFA1)
     model.set([1, 1], [[2, 2], [0, 0]], [3, 0, 0])
-    reg.after_stage(model, IFA1)
+    reg.after_stage(model, IFA1, NO_DATA)
     reg.before_stage(model, HPA1)
     state = roundtrip(reg.state_dict())
 
@@ -72,9 +72,9 @@ def test_mid_stage_resume_reapplies_the_freeze_in_grad_term():
     c0 = model2.c.detach().clone()
     opt.step()
     assert torch.equal(model2.c.detach(), c0) and not torch.equal(model2.a.detach(), torch.ones(2))
-    reg2.after_stage(model2, HPA1)
+    reg2.after_stage(model2, HPA1, NO_DATA)
     assert model2.c.requires_grad
-    assert reg2.importance_report()["tensors"]["c"]["change"] == {IFA1.name: pytest.approx(3.0), HPA1.name: 0.0}
+    assert reg2.report()["tensors"]["c"]["change"] == {IFA1.name: pytest.approx(3.0), HPA1.name: 0.0}
 
 
 def test_bad_percent():

@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers_regularizers import grads, stages, weights, zero_grads
 
-from tandem.regularizers import Freeze, ModifiedEWC
+from tandem.regularizers import NO_DATA, Freeze, ModifiedEWC
 
 peft = pytest.importorskip("peft")
 IFA1, HPA1 = stages("ifa", "hpa")
@@ -39,9 +39,9 @@ def test_only_adapters_are_tracked_and_penalised(lora_model):
     reg.before_stage(model, IFA1)
     train_step(model, 1)
     train_step(model, 2)
-    reg.after_stage(model, IFA1)
+    reg.after_stage(model, IFA1, NO_DATA)
     anchor = weights(model)  # the adapters at the end of IFA-1
-    names = list(reg.importance_report()["tensors"])
+    names = list(reg.report()["tensors"])
     assert len(names) == 2 * 2 * 2 and all("lora_A" in n or "lora_B" in n for n in names)
     assert set(names) == set(anchor)
 
@@ -72,11 +72,11 @@ def test_freeze_on_adapters(lora_model):
     reg.before_stage(model, IFA1)
     train_step(model, 1)
     train_step(model, 2)
-    reg.after_stage(model, IFA1)
+    reg.after_stage(model, IFA1, NO_DATA)
     reg.before_stage(model, HPA1)
     assert len(reg.frozen) == 2 and all("lora_" in n for n in reg.frozen)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n in reg.frozen}
     train_step(model, 3)
     assert all(torch.equal(dict(model.named_parameters())[n].detach(), w) for n, w in frozen.items())
-    reg.after_stage(model, HPA1)
+    reg.after_stage(model, HPA1, NO_DATA)
     assert all(dict(model.named_parameters())[n].requires_grad for n in frozen)

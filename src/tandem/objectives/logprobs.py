@@ -13,13 +13,17 @@ import torch.nn.functional as F
 IGNORE = -100
 
 
-def _forward_hidden(model, batch: dict) -> torch.Tensor:
-    """Last hidden states ``[R, T, H]`` of the decoder body (no LM head)."""
-    body = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+def forward_hidden(model, batch: dict) -> torch.Tensor:
+    """Last hidden states ``[R, T, H]`` of the decoder body (``model.get_decoder()``, no LM head) of a causal LM,
+    plain or peft-wrapped."""
+    body = model.get_decoder()
     kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
     if "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"]
     return body(**kwargs).last_hidden_state
+
+
+_forward_hidden = forward_hidden  # older private name, still imported by the PPO rollout code
 
 
 def token_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -27,7 +31,7 @@ def token_logps(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns ``(logps[N], seq_index[N])`` over the N labelled positions of the batch, in row-major order.
     """
-    hidden = _forward_hidden(model, batch)
+    hidden = forward_hidden(model, batch)
     labels = batch["labels"]
     target = labels[:, 1:]
     mask = target != IGNORE
@@ -50,3 +54,15 @@ def sequence_logps(model, batch: dict, num_seqs: int | None = None) -> tuple[tor
     out = torch.zeros(num_seqs, dtype=logps.dtype, device=logps.device).index_add(0, seq, logps)
     count = torch.zeros(num_seqs, dtype=logps.dtype, device=logps.device).index_add(0, seq, torch.ones_like(logps))
     return out, count
+
+
+def pair_logps(model, batch: dict, num_pairs: int | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """``(logp_sum[2B], n_tokens[2B], B)`` of a preference batch: chosen sequences ``0..B-1``, rejected
+    ``B..2B-1``. ``B`` is read from the batch's sequence ids unless given."""
+    if num_pairs is None:
+        n = int(batch["seq_ids"].max()) + 1
+        if n % 2:
+            raise ValueError(f"preference batch has {n} sequences; it must have 2B (chosen then rejected)")
+        num_pairs = n // 2
+    s, count = sequence_logps(model, batch, num_seqs=2 * num_pairs)
+    return s, count, num_pairs

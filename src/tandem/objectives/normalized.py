@@ -16,12 +16,20 @@ Surrogate loss, per pair ``i``, with norms detached (``eps`` guards a zero norm)
     loss_i = -c_i * (logp_w / ||g_w|| - logp_l / ||g_l||)
     c_i    = sigmoid(-beta h_i) * s_i        (weight; ``beta=None`` drops the sigmoid factor, c_i = s_i)
     h_i    = (logp_w - ref_w) - (logp_l - ref_l)     (DPO's log-ratio margin; needs reference log-probs)
-    s_i    = (||g_w|| + ||g_l||) / 2 when ``rescale`` (default) else 1
 
-so ``-grad loss_i = c_i (u_w - u_l)``. ``sigmoid(-beta h)`` is DPO's own per-pair weight (without the factor
-beta): it fades out pairs that are already well separated, which keeps the loss bounded. ``rescale`` gives
-the step the size of a DPO step on a pair with ``||g_w|| = ||g_l||``, so DPO learning rates carry over (the
-direction is unchanged, it is a positive per-pair scalar). The loss is the mean over pairs.
+so ``-grad loss_i = c_i (u_w - u_l)``. ``sigmoid(-beta h)`` is DPO's per-pair weight without its factor beta: it
+fades out pairs that are already well separated, which keeps the loss bounded. The scale ``s_i`` (a positive
+per-pair scalar: the direction is unchanged) is set by ``rescale``. Compare with DPO, whose step on a pair is
+``beta sigmoid(-beta h) (g_w - g_l)``; on a pair with ``||g_w|| = ||g_l|| = G``, ``G (u_w - u_l) = g_w - g_l``:
+
+    rescale          s_i                            gradient norm / DPO's, on a pair with ||g_w|| = ||g_l||
+    "none" (false)   1                              1 / (beta G)   (unit-vector steps: ||grad|| <= 2 c_i)
+    "norm" (true)    (||g_w|| + ||g_l||) / 2        1 / beta       (10 at beta 0.1; the default)
+    "dpo"            beta (||g_w|| + ||g_l||) / 2   1              (DPO-sized steps: DPO learning rates carry over)
+
+``"norm"`` is the default for continuity with earlier runs (its learning rate is beta times DPO's for the same
+step); ``"dpo"`` needs ``beta``. With ``beta: null`` and ``"norm"`` the step on an equal-norm pair is that of
+``-(logp_w - logp_l)``. The loss is the mean over pairs.
 
 Cost: the norms are per pair. Each response is run as its own one-sequence forward (cut out of the packed
 batch), and ``torch.autograd.grad`` of each response's log-prob over the trainable parameters (graph retained)
@@ -51,6 +59,7 @@ import torch
 from tandem.objectives.dpo import DPO, REF_KEYS, dpo_loss
 from tandem.objectives.logprobs import sequence_logps
 
+RESCALE = ("none", "norm", "dpo")
 
 def split_sequences(batch: dict, num_seqs: int) -> list[dict]:
     """One unpadded single-sequence batch per sequence id ``0..num_seqs-1`` of a packed or padded batch."""
@@ -83,12 +92,18 @@ class Normalized:
     data_kind = "preference"
     unit = "examples"
 
-    def __init__(self, beta: float | None = 0.1, rescale: bool = True, eps: float = 1e-8):
+    def __init__(self, beta: float | None = 0.1, rescale: bool | str = True, eps: float = 1e-8):
         if beta is not None and not beta > 0:
             raise ValueError(f"normalized beta must be > 0 or null, got {beta}")
         if not eps > 0:
             raise ValueError(f"normalized eps must be > 0, got {eps}")
-        self.beta, self.rescale, self.eps = beta, rescale, eps
+        mode = ("norm" if rescale else "none") if isinstance(rescale, bool) else rescale
+        if mode not in RESCALE:
+            raise ValueError(f"normalized rescale must be one of {list(RESCALE)} (or true = norm, false = none), "
+                             f"got {rescale!r}")
+        if mode == "dpo" and beta is None:
+            raise ValueError("normalized rescale 'dpo' scales by beta: set beta, or use rescale: norm")
+        self.beta, self.rescale, self.eps = beta, mode, eps
 
     def prepare(self, model, features, batch_fn):
         """Reference log-probs (DPO's pass) when ``beta`` is set; nothing otherwise."""
@@ -152,8 +167,10 @@ class Normalized:
             metrics["rewards/accuracy"] = float((h > 0).float().mean())
         else:
             metrics["rewards/accuracy"] = float((pc > pr).float().mean())
-        if self.rescale:
+        if self.rescale != "none":
             weight = weight * (nw + nl) / 2
+        if self.rescale == "dpo":
+            weight = weight * self.beta
         loss = normalized_surrogate(pc, pr, nw, nl, weight, self.eps).mean()
         cos = (dot / (sq[:b].sqrt() * sq[b:].sqrt()).clamp(min=self.eps)).float()
         metrics.update({

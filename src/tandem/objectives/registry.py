@@ -1,8 +1,8 @@
 """Objective registry: recipe name -> constructor taking the recipe block's keys as keyword arguments.
 
-Adding a loss = its own file + one line in ``OBJECTIVES``. Every objective has ``data_kind`` ("sft" or
-"preference"), ``prepare(model, features, batch_fn) -> features`` and ``__call__(model, batch) -> (loss,
-metrics)``.
+Adding a loss = its own file + one line in ``OBJECTIVES``. Every offline objective satisfies
+:class:`tandem.objectives.base.Objective` (``data_kind``, ``unit``, ``prepare``, ``__call__``). ``ppo`` is the
+online objective's settings and maths, run by the engine's PPO loop, not an ``Objective``.
 """
 
 from __future__ import annotations
@@ -11,26 +11,34 @@ import inspect
 from typing import Callable
 
 from tandem.objectives.dpo import DPO
+from tandem.objectives.dpop import DPOP
 from tandem.objectives.normalized import Normalized
+from tandem.objectives.orpo import ORPO
 from tandem.objectives.ppo import PPO
 from tandem.objectives.reward import Reward
 from tandem.objectives.sft import SFT
+from tandem.objectives.simpo import SimPO
 from tandem.objectives.sparse_token import SparseToken
 
-OBJECTIVES: dict[str, Callable] = {
-    "sft": SFT,
-    "reward": Reward,
+OBJECTIVES: dict[str, Callable] = {  # listed in this order in error messages
+    # preference objectives of the policy
     "dpo": DPO,  # loss_type="sigmoid"|"ipo"|"hinge", beta, label_smoothing, nll_coef, average_logps
-    "normalized": Normalized,  # beta (None: no sigmoid weight, no reference), rescale, eps
+    "dpop": DPOP,  # beta, lam: DPO-Positive (arXiv 2402.13228)
+    "normalized": Normalized,  # beta (None: no sigmoid weight, no reference), rescale ("none"|"norm"|"dpo"), eps
+    "orpo": ORPO,  # lam: SFT NLL + odds-ratio term, reference-free (arXiv 2403.07691)
+    "simpo": SimPO,  # beta, gamma: length-normalised, reference-free, target margin (arXiv 2405.14734)
     "sparse_token": SparseToken,  # beta, shared_weight
-    "ppo": PPO,  # online: reward_model | reward_fn, critic, beta, kl_control, gamma, lam, clip, ... (drives its stage)
+    "ppo": PPO,  # online: reward_model | reward_fn, critic, beta, kl_control, gamma, lam, clip, ... (engine's PPO loop)
+    # reward model, supervised fine-tuning
+    "reward": Reward,
+    "sft": SFT,
 }
 
 
 def build(name: str, **kwargs):
     """The objective registered as ``name``, built with ``kwargs``; clear errors for unknown names or keys."""
     if name not in OBJECTIVES:
-        raise ValueError(f"unknown objective {name!r}; known: {', '.join(sorted(OBJECTIVES))}")
+        raise ValueError(f"unknown objective {name!r}; known: {', '.join(OBJECTIVES)}")
     ctor = OBJECTIVES[name]
     params = inspect.signature(ctor).parameters
     if not any(p.kind == p.VAR_KEYWORD for p in params.values()):

@@ -19,22 +19,26 @@ import torch.nn.functional as F
 
 
 def _unwrap(model):
-    """The transformers model under a PEFT wrapper (``getattr(peft_model, "model")`` would be the wrong module)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
+    """The transformers model under a peft wrapper (``peft_model.base_model`` would be the LoRA wrapper)."""
+    from peft import PeftModel
+
+    return model.get_base_model() if isinstance(model, PeftModel) else model
 
 
 def sequence_rewards(model, batch: dict, num_seqs: int) -> torch.Tensor:
     """``[S]`` float32 rewards: ``model.score`` at the last token of each sequence (packed or padded batch).
 
-    The backbone ``getattr(model, model.base_model_prefix)`` is called with ``position_ids`` (and the
-    ``attention_mask`` only when the batch has one, i.e. pad mode), then the hidden states at the last
-    position of every sequence id ``0..num_seqs-1`` are gathered and scored.
+    The backbone ``model.base_model`` is called with ``position_ids`` (and the ``attention_mask`` only when the
+    batch has one, i.e. pad mode), then the hidden states at the last position of every sequence id
+    ``0..num_seqs-1`` are gathered and scored.
     """
     base = _unwrap(model)
-    if not hasattr(base, "score"):
+    try:
+        score = base.score
+    except AttributeError:
         raise TypeError(f"reward model {type(base).__name__} has no `score` head; load it with "
-                        "AutoModelForSequenceClassification(num_labels=1)")
-    body = getattr(base, base.base_model_prefix)
+                        "AutoModelForSequenceClassification(num_labels=1)") from None
+    body = base.base_model
     kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
     if "attention_mask" in batch:
         kwargs["attention_mask"] = batch["attention_mask"]
@@ -48,7 +52,7 @@ def sequence_rewards(model, batch: dict, num_seqs: int) -> torch.Tensor:
         missing = torch.nonzero(last < 0).flatten().tolist()
         raise ValueError(f"sequence_rewards: batch has no token for seq id(s) {missing} (num_seqs={num_seqs})")
     h = hidden.reshape(seq.numel(), -1)[last]  # [S, H]
-    return base.score(h).squeeze(-1).float()
+    return score(h).squeeze(-1).float()
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0) -> torch.Tensor:

@@ -7,6 +7,7 @@ yet DPO pushes it up in one response and down in the other. Here every response 
     a = chosen response tokens, b = rejected response tokens (labelled ids, EOS included)
     shared(t) = token t lies in a matching block of difflib.SequenceMatcher(a, b, autojunk=False)
     w_t       = shared_weight if shared(t) else 1            (shared_weight = 0 by default)
+    w_t       = 1 for every token of a response whose tokens are *all* shared (uniform fallback)
 
     h    = sum_t w^c_t (logp^c_t - ref^c_t) - sum_t w^r_t (logp^r_t - ref^r_t)
     loss = mean over pairs of -log sigmoid(beta h)
@@ -16,6 +17,11 @@ after an insertion is still recognised as shared; for equal-length responses tha
 the same as comparing tokens position by position. Tokens of a common prefix have identical log-probs in both
 responses and cancel in DPO's margin anyway; the weights change what happens to shared tokens after the first
 difference, which no longer contribute to the margin nor receive its gradient.
+
+When one response is a subsequence of the other (the chosen reply is the rejected one with a sentence removed),
+every token of the shorter one is shared, so with ``shared_weight = 0`` it would get weight 0 and no gradient at
+all: that response falls back to uniform weights (1 on every token, its whole log-prob enters the margin as in
+DPO), while the other response keeps its sparse weights.
 
 The weights are computed, not learned: they are binary, so already as sparse as an L1 penalty would make them,
 and there is no penalty term (a learnable-weight variant with an L1 penalty is not implemented). The reference
@@ -50,7 +56,8 @@ def shared_mask(a: list[int], b: list[int]) -> tuple[list[bool], list[bool]]:
 
 def token_weights(ids: list[int], seqs: list[int], num_pairs: int, shared_weight: float = 0.0) -> list[float]:
     """Weight of every labelled token (same order as ``ids``/``seqs`` from :func:`token_logps`): chosen
-    sequence ``i`` is matched against rejected sequence ``num_pairs + i``."""
+    sequence ``i`` is matched against rejected sequence ``num_pairs + i``; a sequence whose tokens are all shared
+    gets weight 1 on every token."""
     by_seq: dict[int, list[int]] = {}
     pos = []
     for t, s in zip(ids, seqs):
@@ -60,7 +67,8 @@ def token_weights(ids: list[int], seqs: list[int], num_pairs: int, shared_weight
     masks: dict[int, list[bool]] = {}
     for i in range(num_pairs):
         masks[i], masks[num_pairs + i] = shared_mask(by_seq.get(i, []), by_seq.get(num_pairs + i, []))
-    return [shared_weight if masks[s][p] else 1.0 for s, p in zip(seqs, pos)]
+    uniform = {s for s, m in masks.items() if m and all(m)}  # every token shared: fall back to uniform weights
+    return [1.0 if s in uniform or not masks[s][p] else shared_weight for s, p in zip(seqs, pos)]
 
 
 class SparseToken:

@@ -1,4 +1,5 @@
-"""Shared pieces of the regularizers: the stage protocol, trainable-tensor lookup and weight snapshots.
+"""Shared pieces of the regularizers: the ``Regularizer`` protocol, ``StageData``, trainable-tensor lookup and
+weight snapshots.
 
 Conventions used by every regularizer in this package:
 
@@ -10,6 +11,9 @@ Conventions used by every regularizer in this package:
   the forward pass) gets a zero gradient first, so the penalty still pulls it.
 - ``last_penalty`` (float) is the penalty value of the latest ``grad_term`` call; it is evaluated lazily, so a
   caller that never reads it pays no device synchronisation.
+- ``after_stage(model, stage, data)`` gets the stage's :class:`StageData` (only Fisher EWC reads it).
+- ``report()`` is the regularizer's per-tensor record (the engine writes it to ``stages/NN/importance.json``), or
+  ``None`` when it has none.
 - ``state_dict()`` holds only tensors, strings, numbers, lists and dicts, so it loads with
   ``torch.load(..., weights_only=True)``.
 """
@@ -17,7 +21,7 @@ Conventions used by every regularizer in this package:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Protocol, runtime_checkable
+from typing import Callable, Iterable, Protocol, runtime_checkable
 
 import torch
 
@@ -42,12 +46,49 @@ class StageInfo:
     kind: str
 
 
-def stage_kind(stage) -> str:
-    kind = getattr(stage, "kind", None)
+@dataclass(frozen=True)
+class StageData:
+    """The data of a finished stage, as a regularizer may need it.
+
+    ``single_batches(n)`` returns up to ``n`` one-example batches in the SFT layout (``input_ids``, ``labels``,
+    ``position_ids``, ``seq_ids``; labels on the response: the chosen response for preference data), on the
+    model's device, so that ``sequence_logps(model, batch)[0]`` is ``log p(y|x)`` of that example.
+    """
+
+    single_batches: Callable[[int], list[dict]]
+
+
+def _no_batches(n: int) -> list[dict]:
+    return []
+
+
+NO_DATA = StageData(_no_batches)  # for regularizers that ignore the data, and for tests
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    """What the engine calls on a regularizer (every class of this package implements all of it)."""
+
+    def before_stage(self, model, stage: StageLike) -> None: ...
+
+    def grad_term(self, model) -> None: ...
+
+    def after_stage(self, model, stage: StageLike, data: StageData) -> None: ...
+
+    @property
+    def last_penalty(self) -> float: ...
+
+    def report(self) -> dict | None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+def stage_kind(stage: StageLike) -> str:
+    kind = stage.kind
     if kind not in KINDS:
-        raise ValueError(
-            f"stage {getattr(stage, 'name', stage)!r}: field 'kind' is {kind!r}; a regularizer needs 'ifa' or 'hpa'"
-        )
+        raise ValueError(f"stage {stage.name!r}: field 'kind' is {kind!r}; a regularizer needs 'ifa' or 'hpa'")
     return kind
 
 
@@ -55,8 +96,8 @@ def other_kind(kind: str) -> str:
     return "hpa" if kind == "ifa" else "ifa"
 
 
-def stage_record(stage) -> dict:
-    return {"index": int(getattr(stage, "index", -1)), "name": str(getattr(stage, "name", "")), "kind": stage_kind(stage)}
+def stage_record(stage: StageLike) -> dict:
+    return {"index": int(stage.index), "name": str(stage.name), "kind": stage_kind(stage)}
 
 
 def trainable(model) -> dict[str, torch.nn.Parameter]:
@@ -156,9 +197,10 @@ class Snapshot:
         return cls([dict(g) for g in state["groups"]])
 
 
-def norms(tensors: list[torch.Tensor], ord: float = 2) -> torch.Tensor:
-    """Stacked per-tensor norms (fused), computed in float32, or float64 for float64 tensors."""
-    wide = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+def norms(tensors: list[torch.Tensor], ord: float = 2, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Stacked per-tensor norms (fused), accumulated in ``dtype``; by default float32, or float64 for float64
+    tensors."""
+    wide = dtype or (torch.float64 if tensors[0].dtype == torch.float64 else torch.float32)
     return torch.stack(torch._foreach_norm(tensors, ord, dtype=wide))
 
 

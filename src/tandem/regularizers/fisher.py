@@ -1,26 +1,32 @@
-"""Original EWC with the diagonal empirical Fisher (registry name ``fisher_ewc``), as a baseline for HBAT.
+"""Original EWC with the diagonal empirical Fisher (registry name ``fisher``, alias ``fisher_ewc``), a baseline
+for HBAT.
 
 After a stage of kind ``k`` we estimate, elementwise for every trainable tensor,
 
-    F^k = (1 / n) * sum_{j=1..n} (d log p(y_j | x_j) / d theta)^2
+    F = (1 / n) * sum_{j=1..n} (d log p(y_j | x_j) / d theta)^2
 
 at the weights ``theta^k`` reached at the end of the stage, over ``n = min(samples, available)`` single-example
 batches (one forward and one backward per example, so per-example gradients are exact; cost: ``n`` extra
-forward/backward passes at every stage end). ``F^k`` and ``theta^k`` replace those of the previous stage of that
-kind. In a stage of kind ``k`` once the other kind ``o`` has finished a stage, the penalty is
+forward/backward passes at every stage end). The squared gradients are summed in float64 (a transient buffer of
+8 bytes per trainable element), then ``F`` is stored in the parameter dtype.
+
+- ``accumulate: false`` (default, Kirkpatrick et al. 2017 as usually run between two tasks): ``F^k = F`` and
+  ``theta^k`` replace those of the previous stage of kind ``k``.
+- ``accumulate: true``: ``F^k = sum of F over every stage of kind k so far`` (the sum is taken in float64),
+  like the modified EWC's accumulated change ``AC^k``; the anchor ``theta^k`` is the end of the latest stage of
+  kind ``k``. Use it to compare the two importances like for like.
+
+In a stage of kind ``k`` once the other kind ``o`` has finished a stage, the penalty is
 
     (lambda / 2) * sum F^o * (theta - theta^o)^2        gradient: lambda * F^o * (theta - theta^o)
 
-(the same switching rule as ``modified_ewc``). Memory: the Fisher is elementwise, so each finished kind holds an
-anchor and a Fisher of the size of the trainable weights, stored in the parameter dtype (accumulated in float32):
-two extra copies per kind, up to four copies plus the ``theta^k`` snapshot while estimating.
+(the same switching rule as the modified EWC). Memory: the Fisher is elementwise, so each finished kind holds an
+anchor and a Fisher of the size of the trainable weights: two extra copies per kind, up to four copies plus the
+float64 sum while estimating.
 
-Data: ``after_stage(model, stage, batches=..., logp_fn=...)``. ``logp_fn(model, batch) -> scalar tensor`` is
-``log p(y|x)`` of the one example in ``batch``; by default the sum of
-``tandem.objectives.logprobs.sequence_logps`` (for a preference example: chosen + rejected log-probs; pass a
-function that takes only the chosen sequence to follow the usual empirical Fisher of the preferred response).
-When the caller of ``after_stage`` cannot pass batches (the engine's hook has only ``model, stage``), set
-``fisher_batches`` to a callable ``stage -> iterable of single-example batches`` beforehand.
+Data: ``after_stage(model, stage, data)`` draws ``data.single_batches(samples)`` (one example each, SFT layout:
+for preference data the chosen response). ``logp_fn(model, batch) -> scalar tensor`` is ``log p(y|x)`` of the one
+example in ``batch``; by default the sum of ``tandem.objectives.logprobs.sequence_logps``.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import torch
 from tandem.regularizers.base import (
     PenaltyValue,
     Snapshot,
+    StageData,
     ensure_grads,
     lazy_sum,
     lookup,
@@ -51,10 +58,10 @@ def _default_logp(model, batch) -> torch.Tensor:
 
 
 def empirical_fisher(model, batches: Iterable, logp_fn: Callable, samples: int, names: list[str]) -> tuple[dict, int]:
-    """``({name: mean of squared per-example gradients (float32)}, n examples used)``; leaves ``.grad`` as None."""
+    """``({name: mean of squared per-example gradients (float64)}, n examples used)``; leaves ``.grad`` as None."""
     params = lookup(model, names)
     plist = [params[n] for n in names]
-    acc = [torch.zeros_like(p, dtype=torch.float32) for p in plist]
+    acc = [torch.zeros_like(p, dtype=torch.float64) for p in plist]
     was_training = model.training
     model.eval()
     n = 0
@@ -64,9 +71,9 @@ def empirical_fisher(model, batches: Iterable, logp_fn: Callable, samples: int, 
                 p.grad = None
             logp = logp_fn(model, batch)
             if logp.dim() != 0:
-                raise ValueError(f"fisher_ewc: logp_fn must return a scalar (one example), got shape {tuple(logp.shape)}")
+                raise ValueError(f"fisher: logp_fn must return a scalar (one example), got shape {tuple(logp.shape)}")
             logp.backward()
-            grads = [p.grad.float() if p.grad is not None else torch.zeros_like(a) for p, a in zip(plist, acc)]
+            grads = [p.grad.to(torch.float64) if p.grad is not None else torch.zeros_like(a) for p, a in zip(plist, acc)]
             torch._foreach_addcmul_(acc, grads, grads)
             n += 1
     finally:
@@ -74,25 +81,27 @@ def empirical_fisher(model, batches: Iterable, logp_fn: Callable, samples: int, 
             p.grad = None
         model.train(was_training)
     if n == 0:
-        raise ValueError("fisher_ewc: no examples to estimate the Fisher from (empty batches)")
+        return {}, 0
     torch._foreach_div_(acc, float(n))
     return dict(zip(names, acc)), n
 
 
 class FisherEWC(PenaltyValue):
-    """EWC with the diagonal empirical Fisher; ``samples`` caps the examples used per estimate."""
+    """EWC with the diagonal empirical Fisher; ``samples`` caps the examples used per estimate, ``accumulate``
+    sums the estimates of the stages of a kind (module docstring)."""
 
-    def __init__(self, lam: float = 1.0, samples: int = 200, anchor_device: str = "same",
-                 logp_fn: Callable | None = None, fisher_batches: Callable | None = None):
+    def __init__(self, lam: float = 1.0, samples: int = 200, accumulate: bool = False, anchor_device: str = "same",
+                 logp_fn: Callable | None = None):
         if not lam >= 0:
             raise ValueError(f"lam: must be >= 0, got {lam}")
         if int(samples) < 1:
             raise ValueError(f"samples: must be >= 1, got {samples}")
         if anchor_device not in ("same", "cpu"):
             raise ValueError(f"anchor_device: {anchor_device!r} is not 'same' or 'cpu'")
-        self.lam, self.samples, self.anchor_device = float(lam), int(samples), anchor_device
+        if not isinstance(accumulate, bool):
+            raise ValueError(f"accumulate: must be true or false, got {accumulate!r}")
+        self.lam, self.samples, self.accumulate, self.anchor_device = float(lam), int(samples), accumulate, anchor_device
         self.logp_fn = logp_fn or _default_logp
-        self.fisher_batches = fisher_batches
         self.anchors: dict[str, Snapshot] = {}
         self.fisher: dict[str, Snapshot] = {}
         self.names: list[str] | None = None
@@ -105,18 +114,19 @@ class FisherEWC(PenaltyValue):
         if self.names is None:
             self.names = list(trainable(model))
 
-    def after_stage(self, model, stage, batches: Iterable | None = None, logp_fn: Callable | None = None) -> None:
+    def after_stage(self, model, stage, data: StageData) -> None:
+        """Estimates the Fisher on ``data.single_batches(samples)`` and anchors the stage's kind at the current
+        weights (replacing, or with ``accumulate`` adding to, the Fisher of earlier stages of that kind)."""
         kind = stage_kind(stage)
-        if batches is None:
-            if self.fisher_batches is None:
-                raise ValueError(
-                    f"fisher_ewc: after_stage({stage.name!r}) needs example batches to estimate the Fisher: pass "
-                    "batches=... or set regularizer.fisher_batches = lambda stage: <single-example batches>"
-                )
-            batches = self.fisher_batches(stage)
         names = self.names if self.names is not None else list(trainable(model))
-        fisher, n = empirical_fisher(model, iter(batches), logp_fn or self.logp_fn, self.samples, names)
+        fisher, n = empirical_fisher(model, iter(data.single_batches(self.samples)), self.logp_fn, self.samples, names)
+        if n == 0:
+            raise ValueError(f"fisher: after_stage({stage.name!r}) needs example batches to estimate the Fisher, and "
+                             "the stage's data gave none (no examples)")
         params = lookup(model, names)
+        if self.accumulate and kind in self.fisher:
+            before = self.fisher[kind].tensors()
+            fisher = {k: fisher[k] + before[k].to(device=fisher[k].device, dtype=torch.float64) for k in names}
         self.anchors[kind] = Snapshot.take(params, storage=self.anchor_device)
         # stored in each parameter's dtype, same grouping as the anchor
         self.fisher[kind] = Snapshot.take({k: fisher[k].to(params[k].dtype) for k in names}, storage=self.anchor_device)
@@ -163,10 +173,21 @@ class FisherEWC(PenaltyValue):
                     total += 0.5 * self.lam * float((fi.double() * d * d).sum())
         return total
 
+    def report(self) -> dict:
+        """The examples used per stage and, per tensor and kind, the mean of ``F`` over its elements."""
+        means = {k: {n: float(t.double().mean()) for n, t in f.tensors().items()} for k, f in self.fisher.items()}
+        names = list(self.names or [])
+        return {
+            "config": {"lam": self.lam, "samples": self.samples, "accumulate": self.accumulate},
+            "stages": [dict(s) for s in self.stages],
+            "tensors": {n: {f"fisher_mean_{k}": means[k].get(n) for k in ("ifa", "hpa") if k in means} for n in names},
+        }
+
     def state_dict(self) -> dict:
         return {
-            "version": 1,
+            "version": 2,
             "lam": self.lam,
+            "accumulate": self.accumulate,
             "names": self.names,
             "current": self.current,
             "stages": [dict(s) for s in self.stages],
@@ -176,7 +197,10 @@ class FisherEWC(PenaltyValue):
 
     def load_state_dict(self, state: dict) -> None:
         if state.get("lam") != self.lam:
-            warnings.warn(f"fisher_ewc: loading state saved with lam={state.get('lam')} into lam={self.lam}")
+            warnings.warn(f"fisher: loading state saved with lam={state.get('lam')} into lam={self.lam}")
+        if state.get("accumulate", False) != self.accumulate:
+            warnings.warn(f"fisher: loading state saved with accumulate={state.get('accumulate', False)} into "
+                          f"accumulate={self.accumulate}")
         self.names = None if state["names"] is None else list(state["names"])
         self.current = None if state["current"] is None else dict(state["current"])
         self.stages = [dict(s) for s in state["stages"]]

@@ -14,7 +14,7 @@ model was wrapped needs ``find_unused_parameters=True``.
 
 from __future__ import annotations
 
-from tandem.regularizers.base import lookup, other_kind, stage_kind
+from tandem.regularizers.base import StageData, lookup, other_kind, stage_kind
 from tandem.regularizers.ewc import ChangeTracker
 
 
@@ -51,7 +51,8 @@ class Freeze:
             if p.requires_grad:
                 p.requires_grad_(False)
 
-    def after_stage(self, model, stage) -> None:
+    def after_stage(self, model, stage, data: StageData) -> None:
+        """Records ``C`` of the stage and releases the frozen tensors (``data`` is not used)."""
         self.tracker.end(model, stage)
         for p in lookup(model, self.frozen).values():
             p.requires_grad_(True)
@@ -60,7 +61,8 @@ class Freeze:
     def penalty(self, model) -> float:
         return 0.0
 
-    def importance_report(self) -> dict:
+    def report(self) -> dict:
+        """Per tensor: ``C`` of each stage, ``AC`` and ``F`` per kind (importance.json)."""
         return self.tracker.report({"percent": self.percent})
 
     def state_dict(self) -> dict:
