@@ -11,7 +11,7 @@ built (``tandem.models.tiny``). Measured:
 1. ``generate``: ``--batch`` prompts, ``--new-tokens`` new tokens (EOS disabled so every row generates all of them),
    sampling with the KV cache (what PPO rollouts use) and without it (the baseline), ``--repeats`` timed calls
    after one warm-up call; tokens/s = generated tokens / seconds.
-2. ``ppo``: ``--steps`` real PPO iterations through ``tandem.engine.run.train`` (method ``ppo``, value-head critic,
+2. ``ppo``: ``--steps`` real PPO iterations through ``tandem.pipelines.train.train`` (method ``ppo``, value-head critic,
    programmatic reward = response length, no warm-up), as logged in metrics.jsonl: ``rollout_tokens_per_s``
    (generated tokens / sampling seconds) and ``train_tokens_per_s`` (prompt + response tokens through the policy's
    forward and backward over ``ppo_epochs`` x ``mini_batches`` updates / update seconds). The first step is
@@ -80,7 +80,7 @@ def main() -> None:
     from tandem.config.recipe import parse_recipe
     from tandem.data.encode import prompt_ids
     from tandem.data.formats import load_examples
-    from tandem.engine.run import train
+    from tandem.pipelines.train import train
     from tandem.models.tiny import make_tiny_llama
 
     work = Path(tempfile.mkdtemp(prefix="ppo-bench-"))

@@ -13,15 +13,15 @@ When the engine moves (``tandem.engine.run.train`` -> ``tandem.pipelines.train.t
 
 from __future__ import annotations
 
-from tandem.cli.eval_cmd import run_eval
 from tandem.cli.main import app as cli_app
-from tandem.engine.compare import compare
-from tandem.engine.run import train
+from tandem.pipelines.compare import compare
+from tandem.pipelines.evaluate import run_eval
+from tandem.pipelines.train import train
 
 TRAIN_SCRIPT = """
 import sys
 from tandem.config.recipe import load_recipe
-from tandem.engine.run import train
+from tandem.pipelines.train import train
 train(load_recipe(sys.argv[1]), resume=sys.argv[2] == "resume")
 """
 

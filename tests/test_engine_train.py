@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from helpers_recipe import base_raw, with_overrides
 
-from tandem.engine.run import RunDirError, TrainingDiverged, train
+from tandem.engine.loop import TrainingDiverged
+from tandem.pipelines.train import RunDirError, train
 
 
 def recipe(tmp_path, model_dir, files, method="sft", **over):
@@ -67,6 +68,7 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path, tiny_model_di
 
     class NanAtStep4:
         data_kind = "sft"
+        unit = "tokens"
 
         def __init__(self):
             self.inner = registry.build("sft")
@@ -93,7 +95,7 @@ def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path, tiny_model_di
 SCRIPT = """
 import sys
 from tandem.config.recipe import load_recipe
-from tandem.engine.run import train
+from tandem.pipelines.train import train
 r = load_recipe(sys.argv[1])
 train(r, resume=sys.argv[2] == "resume")
 """

@@ -101,7 +101,7 @@ def test_reward_fn_metric_scores_each_generation(dirs):
 def test_reward_model_from_a_lora_reward_run(tmp_path, tiny_model_dir, synthetic_files):
     from test_engine_train import recipe
 
-    from tandem.engine.run import train
+    from tandem.pipelines.train import train
     from tandem.evaluation.run import load_reward_model
 
     r = recipe(tmp_path, tiny_model_dir, synthetic_files, method="reward",

@@ -185,7 +185,7 @@ def test_remedies_train_in_the_engine(tmp_path, tiny_model_dir, synthetic_files,
 
     from test_engine_train import read_metrics, recipe
 
-    from tandem.engine.run import train
+    from tandem.pipelines.train import train
 
     r = recipe(tmp_path, tiny_model_dir, synthetic_files, method="dpo",
                **{"objectives.preference": {"name": name, "beta": 0.1}, "schedule.max_steps": 2,

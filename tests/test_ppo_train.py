@@ -11,8 +11,8 @@ import torch
 from helpers_ppo import ppo_block, ppo_recipe
 from safetensors.torch import load_file
 
-import tandem.engine.stage as engine_stage
-from tandem.engine.run import build_objective, train
+import tandem.engine.ppo_loop as ppo_loop
+from tandem.pipelines.train import build_objective, train
 from tandem.objectives.ppo.critic import fingerprint
 
 
@@ -120,7 +120,7 @@ def test_resume_mid_stage_matches_uninterrupted_run(tmp_path, tiny_model_dir, sy
         if step == 2:
             raise Killed
 
-    monkeypatch.setattr(engine_stage, "_fault_injection", kill)
+    monkeypatch.setattr(ppo_loop, "fault_hook", kill)
     with pytest.raises(Killed):
         train(part)
     assert (Path(part.output_dir) / "stages" / "01-pref" / "ppo-resume-step000002.pt").exists()

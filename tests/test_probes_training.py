@@ -8,7 +8,7 @@ import pytest
 from test_engine_train import read_metrics, recipe
 
 from tandem.config.recipe import RecipeError, parse_recipe
-from tandem.engine.run import train
+from tandem.pipelines.train import train
 
 PROBE_KEYS = {"probe/mean_cosine", "probe/frac_chosen_falls", "probe/frac_rejected_rises", "probe/logp_w", "probe/logp_l"}
 

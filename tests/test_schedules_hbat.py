@@ -9,10 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_engine_train import recipe
+from test_methods_behaviour import check_method
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tandem.data import collate, split_parts
-from tandem.engine.run import load_role_features, train
+from tandem.pipelines.train import load_role_features, train
 from tandem.objectives import build
 from tandem.regularizers.ewc import recompute_importance
 from tandem.schedules import METHODS, build_stages
@@ -100,3 +101,5 @@ def test_every_method_runs_end_to_end(method, tmp_path, tiny_model_dir, syntheti
     summary = train(r)
     assert summary["global_steps"] == len(build_stages(method, 2))
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
+    # what the method does, read from the run directory (stage order, regularizer, auxiliary loss, frozen tensors)
+    check_method(method, tmp_path / "run", summary, steps=1)

@@ -1,4 +1,4 @@
-"""``tandem eval`` and ``tandem report``: thin glue over tandem.evaluation and tandem.report."""
+"""``tandem eval`` and ``tandem report`` (pipelines.evaluate, tandem.report)."""
 
 from __future__ import annotations
 
@@ -8,45 +8,9 @@ from typing import Optional
 
 import typer
 
-from tandem.evaluation.inputs import eval_inputs
+from tandem.cli.common import fail, make_app
 
-app = typer.Typer()
-
-
-def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatures: list[float]) -> dict:
-    from tandem.evaluation import run as E
-    from tandem.evaluation.judge import JudgeConfig
-    from tandem.evaluation.metrics import temperature_sweep
-
-    inputs = eval_inputs(cfg)
-    judge = JudgeConfig(**cfg.judge.model_dump()) if cfg.judge else None
-    settings = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
-                    batch_size=cfg.batch_size)
-    model, tok = E.load_model_and_tokenizer(model_dir)
-    common = dict(metrics=metrics, judge=judge, reward_model_path=cfg.reward_model, reward_fn=cfg.reward_fn, model=model,
-                  tokenizer=tok, **inputs)
-    results = E.evaluate(model_dir, out_dir, settings=settings, **common)
-    if temperatures:
-        gen_metrics = [m for m in metrics if m in E.NEEDS_GENERATION]
-
-        def at(t: float, seed: int) -> dict:
-            r = E.evaluate(model_dir, out_dir / f"t{t:g}-s{seed}", settings={**settings, "temperature": t, "seed": seed}, **{**common, "metrics": gen_metrics})
-            return {k: v for k, v in _flat(r["metrics"]).items() if isinstance(v, (int, float))}
-
-        rows = temperature_sweep(at, temperatures, repeats=cfg.repeats, seed=cfg.seed)
-        (out_dir / "temperature_sweep.json").write_text(json.dumps(rows, indent=2))
-        results["temperature_sweep"] = rows
-    return results
-
-
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
+app = make_app()
 
 
 @app.command("eval")
@@ -66,23 +30,21 @@ def eval_command(
 
       tandem eval runs/dpo --recipe recipes/dpo.yaml --temperatures 0.25,0.75,1.0
     """
-    from tandem.cli.main import fail
-    from tandem.config.recipe import RecipeError, load_recipe
+    from tandem.config.recipe import RecipeError
+    from tandem.pipelines.evaluate import eval_target, run_eval
 
-    recipe_path = target if target.is_file() else (recipe or (target / "recipe.yaml"))
     try:
-        r = load_recipe(recipe_path, list(set_))
+        t = eval_target(target, recipe, list(set_))
     except RecipeError as e:
         fail(str(e))
-    run_dir = Path(r.output_dir) if target.is_file() else target
-    model_dir = run_dir / "final" if (run_dir / "final").exists() else run_dir
+    r, run_dir = t.recipe, t.run_dir
     ms = metrics.split(",") if metrics else r.eval.metrics
     if not ms:
         fail("no metrics: pass --metrics or set eval.metrics in the recipe")
     temps = [float(t) for t in temperatures.split(",")] if temperatures else r.eval.temperatures
     out_dir = out or (run_dir / "eval")
     try:
-        res = run_eval(model_dir, r.eval, out_dir, ms, temps)
+        res = run_eval(t.model_dir, r.eval, out_dir, ms, temps)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
     typer.echo((out_dir / "results.md").read_text())

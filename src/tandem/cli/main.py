@@ -1,50 +1,16 @@
-"""The ``tandem`` command. Each command is a thin layer over the library; heavy imports happen inside."""
+"""The ``tandem`` command: parse, call a pipeline, print, exit code. Heavy imports happen inside the commands."""
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-app = typer.Typer(
-    help="tandem: align language models without paying the alignment tax.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-console = Console(stderr=True)
+from tandem.cli.common import console, fail, make_app, recipe_or_fail, setup_logging
 
-
-def _setup_logging(verbose: bool) -> None:
-    from rich.logging import RichHandler
-
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(message)s",
-        handlers=[RichHandler(console=console, show_path=False, show_time=False)],
-        force=True,
-    )
-    for noisy in ("httpx", "urllib3", "filelock", "accelerate"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def fail(msg: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(code)
-
-
-def recipe_or_fail(path: Path, overrides: list[str]):
-    """The validated recipe, or exit 2 with the error naming the field, line and file."""
-    from tandem.config.recipe import RecipeError, load_recipe
-
-    try:
-        return load_recipe(path, overrides)
-    except RecipeError as e:
-        fail(str(e))
+app = make_app(help="tandem: align language models without paying the alignment tax.", no_args_is_help=True)
 
 
 @app.command()
@@ -69,9 +35,10 @@ def train(
 
       tandem train recipes/sft.yaml --resume     # after a crash: same final weights as an uninterrupted run
     """
-    _setup_logging(verbose)
-    from tandem.engine.run import RunDirError, TrainingDiverged
-    from tandem.engine.run import train as run_train
+    setup_logging(verbose)
+    from tandem.engine.loop import TrainingDiverged
+    from tandem.pipelines.train import RunDirError
+    from tandem.pipelines.train import train as run_train
 
     r = recipe_or_fail(recipe, list(set_) + ([f"output_dir={output_dir}"] if output_dir else []))
     try:
@@ -81,7 +48,7 @@ def train(
     console.print(f"[green]done[/]: {summary['global_steps']} steps in {summary['seconds']:.1f}s -> {r.output_dir}/final")
 
 
-data_app = typer.Typer(help="Look at datasets.", no_args_is_help=True)
+data_app = make_app(help="Look at datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 
@@ -135,7 +102,7 @@ def quickstart(
 
     Runs in about 4-5 minutes on 2 CPU cores. Example: tandem quickstart -o runs/qs
     """
-    _setup_logging(False)
+    setup_logging(False)
     from tandem.demos.quickstart import run_quickstart
 
     run_quickstart(output_dir=output_dir, model=model, overwrite=overwrite, n_train=n_train, n_eval=n_eval)
@@ -156,9 +123,9 @@ def compare(
 
     Example: tandem compare runs/testbed/recipe.yaml --methods sequential,hbat,hbat-no-ewc,hbat-freeze --seeds 0,1,2
     """
-    _setup_logging(False)
+    setup_logging(False)
     from tandem.config.recipe import RecipeError
-    from tandem.engine.compare import compare as run_compare
+    from tandem.pipelines.compare import compare as run_compare
 
     try:
         run_compare(recipe, methods.split(","), [int(s) for s in seeds.split(",")], out, list(set_), resume, x_key, y_key)

@@ -10,15 +10,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-console = Console(stderr=True)
+from tandem.cli.common import console, make_app
+from tandem.cli.common import fail as _fail
 
-
-def _fail(msg: str) -> None:
-    console.print(f"[bold red]error:[/] {msg}")
-    raise typer.Exit(2)
+app = make_app()
 
 
 @app.command("merge")

@@ -7,7 +7,9 @@ from typing import Optional
 
 import typer
 
-app = typer.Typer(no_args_is_help=True)
+from tandem.cli.common import make_app
+
+app = make_app(no_args_is_help=True)
 
 
 @app.command()

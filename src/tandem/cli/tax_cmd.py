@@ -1,15 +1,15 @@
 """``tandem tax``: model averaging between the weights before and after preference training, ratio search and
-the reward-versus-forgetting Pareto front (library: tandem.merging.tax)."""
+the reward-versus-forgetting Pareto front (pipelines.tax over tandem.merging.tax)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-console = Console(stderr=True)
+from tandem.cli.common import console, fail, make_app, recipe_or_fail, setup_logging
+
+app = make_app()
 
 
 @app.command("tax")
@@ -32,10 +32,9 @@ def tax(
 
       tandem tax recipes/tax.yaml --set tax.trials=40 --set tax.budget=0.05 --resume
     """
-    from tandem.cli.main import _setup_logging, fail, recipe_or_fail
-    from tandem.merging.tax import run_tax
+    from tandem.pipelines.tax import run_tax
 
-    _setup_logging(False)
+    setup_logging(False)
     r = recipe_or_fail(recipe, list(set_))
     try:
         summary = run_tax(r, resume=resume, overwrite=overwrite, show_progress=not no_progress)

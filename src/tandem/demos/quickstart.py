@@ -103,7 +103,7 @@ def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool =
     """Evaluate the base model, train each method on the same data (OUTPUT/<method>), evaluate each, print a
     table and write OUTPUT/quickstart.json."""
     from tandem.config.recipe import load_recipe
-    from tandem.engine.run import train
+    from tandem.pipelines.train import train
     from tandem.models import load_policy, pull_smollm2
     from tandem.models.load import load_saved
 

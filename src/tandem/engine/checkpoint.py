@@ -13,13 +13,10 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from tandem.io.weights import load_trainable_file, trainable_state
 from tandem.models.atomic import atomic_dir
-
-
-def trainable_state(model) -> dict[str, torch.Tensor]:
-    return {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, regularizer, state: dict, keep: int) -> Path:
@@ -56,18 +53,6 @@ def list_checkpoints(root: Path) -> list[Path]:
 
 def load_trainable(model, path: Path) -> None:
     load_trainable_file(model, Path(path) / "trainable.safetensors")
-
-
-def load_trainable_file(model, file: Path) -> None:
-    path = Path(file)
-    tensors = load_file(str(path))
-    params = dict(model.named_parameters())
-    missing = [n for n in tensors if n not in params]
-    if missing:
-        raise RuntimeError(f"{path}: checkpoint has tensors the model lacks, e.g. {missing[:3]}")
-    with torch.no_grad():
-        for n, t in tensors.items():
-            params[n].copy_(t)
 
 
 def load_optim(path: Path, optimizer, scheduler, regularizer) -> None:

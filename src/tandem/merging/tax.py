@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -70,15 +69,6 @@ class CandidateLog:
         self.rows[row["key"]] = row
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
-
-
-def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty: pass --overwrite to replace it or --resume to reuse "
-                                  "its scored candidates")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
 
 
 def make_scorer(tokenizer, prompts, reward_model, reward_tokenizer, metric: str, heldout_texts=None, mc_rows=None,
@@ -214,60 +204,3 @@ def table_markdown(summary: dict) -> str:
         lines.append(f"| {p['kind']} | {alphas} | {p['reward']:.4f} | {p['tax']:.4f} | {'x' if p['on_front'] else ''} | "
                      f"{'x' if p['picked'] else ''} |")
     return "\n".join(lines) + "\n"
-
-
-def run_tax(recipe, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> dict:
-    """Everything ``tandem tax RECIPE`` does: load theta_0 / theta_1, score the candidates, save the pick."""
-    from rich.progress import Progress
-
-    from tandem.evaluation.inputs import eval_inputs, read_texts
-    from tandem.data import load_examples
-    from tandem.evaluation.metrics import load_mc_rows
-    from tandem.evaluation.run import load_reward_model
-    from tandem.merging.lerp import Merger
-    from tandem.merging.loading import load_full_weights
-    from tandem.models import load_tokenizer, save_model
-
-    cfg = recipe.tax
-    out = Path(cfg.out or Path(recipe.output_dir) / "tax")
-    _prepare_out(out, resume, overwrite)
-    base_path = cfg.base or recipe.model.name_or_path
-    tuned_path = cfg.tuned or str(Path(recipe.output_dir) / "final")
-    if not Path(tuned_path).exists():
-        raise FileNotFoundError(f"tax.tuned: {tuned_path} does not exist (train the recipe first, or set tax.tuned)")
-    reward_path = cfg.reward_model or recipe.eval.reward_model
-    if not reward_path:
-        raise ValueError("tax.reward_model (or eval.reward_model) is needed for the reward side")
-    if cfg.prompts is not None:
-        examples, _ = load_examples(cfg.prompts.source, format=cfg.prompts.format, split=cfg.prompts.split,
-                                    limit=cfg.prompts.limit)
-        prompts = [e.prompt for e in examples]
-    else:
-        prompts = eval_inputs(recipe.eval).get("prompts")
-    if not prompts:
-        raise ValueError("tax.prompts (or eval.data) is needed for the reward side")
-    heldout = read_texts(cfg.heldout_text or recipe.eval.heldout_text) if (cfg.heldout_text or recipe.eval.heldout_text) else None
-    if heldout and cfg.heldout_limit:
-        heldout = heldout[: cfg.heldout_limit]
-    mc_path = cfg.mc or recipe.eval.mc
-    mc_rows = load_mc_rows(mc_path) if mc_path else None
-
-    dtype = torch.float32
-    model = load_full_weights(base_path, dtype=dtype)
-    tuned = load_full_weights(tuned_path, base=base_path, dtype=dtype)
-    merger = Merger.from_models(model, tuned)
-    del tuned
-    tok = load_tokenizer(base_path)
-    rm, rtok = load_reward_model(reward_path)
-    score = make_scorer(tok, prompts, rm, rtok, cfg.tax_metric, heldout, mc_rows, cfg.max_new_tokens, cfg.temperature,
-                        cfg.batch_size, cfg.seed)
-    total = 1 + len(cfg.sweep) + cfg.trials + (1 if cfg.adaptive.enabled else 0)
-    with Progress(disable=not show_progress) as prog:
-        task = prog.add_task("scoring merge candidates", total=total)
-        summary = run_tax_search(model, merger, score, cfg, out, resume=resume, tokenizer=tok, prompts=prompts,
-                                 progress=lambda: prog.advance(task))
-    if summary["pick"] is not None:
-        save_model(model, tok, out / "picked")
-        summary["picked_dir"] = str(out / "picked")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    return summary

@@ -34,16 +34,27 @@ an explicit ``regularizer`` block in the recipe overrides the method's choice.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Literal
 
 from tandem.schedules.stages import Stage, alternating, sequential, single
 
 
 @dataclass(frozen=True)
 class Method:
-    schedule: object  # parts -> list[Stage]
-    regularizer: str | None = None  # key into the hbat block's regularizer settings
+    schedule: Callable[[int], list[Stage]]  # parts -> stages
+    regularizer: str | None = None  # regularizer registry name = key of its settings in the hbat block
     aux_role: str | None = None  # objective role mixed into every stage, weighted by hbat.mix_gamma
     preference_objective: str | None = None  # forces the objective of the preference role (e.g. "ppo")
+
+    @property
+    def ppo_role(self) -> str | None:
+        """The role trained online by PPO (its stages, and stages that mix it in, run the PPO loop)."""
+        return "preference" if self.preference_objective == "ppo" else None
+
+    def loop(self, stage: Stage) -> Literal["offline", "ppo"]:
+        """Which engine loop runs ``stage``."""
+        role = self.ppo_role
+        return "ppo" if role is not None and role in (stage.role, self.aux_role) else "offline"
 
 
 METHODS: dict[str, Method] = {

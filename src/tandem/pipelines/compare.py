@@ -19,20 +19,10 @@ from pathlib import Path
 log = logging.getLogger("tandem")
 
 
-def _flat(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}/"))
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def run_one(recipe_path: Path, method: str, seed: int, run_dir: Path, overrides: list[str], resume: bool) -> dict:
-    from tandem.cli.eval_cmd import run_eval
     from tandem.config.recipe import load_recipe
-    from tandem.engine.run import train
+    from tandem.pipelines.evaluate import numeric, run_eval
+    from tandem.pipelines.train import train
 
     r = load_recipe(recipe_path, [*overrides, f"schedule.method={method}", f"seed={seed}", f"output_dir={run_dir}"])
     if (run_dir / "summary.json").exists():
@@ -40,10 +30,10 @@ def run_one(recipe_path: Path, method: str, seed: int, run_dir: Path, overrides:
     else:
         summary = train(r, resume=resume and run_dir.exists(), overwrite=not resume, progress=True)
     row = {"method": method, "seed": seed, "run": str(run_dir), "steps": summary["global_steps"],
-           "seconds": round(summary["seconds"], 1), **_flat(summary.get("final_val", {}))}
+           "seconds": round(summary["seconds"], 1), **numeric(summary.get("final_val", {}))}
     if r.eval.metrics:
         res = run_eval(run_dir / "final", r.eval, run_dir / "eval", r.eval.metrics, [])
-        row.update(_flat(res["metrics"]))
+        row.update(numeric(res["metrics"]))
     return row
 
 

@@ -1,0 +1,100 @@
+"""What the engine receives: a small typed loop configuration and the built objects of a stage.
+
+The pipelines layer turns a recipe into these (``tandem.pipelines.train``); the engine never reads a ``Recipe``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Literal
+
+import torch
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from rich.progress import Progress
+
+    from tandem.engine.metrics import MetricsLog
+    from tandem.objectives.base import Objective
+    from tandem.regularizers.base import Regularizer
+    from tandem.schedules import Stage
+
+BatchFn = Callable[[list[dict]], dict]
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    """Every setting a training loop reads (built from the recipe by ``tandem.pipelines.train.loop_config``)."""
+
+    output_dir: Path
+    seed: int = 0
+    batch_size: int = 8
+    grad_accum: int = 1
+    group_by_length: bool = True
+    epochs: float = 1.0
+    max_steps: int | None = None
+    lr: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    warmup_ratio: float = 0.0
+    max_grad_norm: float | None = 1.0
+    log_every: int = 1
+    checkpoint_every: int = 0
+    checkpoint_keep: int = 1
+    stage_weights: bool = True
+    reference: Literal["stage_start", "initial"] = "stage_start"
+    select_metric: str | None = None
+    select_mode: Literal["max", "min"] = "max"
+    final: Literal["best", "last"] = "last"
+    probe_every: int = 0
+    probe_pairs: int = 8
+    probe_params: str = "all"
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class AuxTerm:
+    """An objective mixed into every step of a stage with a weight (multi-objective methods)."""
+
+    objective: "Objective"
+    features: list[dict]
+    weight: float
+
+
+class Runner(torch.nn.Module):
+    """Calls ``fn(model, batch)`` inside ``forward`` so DDP's hooks see the whole computation."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, fn, batch):
+        return fn(self.model, batch)
+
+
+@dataclass
+class StageContext:
+    """What a stage loop needs; built by ``tandem.engine.run`` for each stage."""
+
+    accelerator: "Accelerator"
+    runner: Runner  # the prepared (possibly DDP-wrapped) Runner
+    model: torch.nn.Module  # the unwrapped HF model
+    objective: "Objective"
+    features: list[dict]
+    batch_fn: BatchFn
+    config: LoopConfig
+    stage: "Stage"
+    regularizer: "Regularizer | None"
+    log: "MetricsLog"
+    progress: "Progress"
+    on_checkpoint: Callable[[int, torch.optim.Optimizer, object], None]  # (stage_step, optimizer, scheduler)
+    global_step: int = 0
+    aux: list[AuxTerm] = field(default_factory=list)
+
+    @property
+    def stage_dir(self) -> Path:
+        return Path(self.config.output_dir) / "stages" / self.stage.name

@@ -1,0 +1,299 @@
+"""The PPO stage loop (online): rollouts, then policy and critic updates, with the engine's shared step helpers.
+
+One iteration of the stage (``batch_size`` prompts, split across processes):
+
+1. rollout (``tandem.objectives.ppo.rollout``): sample a response per prompt, score it (``reward_model`` or
+   ``reward_fn``; minus ``missing_eos_penalty`` when the response hit ``max_new_tokens`` without EOS), and get the
+   policy / reference log-probs and the critic's values of every response token;
+2. ``r_t = -beta kl_t + score`` on the last token, GAE advantages and returns, whitened advantages (``ppo_math``);
+3. ``ppo_epochs`` passes over ``mini_batches`` shuffled mini-batches of the rollout: each computes
+   ``w_ppo * (L_pg + vf_coef * L_v) + sum_aux gamma * L_sft`` and takes one policy step (``apply_step``: regularizer
+   gradient term, clipping, ``optimizer.step``) and one critic step (the critic's own AdamW, ``critic_lr``);
+4. ``scheduler.step()`` once, the adaptive KL controller's update, one ``metrics.jsonl`` row.
+
+So the LR schedule runs over the stage's PPO iterations, and the policy takes ``ppo_epochs * mini_batches``
+optimizer steps per iteration. PPO stages run the policy without dropout (eval mode), so on the first mini-batch the
+new and old log-probs agree (ratio 1). A fresh critic is trained alone for the first ``critic_warmup_steps``
+iterations (policy untouched; with ``value_head`` the head sees detached hidden states).
+
+Over-optimisation guard (``eval_every > 0``): ``eval_prompts`` prompts are held out (seeded); before the first step,
+every ``eval_every`` steps and at the stage end the mean score of one seeded sampled response per held-out prompt is
+logged (``val_score``, ``split: val``); the best policy so far is kept in ``best-policy.safetensors`` and, with
+``keep_best``, restored at the stage end.
+
+Mixed stages: in ``ppo+sft`` PPO is the stage objective and the SFT loss on a seeded random SFT batch is added with
+weight ``mix_gamma`` to every mini-batch loss; in ``sft+ppo`` the SFT loss has weight 1 and PPO ``mix_gamma``.
+
+Files per PPO stage (``stages/NN-name/``): ``critic.safetensors``, ``ppo.json`` (critic source and fingerprints,
+beta at start and end, best step) and while the stage runs ``ppo-resume-stepXXXXXX.pt`` (critic, its optimizer,
+beta, best-so-far), written just before each engine checkpoint so ``--resume`` continues with the same critic.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+from tandem.engine.context import AuxTerm, StageContext
+from tandem.engine.loop import apply_step, diverged, fault_hook, reduce_sum, trainable_params, train_row
+from tandem.io.weights import load_trainable_file, save_trainable
+from tandem.objectives.logprobs import _forward_hidden
+from tandem.objectives.ppo import ppo_math as pm
+from tandem.objectives.ppo.critic import CRITIC_FILE, critic_state, fingerprint, load_critic_state
+from tandem.objectives.ppo.objective import PPO
+from tandem.objectives.ppo.rollout import collect, eos_ids, gather_hidden, token_index, token_stats
+from tandem.objectives.ppo.setup import STATE_FILE, reference_policy, reward_scorer, stage_critic
+
+BEST_FILE = "best-policy.safetensors"
+
+
+@dataclass(frozen=True)
+class PPOTerms:
+    """The PPO stage's prompts, the PPO loss weight and the offline terms added to every mini-batch."""
+
+    prompts: list[dict]
+    weight: float
+    offline: list[AuxTerm]
+
+
+def ppo_terms(ctx: StageContext, ppo: PPO) -> PPOTerms:
+    """PPO as the stage objective (``ppo``, ``ppo+sft``) or as its auxiliary term (``sft+ppo``)."""
+    if ctx.objective is ppo:
+        return PPOTerms(ctx.features, 1.0, list(ctx.aux))
+    mine = [t for t in ctx.aux if t.objective is ppo]
+    others = [t for t in ctx.aux if t.objective is not ppo]
+    return PPOTerms(mine[0].features, float(mine[0].weight), [AuxTerm(ctx.objective, ctx.features, 1.0), *others])
+
+
+def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int, total: int) -> int:
+    """Train ``total - first`` PPO iterations of ``ctx.stage``; returns the new global step."""
+    if ppo.tokenizer is None:
+        raise RuntimeError("ppo: its prompts were not encoded (PPO.encode), so the tokenizer is unknown")
+    acc, cfg, stage, policy = ctx.accelerator, ctx.config, ctx.stage, ctx.model
+    P, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
+    stage_dir = ctx.stage_dir
+    terms = ppo_terms(ctx, ppo)
+    eval_feats, train_feats = ppo.eval_split(terms.prompts, cfg.seed, stage.index)
+    B = cfg.batch_size
+    if len(train_feats) < B:
+        raise ValueError(f"ppo stage {stage.name}: {len(train_feats)} training prompts for batching.batch_size {B}")
+    if B < P:
+        raise ValueError(f"ppo: batching.batch_size ({B}) must be at least the number of processes ({P})")
+    tok = ppo.tokenizer
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    critic, info = stage_critic(ppo, policy, stage_dir, stage.index, acc.device)
+    fresh = info["critic_loaded_from"] is None
+    critic_opt = torch.optim.AdamW(critic.parameters(), lr=ppo.critic_lr or cfg.lr, betas=tuple(cfg.betas),
+                                   eps=cfg.eps, weight_decay=0.0)
+    kl_ctl = ppo.kl_controller(info["beta_start"])
+    best = {"step": None, "score": -math.inf}
+    if first > 0:
+        st = torch.load(stage_dir / f"ppo-resume-step{first:06d}.pt", weights_only=True)
+        load_critic_state(critic, st["critic"])
+        critic_opt.load_state_dict(st["critic_optimizer"])
+        kl_ctl.value, fresh = float(st["beta"]), bool(st["fresh"])
+        best = {"step": st["best_step"], "score": float(st["best_score"])}
+        info = {**info, **json.loads(st["info"])}
+    info["critic_start_sha256"] = fingerprint(critic_state(critic))
+    reference = reference_policy(policy, stage_dir.parent, stage.index, cfg.reference, resumed=first > 0)
+    common = dict(batch_fn=ctx.batch_fn, critic=critic, reference=reference,
+                  reward=reward_scorer(ppo, acc.device, ctx.batch_fn), temperature=ppo.temperature, top_p=ppo.top_p,
+                  max_new_tokens=ppo.max_new_tokens, pad_id=pad_id, eos=eos_ids(policy, tok))
+
+    def evaluate(step: int) -> None:
+        if not (ppo.eval_every and eval_feats):
+            return
+        mine = eval_feats[rank::P]
+        ro = collect(policy, tok, mine, seed=cfg.seed * 7_919 + stage.index, **common)
+        kl = (ro.logp - ro.ref_logp).mul(ro.mask).sum(1)
+        s, k, n = reduce_sum(acc, [float(ro.score.sum()), float(kl.sum()), float(len(mine))])
+        if main:
+            ctx.log.write({"split": "val", "stage": stage.name, "stage_index": stage.index, "step": ctx.global_step,
+                           "stage_step": step, "val_score": s / n, "val_kl": k / n})
+        if s / n > best["score"]:
+            best.update(step=step, score=s / n)
+            if main:
+                save_trainable(policy, stage_dir / BEST_FILE)
+            acc.wait_for_everyone()
+
+    task = ctx.progress.add_task(stage.name, total=total, completed=first, loss="-", tps="-")
+    if first == 0:
+        evaluate(0)
+    order: dict[int, list[int]] = {}
+    spe = max(1, len(train_feats) // B)
+    for step in range(first, total):
+        epoch, pos = divmod(step, spe)
+        if epoch not in order:
+            perm = list(range(len(train_feats)))
+            random.Random(cfg.seed * 1_000_003 + stage.index * 1009 + epoch).shuffle(perm)
+            order = {epoch: perm}
+        idx = order[epoch][pos * B:(pos + 1) * B]
+        mine = [train_feats[i] for i in idx[rank::P]]
+        seed = cfg.seed * 1_000_003 + stage.index * 10_007 + step * 101 + rank
+        warm = fresh and step < ppo.critic_warmup_steps
+        t0 = time.perf_counter()
+        ro = collect(policy, tok, mine, seed=seed, **common)
+        beta = kl_ctl.value
+        score = ro.score
+        if ppo.missing_eos_penalty:
+            score = score - ppo.missing_eos_penalty * (~ro.ended).float()
+        rewards, kl_tok = pm.shaped_rewards(ro.logp, ro.ref_logp, score, ro.mask, beta)
+        adv, ret = pm.gae(rewards, ro.values, ro.mask, ppo.gamma, ppo.lam)
+        if ppo.whiten_advantages:
+            adv = pm.whiten(adv, ro.mask)
+        t1 = time.perf_counter()
+        train = _update(ctx, ppo, optimizer, critic, critic_opt, ro, adv, ret, warm, terms, seed)
+        t2 = time.perf_counter()
+        ev = pm.explained_variance(ro.values, ret, ro.mask)
+        local = [float(score.sum()), float((score**2).sum()), float(ro.score.sum()), float(kl_tok.sum(1).sum()),
+                 float(ro.mask.sum()), float(ro.ended.float().sum()), float(len(mine)),
+                 float(ro.gen_tokens), ro.gen_seconds, float(train.pop("_tokens")), t2 - t1]
+        keys = sorted(train)
+        ok_ev = math.isfinite(ev)
+        red = reduce_sum(acc, local + [train[k] for k in keys] + [0.0 if ok_ev else 1.0, ev if ok_ev else 0.0])
+        s_sum, s2_sum, raw_sum, kl_sum, len_sum, ended_sum, n, gen_tok, gen_s, tr_tok, tr_s = red[:11]
+        stats = {k: v / P for k, v in zip(keys, red[11:11 + len(keys)])}
+        if not all(math.isfinite(v) for v in stats.values()):
+            raise diverged(stage.name, step + 1, "PPO loss")
+        n_bad_ev, ev_sum = red[-2], red[-1]
+        mean, kl_mean = s_sum / n, kl_sum / n
+        kl_ctl.update(kl_mean, int(n))
+        with warnings.catch_warnings():  # warm-up steps leave the policy optimizer untouched: torch warns
+            warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
+            scheduler.step()
+        ctx.global_step += 1
+        dt = time.perf_counter() - t0
+        row = train_row(
+            ctx, step + 1, epoch, scheduler.get_last_lr()[0], warmup=int(warm), reward_mean=mean,
+            reward_std=math.sqrt(max(s2_sum / n - mean**2, 0.0)), score_mean=raw_sum / n, kl=kl_mean, beta=beta,
+            beta_next=kl_ctl.value, response_len=len_sum / n, ended_frac=ended_sum / n,
+            explained_variance=ev_sum / (P - n_bad_ev) if P > n_bad_ev else math.nan,
+            rollout_tokens_per_s=gen_tok / (gen_s / P) if gen_s > 0 else 0.0,
+            train_tokens_per_s=tr_tok / (tr_s / P) if tr_s > 0 else 0.0,
+            tokens=tr_tok, tokens_per_s=tr_tok / dt if dt > 0 else 0.0, seconds=dt, **stats,
+        )
+        if main and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
+            ctx.log.write(row)
+        ctx.progress.update(task, advance=1, loss=f"r={mean:.3f}", tps=f"{row['tokens_per_s']:,.0f}")
+        done = step + 1 == total
+        if ppo.eval_every and ((step + 1) % ppo.eval_every == 0 or done):
+            evaluate(step + 1)
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and not done:
+            if main:
+                _save_resume(stage_dir, step + 1, critic, critic_opt, kl_ctl.value, fresh, best, info, cfg.checkpoint_keep)
+            ctx.on_checkpoint(step + 1, optimizer, scheduler)
+        fault_hook(ctx.global_step)
+    ctx.progress.remove_task(task)
+    _finish_stage(ctx, ppo, critic, kl_ctl.value, best, info, total, fresh)
+    return ctx.global_step
+
+
+def _update(ctx: StageContext, ppo: PPO, optimizer, critic, critic_opt, ro, adv, ret, warm, terms: PPOTerms, seed) -> dict:
+    """``ppo_epochs`` passes over the rollout's mini-batches; mean metrics (and ``_tokens`` seen)."""
+    acc, policy, max_norm = ctx.accelerator, ctx.model, ctx.config.max_grad_norm
+    B = len(ro.features)
+    gen = torch.Generator().manual_seed(seed)
+    critic_params = list(critic.parameters())
+    sums: dict[str, float] = {}
+    count, tokens = 0, 0
+    was = policy.training
+    policy.eval()  # no dropout in PPO stages (ratio 1 on the first mini-batch)
+    try:
+        for _ in range(ppo.ppo_epochs):
+            for chunk in torch.tensor_split(torch.randperm(B, generator=gen), min(ppo.mini_batches, B)):
+                sel = chunk.tolist()
+                batch = ctx.batch_fn([ro.features[i] for i in sel])
+                tokens += int((batch["seq_ids"] >= 0).sum())
+                idx = token_index(batch, ro.prompt_lens[sel], L=ro.mask.shape[1])
+                mask, old_v, ret_mb = ro.mask[sel], ro.values[sel], ret[sel]
+                m: dict[str, float] = {}
+                if warm:
+                    h = None
+                    if critic.uses_policy_hidden:
+                        with torch.no_grad():
+                            h = gather_hidden(_forward_hidden(policy, batch), idx)
+                    vf, vst = pm.value_loss(idx.pad(critic.values(batch, idx, h)), old_v, ret_mb, mask, ppo.vf_clip)
+                    loss = ppo.vf_coef * vf
+                else:
+                    def fn(model, b, _idx=idx):
+                        return token_stats(model, b, _idx, ppo.temperature, entropy=True)
+
+                    logp, ent, h = ctx.runner(fn, batch)
+                    v = idx.pad(critic.values(batch, idx, h))
+                    pg, pst = pm.policy_loss(idx.pad(logp), ro.logp[sel], adv[sel], mask, ppo.clip)
+                    vf, vst = pm.value_loss(v, old_v, ret_mb, mask, ppo.vf_clip)
+                    loss = terms.weight * (pg + ppo.vf_coef * vf)
+                    m.update(policy_loss=float(pg.detach()), entropy=float(ent.mean()), **{k: float(x) for k, x in pst.items()})
+                    for j, term in enumerate(terms.offline):
+                        g = torch.Generator().manual_seed(seed * 13 + count * 7 + j)
+                        aux_idx = torch.randint(0, len(term.features), (len(sel),), generator=g).tolist()
+                        aux_loss, _ = ctx.runner(term.objective, ctx.batch_fn([term.features[i] for i in aux_idx]))
+                        loss = loss + term.weight * aux_loss
+                        m[f"aux/{j}/loss" if j else "aux/loss"] = float(aux_loss.detach())
+                m.update(value_loss=float(vf.detach()), loss=float(loss.detach()), **{k: float(x) for k, x in vst.items()})
+                acc.backward(loss)
+                if warm:
+                    optimizer.zero_grad(set_to_none=True)
+                else:
+                    m.update(apply_step(ctx, optimizer))
+                if acc.num_processes > 1:
+                    for p in critic_params:
+                        if p.grad is not None:
+                            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+                if max_norm:
+                    m["critic_grad_norm"] = float(torch.nn.utils.clip_grad_norm_(critic_params, max_norm))
+                critic_opt.step()
+                critic_opt.zero_grad(set_to_none=True)
+                for k, x in m.items():
+                    sums[k] = sums.get(k, 0.0) + x
+                count += 1
+    finally:
+        policy.train(was)
+    out = {k: x / count for k, x in sums.items()}
+    out["_tokens"] = tokens
+    return out
+
+
+def _save_resume(stage_dir, step, critic, critic_opt, beta, fresh, best, info, keep: int) -> None:
+    """Critic, its optimizer and the controller state at ``step`` (the latest ``keep + 1`` files are kept, one more
+    than the engine keeps checkpoints, so every kept checkpoint has its file)."""
+    path = stage_dir / f"ppo-resume-step{step:06d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save({"critic": critic_state(critic), "critic_optimizer": critic_opt.state_dict(), "beta": beta,
+                "fresh": fresh, "best_step": best["step"], "best_score": best["score"], "info": json.dumps(info)}, tmp)
+    os.replace(tmp, path)
+    for old in sorted(stage_dir.glob("ppo-resume-step*.pt"))[:-(keep + 1)]:
+        old.unlink(missing_ok=True)
+
+
+def _finish_stage(ctx: StageContext, ppo: PPO, critic, beta, best, info, total, fresh) -> None:
+    acc, stage_dir = ctx.accelerator, ctx.stage_dir
+    best_file = stage_dir / BEST_FILE
+    restored = bool(ppo.keep_best and best["step"] is not None and best["step"] != total and best_file.exists())
+    if restored:
+        load_trainable_file(ctx.model, best_file)
+    state = critic_state(critic)
+    info = {**info, "critic": ppo.critic_kind, "critic_fresh": fresh,
+            "critic_warmup_steps": ppo.critic_warmup_steps if fresh else 0, "critic_end_sha256": fingerprint(state),
+            "beta_end": beta, "best_step": best["step"], "best_val_score": best["score"] if best["step"] is not None else None,
+            "restored_best": restored, "steps": total}
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        from safetensors.torch import save_file
+
+        tmp = stage_dir / (CRITIC_FILE + ".tmp")
+        save_file(state, str(tmp))
+        os.replace(tmp, stage_dir / CRITIC_FILE)
+        (stage_dir / STATE_FILE).write_text(json.dumps(info, indent=2))
+        best_file.unlink(missing_ok=True)
+        for old in stage_dir.glob("ppo-resume-step*.pt"):
+            old.unlink(missing_ok=True)
+    acc.wait_for_everyone()
+    ppo.last_stage = info

@@ -1,0 +1,86 @@
+"""What a PPO stage sets up before its first iteration: the reward scorer, the reference policy and the critic.
+
+Reference: with LoRA, the policy with its adapters disabled (peft ``disable_adapter()``), i.e. the model before
+any training: no second copy. Without LoRA, a frozen copy of the policy taken at the stage start
+(``reference: stage_start``; a resumed stage reloads it from the previous stage's ``end.safetensors``) or loaded
+from ``stages/start.safetensors`` (``reference: initial``), on the policy's device: one more set of weights in
+memory, no gradients or optimizer state.
+
+Critic: a fresh one (first PPO stage of the run) or the one saved by the latest earlier PPO stage
+(``critic.safetensors``), whose ``ppo.json`` also carries the adaptive KL coefficient over.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+from tandem.io.weights import load_trainable_file
+from tandem.objectives.ppo.critic import build_critic, load_critic_state, previous_critic
+from tandem.objectives.ppo.rollout import FunctionReward, ModelReward
+
+STATE_FILE = "ppo.json"
+
+
+def reward_scorer(ppo, device, batch_fn):
+    """``FunctionReward`` for ``reward_fn``, else the reward model (same tokenizer: the policy's ``batch_fn``)."""
+    if ppo.reward_fn is not None:
+        return FunctionReward(ppo.reward_fn)
+    from tandem.data import collate
+    from tandem.models import load_saved
+
+    model, rtok = load_saved(ppo.reward_model)
+    model.to(device)
+    same = rtok.get_vocab() == ppo.tokenizer.get_vocab()
+    pad = rtok.pad_token_id if rtok.pad_token_id is not None else rtok.eos_token_id
+    if not same:
+        def batch_fn(feats):
+            return {k: v.to(device) for k, v in collate(feats, mode="pack", pad_id=pad).items()}
+
+    return ModelReward(model, rtok, same, batch_fn, ppo.reward_batch_size)
+
+
+def reference_policy(policy, stages_dir: Path, stage_index: int, mode: str, resumed: bool):
+    """None (LoRA: adapters disabled) or a frozen copy of the policy at the stage start (module docstring)."""
+    from peft import PeftModel
+
+    if isinstance(policy, PeftModel):
+        return None
+    ref = copy.deepcopy(policy)
+    source = None
+    if mode == "initial":
+        source = stages_dir / "start.safetensors"
+    elif resumed:
+        prev = sorted(stages_dir.glob(f"{stage_index:02d}-*/end.safetensors")) if stage_index else []
+        source = prev[0] if prev else stages_dir / "start.safetensors"
+    if source is not None:
+        if not source.exists():
+            raise FileNotFoundError(f"ppo reference: {source} is missing; a PPO stage without LoRA that is resumed "
+                                    "or uses hbat.reference 'initial' needs checkpoint.stage_weights: true")
+        load_trainable_file(ref, source)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+def stage_critic(ppo, policy, stage_dir: Path, stage_index: int, device):
+    """``(critic, info)``: the critic carried over from the latest earlier PPO stage, else a fresh one."""
+    critic = build_critic(ppo.critic_kind, policy, ppo.reward_model, device)
+    if ppo.critic_kind == "reward_model":
+        vocab = critic.model.config.vocab_size
+        if vocab < len(ppo.tokenizer):
+            raise ValueError(f"ppo critic 'reward_model': its vocabulary ({vocab}) does not cover the policy's "
+                             f"tokenizer ({len(ppo.tokenizer)}); the critic must share the policy's tokenizer")
+    prev = previous_critic(stage_dir.parent, stage_index)
+    info = {"critic_loaded_from": None, "beta_start": ppo.beta}
+    if prev is not None:
+        from safetensors.torch import load_file
+
+        load_critic_state(critic, load_file(str(prev)))
+        info["critic_loaded_from"] = str(prev)
+        prev_state = prev.parent / STATE_FILE
+        if prev_state.exists():
+            info["beta_start"] = json.loads(prev_state.read_text()).get("beta_end", ppo.beta)
+    return critic, info

@@ -1,0 +1,74 @@
+"""``tandem eval``: a recipe's eval block (or command-line metrics) -> generations, metrics, results files.
+
+``run_eval`` loads the model once, evaluates at the recipe's temperature, then (``temperatures``) sweeps the
+generation metrics over temperatures and seeds (``temperature_sweep.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def flat(d: dict, prefix: str = "") -> dict:
+    """Nested dict -> ``{"a/b": value}``."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def numeric(d: dict) -> dict:
+    return {k: v for k, v in flat(d).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatures: list[float]) -> dict:
+    """Evaluate ``model_dir`` with the eval block ``cfg``; writes ``out_dir/results.{json,md}``."""
+    from tandem.evaluation import run as E
+    from tandem.evaluation.inputs import eval_inputs
+    from tandem.evaluation.judge import JudgeConfig
+    from tandem.evaluation.metrics import temperature_sweep
+
+    inputs = eval_inputs(cfg)
+    judge = JudgeConfig(**cfg.judge.model_dump()) if cfg.judge else None
+    settings = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
+                    batch_size=cfg.batch_size)
+    model, tok = E.load_model_and_tokenizer(model_dir)
+    common = dict(metrics=metrics, judge=judge, reward_model_path=cfg.reward_model, reward_fn=cfg.reward_fn, model=model,
+                  tokenizer=tok, **inputs)
+    results = E.evaluate(model_dir, out_dir, settings=settings, **common)
+    if temperatures:
+        gen_metrics = [m for m in metrics if m in E.NEEDS_GENERATION]
+
+        def at(t: float, seed: int) -> dict:
+            r = E.evaluate(model_dir, out_dir / f"t{t:g}-s{seed}", settings={**settings, "temperature": t, "seed": seed},
+                           **{**common, "metrics": gen_metrics})
+            return numeric(r["metrics"])
+
+        rows = temperature_sweep(at, temperatures, repeats=cfg.repeats, seed=cfg.seed)
+        (out_dir / "temperature_sweep.json").write_text(json.dumps(rows, indent=2))
+        results["temperature_sweep"] = rows
+    return results
+
+
+@dataclass(frozen=True)
+class EvalTarget:
+    recipe: object  # the loaded Recipe
+    run_dir: Path
+    model_dir: Path
+
+
+def eval_target(target: Path, recipe: Path | None, overrides: list[str]) -> EvalTarget:
+    """TARGET is a recipe (its output_dir/final is evaluated) or a run/model directory (``--recipe`` or its own
+    ``recipe.yaml`` gives the eval block). Raises ``RecipeError`` for a bad recipe."""
+    from tandem.config.recipe import load_recipe
+
+    recipe_path = target if target.is_file() else (recipe or (target / "recipe.yaml"))
+    r = load_recipe(recipe_path, overrides)
+    run_dir = Path(r.output_dir) if target.is_file() else target
+    model_dir = run_dir / "final" if (run_dir / "final").exists() else run_dir
+    return EvalTarget(r, run_dir, model_dir)

@@ -1,0 +1,120 @@
+"""``tandem probe entanglement``: a model and preference pairs -> per-pair gradient entanglement, summary, plots.
+
+Writes OUT/pairs.jsonl, summary.json, summary.md, cosine_hist.png and token_heatmap_*.png.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from tandem.probes.report import summary_markdown
+
+
+class ProbeInputError(ValueError):
+    """A bad probe input (model, data, settings); the message names the option."""
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    model: str
+    data: str
+    out: Path
+    params: str = "all"
+    pairs: int = 64
+    heatmap_pairs: int = 3
+    heatmap_tokens: int = 32
+    max_length: int = 512
+    ratio: float = 1.0
+    format: str | None = None
+    split: str = "train"
+    dtype: str = "float32"
+    device: str = "auto"
+    chunk_numel: int = 1 << 27
+
+
+def load_probe_model(model: str, dtype: str = "float32"):
+    """``(model, tokenizer)`` from a run dir (its ``final/``), a LoRA adapter dir, a full model dir, a ``.gguf``
+    file or a Hub id."""
+    from tandem.models import load_policy, load_saved
+
+    p = Path(model)
+    if p.is_dir() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists() and (p / "final").is_dir():
+        p = p / "final"
+    if str(p).endswith(".gguf"):
+        return load_policy(str(p), dtype=dtype)
+    if p.is_dir():
+        if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
+            raise ValueError(f"{p}: not a model dir (no config.json or adapter_config.json) nor a run dir with final/")
+        return load_saved(p, dtype=dtype)
+    return load_policy(model, dtype=dtype)
+
+
+def entanglement(s: ProbeSettings, progress) -> dict:
+    """Run the probe; ``progress`` is a rich ``Progress``. Returns the summary (also ``summary.json``)."""
+    import torch
+
+    from tandem.data import DataError, PreferenceExample, collate, encode_all, load_examples
+    from tandem.probes.entanglement import entanglement_stats, select_params, summarize
+    from tandem.probes.plots import plot_entanglement_hist
+    from tandem.probes.tokens import plot_token_heatmap, token_cosines
+
+    if not s.ratio > 0:
+        raise ProbeInputError(f"--ratio must be > 0, got {s.ratio}")
+    try:
+        m, tok = load_probe_model(s.model, dtype=s.dtype)
+    except (OSError, ValueError) as e:
+        raise ProbeInputError(f"--model {s.model}: {e}") from None
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device)
+    m.to(dev)
+    try:
+        examples, _ = load_examples(s.data, format=s.format, split=s.split, limit=None)
+    except (DataError, FileNotFoundError, ValueError) as e:
+        raise ProbeInputError(f"--data {s.data}: {e}") from None
+    prefs = [e for e in examples if isinstance(e, PreferenceExample)][: s.pairs]
+    if not prefs:
+        raise ProbeInputError(f"--data {s.data}: no preference pairs (expected chosen/rejected records)")
+    feats, stats = encode_all(tok, prefs, s.max_length, "truncate")
+    if not feats:
+        raise ProbeInputError(f"--data {s.data}: no pair left after encoding with --max-length {s.max_length}")
+    try:
+        selected = select_params(m, s.params)
+    except ValueError as e:
+        raise ProbeInputError(f"--params: {e}") from None
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def batch_fn(fs):
+        return {k: v.to(dev) for k, v in collate(fs, mode="pack", pad_id=pad_id).items()}
+
+    out = Path(s.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    task = progress.add_task("pairs", total=len(feats))
+    rows = entanglement_stats(m, feats, batch_fn, params=s.params, ratio=s.ratio, chunk_numel=s.chunk_numel,
+                              on_pair=lambda i: progress.advance(task))
+    heatmaps = []
+    n_heat = min(s.heatmap_pairs, len(feats))
+    if n_heat:
+        htask = progress.add_task("token heatmaps", total=n_heat)
+        for i in range(n_heat):
+            res = token_cosines(m, feats[i], batch_fn, params=s.params, max_tokens=s.heatmap_tokens)
+            name = f"token_heatmap_{i}.png"
+            plot_token_heatmap(res, tok, out / name, title=f"pair {i}: per-token gradient cosine ({s.params}), "
+                               f"pair cosine {rows[i]['cosine']:.3f}")
+            heatmaps.append(name)
+            progress.advance(htask)
+    summary = summarize(rows)
+    settings = {**{k: v for k, v in asdict(s).items() if k in ("model", "data", "params", "ratio", "max_length",
+                                                                "dtype")},
+                "n_tensors": len(selected), "n_params": sum(p.numel() for _, p in selected), "device": str(dev),
+                "encode": vars(stats), "seconds": time.perf_counter() - t0}
+    with open(out / "pairs.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    (out / "summary.json").write_text(json.dumps({**summary, "settings": settings, "heatmaps": heatmaps}, indent=2))
+    plot_entanglement_hist(rows, out / "cosine_hist.png", ratio=s.ratio,
+                           title=f"Gradient entanglement: {Path(s.model).name}, {len(rows)} pairs, params {s.params}")
+    (out / "summary.md").write_text(summary_markdown(summary, rows, settings, heatmaps))
+    return summary

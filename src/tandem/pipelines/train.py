@@ -1,0 +1,193 @@
+"""``tandem train``: a recipe -> model, data, objectives, regularizer, stages -> the engine's run.
+
+Everything the recipe names is built and checked before the run directory is touched (an unknown method,
+objective argument or regularizer setting fails in a second, not after the model has loaded).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+
+import torch
+
+from tandem.config.recipe import Recipe, dump_recipe
+from tandem.data import collate, encode_all, load_examples, split_parts, train_val_split
+from tandem.engine.context import LoopConfig
+from tandem.engine.run import RunPlan, run
+from tandem.schedules import Method, build_stages, get_method
+
+log = logging.getLogger("tandem")
+
+
+class RunDirError(RuntimeError):
+    pass
+
+
+def mixed_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+
+
+def loop_config(recipe: Recipe, progress: bool | None = None) -> LoopConfig:
+    b, o, s, h, c, p = recipe.batching, recipe.optimizer, recipe.schedule, recipe.hbat, recipe.checkpoint, recipe.probe
+    return LoopConfig(
+        output_dir=Path(recipe.output_dir), seed=recipe.seed, batch_size=b.batch_size, grad_accum=b.grad_accum,
+        group_by_length=b.group_by_length, epochs=s.epochs, max_steps=s.max_steps, lr=o.lr, betas=tuple(o.betas),
+        eps=o.eps, weight_decay=o.weight_decay, scheduler=o.scheduler, warmup_ratio=o.warmup_ratio,
+        max_grad_norm=o.max_grad_norm, log_every=recipe.logging.every, checkpoint_every=c.every,
+        checkpoint_keep=c.keep, stage_weights=c.stage_weights, reference=h.reference, select_metric=h.select_metric,
+        select_mode=h.select_mode, final=h.final, probe_every=p.every, probe_pairs=p.pairs, probe_params=p.params,
+        progress=recipe.logging.progress if progress is None else progress, tensorboard=recipe.logging.tensorboard,
+    )
+
+
+def load_model(recipe: Recipe, reward: bool):
+    from tandem.models import apply_lora, load_policy, load_reward_model
+
+    m = recipe.model
+    kw = dict(gguf_file=m.gguf_file, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision)
+    model, tok = (load_reward_model if reward else load_policy)(m.name_or_path, **kw)
+    if m.lora is not None:
+        model = apply_lora(model, r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
+                           target_modules=m.lora.target_modules, task_type="SEQ_CLS" if reward else "CAUSAL_LM")
+    return model, tok
+
+
+def build_objective(recipe: Recipe, role: str, forced: str | None = None):
+    """The objective of ``role``. ``forced`` (a method's ``preference_objective``, e.g. ``ppo``) takes its settings
+    from ``objectives.<forced>`` when present, else from ``objectives.<role>``, which must then name it."""
+    from tandem.objectives import build
+
+    if forced is not None and forced in recipe.objectives:
+        role = forced
+    if role not in recipe.objectives:
+        raise ValueError(f"the schedule needs objectives.{role}, which the recipe does not define")
+    if forced is not None and recipe.objectives[role].name != forced:
+        raise ValueError(f"schedule.method {recipe.schedule.method!r} trains the preference stages with {forced!r}: add an "
+                         f"objectives.{forced} block (or set objectives.{role}.name: {forced})")
+    cfg = recipe.objectives[role].model_dump()
+    name = cfg.pop("name")
+    try:
+        return build(name, **cfg)
+    except TypeError as e:
+        raise ValueError(f"objectives.{role} ({name}): {e}") from None
+
+
+def build_regularizer(recipe: Recipe, method: Method):
+    """The recipe's explicit ``regularizer`` block, else the method's (settings from ``hbat.<name>``)."""
+    from tandem.regularizers import build
+
+    if recipe.regularizer is not None:
+        cfg, where = recipe.regularizer.model_dump(), "regularizer"
+        name = cfg.pop("name")
+    elif method.regularizer is None:
+        return None
+    else:
+        name, where = method.regularizer, f"hbat.{method.regularizer}"
+        cfg = dict(getattr(recipe.hbat, name))
+    try:
+        return build(name, **cfg)
+    except TypeError as e:
+        raise ValueError(f"{where} ({name}): {e}") from None
+
+
+def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None) -> tuple[list[dict], list[dict], dict]:
+    """(train features, validation features, load/encode stats) for a data role."""
+    src = recipe.data.sft if role == "sft" else recipe.data.preference
+    if src is None:
+        key = "data.sft" if role == "sft" else "data.preference"
+        raise ValueError(f"the schedule trains a '{role}' stage but the recipe has no {key}")
+    examples, report = load_examples(src.source, format=src.format, split=src.split, limit=src.limit)
+    feats, stats = (encoder or encode_all)(tokenizer, examples, recipe.data.max_length, recipe.data.overlong)
+    if not feats:
+        raise ValueError(f"{src.source}: no usable examples after encoding (max_length={recipe.data.max_length})")
+    if recipe.data.val_size:
+        train, val = train_val_split(feats, val_size=recipe.data.val_size, seed=recipe.seed)
+    else:
+        train, val = feats, []
+    info = {"source": src.source, "load": _as_dict(report), "encode": _as_dict(stats), "train": len(train), "val": len(val)}
+    return train, val, info
+
+
+def _as_dict(x) -> dict:
+    return x if isinstance(x, dict) else asdict(x) if is_dataclass(x) else {"value": str(x)}
+
+
+def build_plan(recipe: Recipe, acc, objectives: dict, regularizer) -> RunPlan:
+    """Load the model and the data of every role, split the data into parts: the engine's ``RunPlan``."""
+    method = get_method(recipe.schedule.method)
+    stages = build_stages(recipe.schedule.method, recipe.schedule.parts)
+    run_dir = Path(recipe.output_dir)
+    model, tok = load_model(recipe, reward=any(s.role == "reward" for s in stages))
+    model.to(acc.device)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    bc = recipe.batching
+
+    def batch_fn(feats):
+        b = collate(feats, mode=bc.mode, pad_id=pad_id, max_tokens_per_row=bc.max_tokens_per_row)
+        return {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in b.items()}
+
+    train, val = {}, {}
+    for role, objective in objectives.items():
+        encoder = objective.encode if role == method.ppo_role else None
+        train[role], val[role], info = load_role_features(recipe, role, tok, encoder)
+        if acc.is_main_process:
+            enc = info["encode"]
+            log.info("data %s: %s -> %d train / %d val examples (%s truncated, %s dropped as over-long; skipped rows: %s)",
+                     role, info["source"], info["train"], info["val"], enc.get("truncated", 0), enc.get("dropped", 0),
+                     info["load"].get("skipped", {}))
+            (run_dir / f"data-{role}.json").write_text(json.dumps(info, indent=2, default=str))
+    n_parts = {role: max([s.n_parts for s in stages if s.role == role] or [1]) for role in objectives}
+    parts = {role: split_parts(train[role], n, seed=recipe.seed) if n > 1 else [train[role]] for role, n in n_parts.items()}
+    return RunPlan(accelerator=acc, model=model, tokenizer=tok, name=recipe.name, method=recipe.schedule.method,
+                   stages=stages, loops={s.index: method.loop(s) for s in stages}, objectives=objectives, parts=parts,
+                   train=train, val=val, aux_role=method.aux_role, aux_weight=recipe.hbat.mix_gamma,
+                   ppo_role=method.ppo_role, regularizer=regularizer, batch_fn=batch_fn,
+                   save_merged=recipe.save_merged and recipe.model.lora is not None)
+
+
+def build_objectives(recipe: Recipe) -> dict:
+    method = get_method(recipe.schedule.method)
+    stages = build_stages(recipe.schedule.method, recipe.schedule.parts)
+    roles = sorted({s.role for s in stages} | ({method.aux_role} if method.aux_role else set()))
+    return {role: build_objective(recipe, role, method.preference_objective if role == "preference" else None)
+            for role in roles}
+
+
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
+    import shutil
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if resume:
+            return
+        if not overwrite:
+            raise RunDirError(f"{run_dir} already exists and is not empty: pass --resume to continue that run or "
+                              "--overwrite to replace it")
+        shutil.rmtree(run_dir)
+    elif resume:
+        raise RunDirError(f"{run_dir}: nothing to resume (no such run)")
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress: bool | None = None) -> dict:
+    """Build everything the recipe names, prepare the run directory, run the engine; returns the summary."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    objectives = build_objectives(recipe)  # validates method, objectives and regularizer before touching the disk
+    regularizer = build_regularizer(recipe, get_method(recipe.schedule.method))
+    run_dir = Path(recipe.output_dir)
+    acc = Accelerator(mixed_precision=mixed_precision(recipe.precision), cpu=not torch.cuda.is_available())
+    if acc.is_main_process:
+        prepare_run_dir(run_dir, resume, overwrite)
+    acc.wait_for_everyone()
+    set_seed(recipe.seed)
+    if acc.is_main_process and not resume:
+        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+    plan = build_plan(recipe, acc, objectives, regularizer)
+    return run(plan, loop_config(recipe, progress), resume=resume)
