@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from helpers_entry import train
 from helpers_ppo import ppo_recipe
 from helpers_recipe import base_raw, with_overrides
@@ -64,6 +65,10 @@ def by_stage(rows: list[dict]) -> dict[str, list[dict]]:
     for r in rows:
         out.setdefault(r["stage"], []).append(r)
     return out
+
+
+def recipe_of(run: Path) -> dict:
+    return yaml.safe_load((run / "recipe.yaml").read_text())
 
 
 def weights(run: Path, stage: str) -> dict[str, torch.Tensor]:
@@ -118,11 +123,12 @@ def check_method(method: str, run: Path, summary: dict, steps: int) -> None:
                 assert pen[0] == 0.0, (s["name"], pen)  # the anchor is the previous stage's end = this stage's start
                 assert all(p > 0 for p in pen[1:]), (s["name"], pen)
     if m.regularizer in ("l2", "l1") and has_stage_weights:
+        lam = recipe_of(run)["hbat"][m.regularizer]["lam"]
         start = load_file(str(run / "stages" / "start.safetensors"))
         end = weights(run, names[0])
         diff = [(end[k].double() - start[k].double()) for k in start]
-        want = (0.5 * L2_LAM * sum(float((d * d).sum()) for d in diff) if m.regularizer == "l2"
-                else L1_LAM * sum(float(d.abs().sum()) for d in diff))
+        want = (0.5 * lam * sum(float((d * d).sum()) for d in diff) if m.regularizer == "l2"
+                else lam * sum(float(d.abs().sum()) for d in diff))
         assert want > 0
         assert per[names[1]][0]["reg/penalty"] == pytest.approx(want, rel=1e-4)
         assert all(r["reg/penalty"] > 0 for r in per[names[1]])
@@ -183,7 +189,8 @@ def _check_fisher_state(run: Path, names: list[str]) -> None:
     last = sorted((run / "checkpoints").iterdir())[-1]
     state = torch.load(last / "regularizer.pt", weights_only=True)
     assert [s["name"] for s in state["stages"]] == names
-    assert all(s["examples"] == FISHER_SAMPLES for s in state["stages"])
+    samples = recipe_of(run)["hbat"]["fisher"]["samples"]
+    assert all(s["examples"] == samples for s in state["stages"])
     ends = {"ifa": names[-2], "hpa": names[-1]}  # anchors: the end of the latest stage of each kind
     for kind, stage in ends.items():
         end = weights(run, stage) if (run / "stages" / stage / "end.safetensors").exists() else None
