@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from accelerate import Accelerator
     from rich.progress import Progress
 
-    from tandem.engine.metrics import MetricsLog
+    from tandem.io.metrics import MetricsLog
     from tandem.objectives.base import Objective
     from tandem.regularizers.base import Regularizer
     from tandem.schedules import Stage

@@ -1,39 +1,16 @@
-"""The PPO stage loop (online): rollouts, then policy and critic updates, with the engine's shared step helpers.
-
-One iteration of the stage (``batch_size`` prompts, split across processes):
-
-1. rollout (``tandem.objectives.ppo.rollout``): sample a response per prompt, score it (``reward_model`` or
-   ``reward_fn``; minus ``missing_eos_penalty`` when the response hit ``max_new_tokens`` without EOS), and get the
-   policy / reference log-probs and the critic's values of every response token;
-2. ``r_t = -beta kl_t + score`` on the last token, GAE advantages and returns, whitened advantages (``ppo_math``);
-3. ``ppo_epochs`` passes over ``mini_batches`` shuffled mini-batches of the rollout: each computes
-   ``w_ppo * (L_pg + vf_coef * L_v) + sum_aux gamma * L_sft`` and takes one policy step (``apply_step``: regularizer
-   gradient term, clipping, ``optimizer.step``) and one critic step (the critic's own AdamW, ``critic_lr``);
-4. ``scheduler.step()`` once, the adaptive KL controller's update, one ``metrics.jsonl`` row.
-
-So the LR schedule runs over the stage's PPO iterations, and the policy takes ``ppo_epochs * mini_batches``
-optimizer steps per iteration. PPO stages run the policy without dropout (eval mode), so on the first mini-batch the
-new and old log-probs agree (ratio 1). A fresh critic is trained alone for the first ``critic_warmup_steps``
-iterations (policy untouched; with ``value_head`` the head sees detached hidden states).
-
-Over-optimisation guard (``eval_every > 0``): ``eval_prompts`` prompts are held out (seeded); before the first step,
-every ``eval_every`` steps and at the stage end the mean score of one seeded sampled response per held-out prompt is
-logged (``val_score``, ``split: val``); the best policy so far is kept in ``best-policy.safetensors`` and, with
-``keep_best``, restored at the stage end.
-
-Mixed stages: in ``ppo+sft`` PPO is the stage objective and the SFT loss on a seeded random SFT batch is added with
-weight ``mix_gamma`` to every mini-batch loss; in ``sft+ppo`` the SFT loss has weight 1 and PPO ``mix_gamma``.
-
-Files per PPO stage (``stages/NN-name/``): ``critic.safetensors``, ``ppo.json`` (critic source and fingerprints,
-beta at start and end, best step) and while the stage runs ``ppo-resume-stepXXXXXX.pt`` (critic, its optimizer,
-beta, best-so-far), written just before each engine checkpoint so ``--resume`` continues with the same critic.
+"""The PPO stage loop (online): per iteration, a rollout of ``batch_size`` prompts (sample, score, log-probs, values),
+KL-shaped rewards and GAE, then ``ppo_epochs`` x ``mini_batches`` policy steps (``apply_step``) and critic steps, one
+scheduler step, the KL controller's update and one metrics row. The policy runs without dropout. A fresh critic is
+trained alone for ``critic_warmup_steps`` iterations. With ``eval_every`` the mean score on held-out prompts is
+logged (``val_score``) and the best policy is restored at the stage end (``keep_best``). In ``ppo+sft`` the SFT loss
+is added to every mini-batch with ``mix_gamma``; in ``sft+ppo`` PPO is the added term. docs/methods.md (PPO) has
+the formulas; ``tandem.objectives.ppo`` the maths, rollouts, critics and the per-stage files.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import random
 import time
 import warnings
@@ -46,13 +23,17 @@ from tandem.engine.loop import apply_step, diverged, fault_hook, reduce_sum, tra
 from tandem.io.weights import load_trainable_file, save_trainable
 from tandem.objectives.logprobs import _forward_hidden
 from tandem.objectives.ppo import ppo_math as pm
-from tandem.objectives.ppo.critic import CRITIC_FILE, critic_state, fingerprint, load_critic_state
+from tandem.objectives.ppo.critic import critic_state, fingerprint, load_critic_state
 from tandem.objectives.ppo.objective import PPO
 from tandem.objectives.ppo.rollout import collect, eos_ids, gather_hidden, token_index, token_stats
-from tandem.objectives.ppo.setup import STATE_FILE, reference_policy, reward_scorer, stage_critic
-
-BEST_FILE = "best-policy.safetensors"
-
+from tandem.objectives.ppo.setup import (
+    BEST_FILE,
+    reference_policy,
+    reward_scorer,
+    save_resume_state,
+    stage_critic,
+    write_stage_files,
+)
 
 @dataclass(frozen=True)
 class PPOTerms:
@@ -187,7 +168,7 @@ def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int,
             evaluate(step + 1)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and not done:
             if main:
-                _save_resume(stage_dir, step + 1, critic, critic_opt, kl_ctl.value, fresh, best, info, cfg.checkpoint_keep)
+                save_resume_state(stage_dir, step + 1, critic, critic_opt, kl_ctl.value, fresh, best, info, cfg.checkpoint_keep)
             ctx.on_checkpoint(step + 1, optimizer, scheduler)
         fault_hook(ctx.global_step)
     ctx.progress.remove_task(task)
@@ -261,18 +242,6 @@ def _update(ctx: StageContext, ppo: PPO, optimizer, critic, critic_opt, ro, adv,
     return out
 
 
-def _save_resume(stage_dir, step, critic, critic_opt, beta, fresh, best, info, keep: int) -> None:
-    """Critic, its optimizer and the controller state at ``step`` (the latest ``keep + 1`` files are kept, one more
-    than the engine keeps checkpoints, so every kept checkpoint has its file)."""
-    path = stage_dir / f"ppo-resume-step{step:06d}.pt"
-    tmp = path.with_suffix(".tmp")
-    torch.save({"critic": critic_state(critic), "critic_optimizer": critic_opt.state_dict(), "beta": beta,
-                "fresh": fresh, "best_step": best["step"], "best_score": best["score"], "info": json.dumps(info)}, tmp)
-    os.replace(tmp, path)
-    for old in sorted(stage_dir.glob("ppo-resume-step*.pt"))[:-(keep + 1)]:
-        old.unlink(missing_ok=True)
-
-
 def _finish_stage(ctx: StageContext, ppo: PPO, critic, beta, best, info, total, fresh) -> None:
     acc, stage_dir = ctx.accelerator, ctx.stage_dir
     best_file = stage_dir / BEST_FILE
@@ -286,14 +255,6 @@ def _finish_stage(ctx: StageContext, ppo: PPO, critic, beta, best, info, total, 
             "restored_best": restored, "steps": total}
     acc.wait_for_everyone()
     if acc.is_main_process:
-        from safetensors.torch import save_file
-
-        tmp = stage_dir / (CRITIC_FILE + ".tmp")
-        save_file(state, str(tmp))
-        os.replace(tmp, stage_dir / CRITIC_FILE)
-        (stage_dir / STATE_FILE).write_text(json.dumps(info, indent=2))
-        best_file.unlink(missing_ok=True)
-        for old in stage_dir.glob("ppo-resume-step*.pt"):
-            old.unlink(missing_ok=True)
+        write_stage_files(stage_dir, state, info)
     acc.wait_for_everyone()
     ppo.last_stage = info

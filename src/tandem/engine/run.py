@@ -1,13 +1,5 @@
-"""A run of stages: built objects in (``RunPlan``), trained model and run directory out.
-
-Run directory (the public record):
-  recipe.yaml         the resolved recipe (written by the pipeline)
-  metrics.jsonl       one JSON object per logged step (split train/val)
-  tb/                 TensorBoard events
-  checkpoints/        atomic checkpoints (latest ``checkpoint_keep``)
-  stages/NN-name/     stage.json, prepared.pt (reference values), end.safetensors, importance.json
-  final/              the trained model (LoRA: adapter, plus merged/ when save_merged)
-  summary.json        final metrics
+"""A run of stages: built objects in (``RunPlan``), trained model and run directory out (layout in
+docs/architecture.md: metrics.jsonl, tb/, checkpoints/, stages/NN-name/, final/, summary.json).
 """
 
 from __future__ import annotations
@@ -26,7 +18,7 @@ from accelerate.utils import set_seed
 from tandem.engine import checkpoint as ckpt
 from tandem.engine.context import AuxTerm, BatchFn, LoopConfig, Runner, StageContext
 from tandem.engine.loop import evaluate_objective, make_optimizer, plan_steps, run_stage
-from tandem.engine.metrics import MetricsLog, progress_bar
+from tandem.io.metrics import MetricsLog, progress_bar
 from tandem.engine.ppo_loop import run_ppo_stage
 from tandem.io.weights import load_trainable_file, save_trainable
 from tandem.regularizers.base import StageData

@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from pathlib import Path
 
 from tandem.io.weights import load_trainable_file
-from tandem.objectives.ppo.critic import build_critic, load_critic_state, previous_critic
+import torch
+
+from tandem.objectives.ppo.critic import CRITIC_FILE, build_critic, critic_state, load_critic_state, previous_critic
 from tandem.objectives.ppo.rollout import FunctionReward, ModelReward
 
 STATE_FILE = "ppo.json"
+BEST_FILE = "best-policy.safetensors"
 
 
 def reward_scorer(ppo, device, batch_fn):
@@ -84,3 +88,29 @@ def stage_critic(ppo, policy, stage_dir: Path, stage_index: int, device):
         if prev_state.exists():
             info["beta_start"] = json.loads(prev_state.read_text()).get("beta_end", ppo.beta)
     return critic, info
+
+
+def save_resume_state(stage_dir: Path, step: int, critic, critic_opt, beta: float, fresh: bool, best: dict, info: dict,
+                      keep: int) -> None:
+    """Critic, its optimizer and the controller state at ``step`` (``ppo-resume-stepXXXXXX.pt``; the latest
+    ``keep + 1`` files are kept, one more than the engine keeps checkpoints, so every kept checkpoint has its file)."""
+    path = stage_dir / f"ppo-resume-step{step:06d}.pt"
+    tmp = path.with_suffix(".tmp")
+    torch.save({"critic": critic_state(critic), "critic_optimizer": critic_opt.state_dict(), "beta": beta,
+                "fresh": fresh, "best_step": best["step"], "best_score": best["score"], "info": json.dumps(info)}, tmp)
+    os.replace(tmp, path)
+    for old in sorted(stage_dir.glob("ppo-resume-step*.pt"))[:-(keep + 1)]:
+        old.unlink(missing_ok=True)
+
+
+def write_stage_files(stage_dir: Path, critic_state_dict: dict, info: dict) -> None:
+    """At a PPO stage's end: ``critic.safetensors`` and ``ppo.json``; the best-policy and resume files go."""
+    from safetensors.torch import save_file
+
+    tmp = stage_dir / (CRITIC_FILE + ".tmp")
+    save_file(critic_state_dict, str(tmp))
+    os.replace(tmp, stage_dir / CRITIC_FILE)
+    (stage_dir / STATE_FILE).write_text(json.dumps(info, indent=2))
+    (stage_dir / BEST_FILE).unlink(missing_ok=True)
+    for old in stage_dir.glob("ppo-resume-step*.pt"):
+        old.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Where metrics go: ``RUN/metrics.jsonl`` (the public record), TensorBoard, and a rich progress bar."""
+"""Where training metrics go (the engine writes, reports read): ``RUN/metrics.jsonl`` (the public record), TensorBoard, and a rich progress bar."""
 
 from __future__ import annotations
 
