@@ -82,7 +82,7 @@ def model_identity(model_or_path) -> dict:
     weight/config files in it (so retraining into the same dir invalidates the cache); a Hub id as given."""
     path = model_or_path
     if not isinstance(model_or_path, (str, os.PathLike)):
-        path = getattr(getattr(model_or_path, "config", None), "_name_or_path", None) or type(model_or_path).__name__
+        path = model_or_path.config._name_or_path or type(model_or_path).__name__
     p = Path(path)
     if not p.is_dir():
         return {"name": str(path)}

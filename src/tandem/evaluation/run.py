@@ -7,12 +7,15 @@ Metric names (``metrics=``):
 ``rouge``          ROUGE-1/2/L F1 of the generations against ``references``
 ``reward``         mean reward-model score of the generations (and of the baseline, when there is one)
 ``reward_win_rate``  reward-judged win rate of the generations over the baseline (ties excluded)
+``reward_fn``      mean of a programmatic reward ``fn(last user message, reply)`` (``reward_fn="module:function"``)
 ``judge_win_rate`` LLM-judge win rate over the baseline, both orders (see :mod:`tandem.evaluation.judge`)
 ``perplexity``     held-out perplexity on ``heldout_texts`` (alignment tax)
 ``mc_accuracy``    multiple-choice accuracy on ``mc_rows`` (alignment tax)
 ``lm_eval``        lm-evaluation-harness ``lm_eval_tasks`` (optional extra)
 =================  ==========================================================================================
 
+Each metric is a function of one :class:`~tandem.evaluation.context.EvalContext` registered in
+:data:`tandem.evaluation.registry.METRIC_TABLE` with the inputs it needs (checked before anything is loaded).
 The baseline of the win rates is ``baseline`` (e.g. another model's generations) or else ``references``.
 Generations are cached in ``out_dir/generations.jsonl`` (see :func:`generate_to_file`) and judge verdicts in
 ``out_dir/judge_cache.jsonl``.
@@ -32,6 +35,7 @@ from tandem.evaluation.judge import JudgeConfig
 from tandem.evaluation.registry import METRIC_TABLE, METRICS, NEEDS_GENERATION, check_metrics
 from tandem.models.load import load_reward_model  # noqa: F401  (old name here, kept until callers use tandem.models)
 from tandem.models.merged import load_merged
+from tandem.models.resolve import resolve_model_path
 
 load_model_and_tokenizer = load_merged  # old name, kept until callers use tandem.models.merged.load_merged
 
@@ -103,7 +107,7 @@ def evaluate(
     if any(m in NEEDS_GENERATION for m in chosen):
         ctx.outputs = generate_to_file(
             ctx.model, ctx.tokenizer, prompts, ctx.out_dir / "generations.jsonl", references=references,
-            model_id=model_identity(model_path) if model_path is not None else None, **asdict(s),
+            model_id=model_identity(resolve_model_path(model_path)) if model_path is not None else None, **asdict(s),
         )
     res = {name: METRIC_TABLE[name].fn(ctx) for name in chosen}
     results = {

@@ -10,8 +10,10 @@ from tandem.models.atomic import atomic_dir
 def save_model(model, tokenizer, out_dir: str | Path, merged: bool = False) -> Path:
     """Full models: weights + config + tokenizer. LoRA (peft) models: the adapter, and with ``merged`` a full
     merged model in ``out_dir/merged``. Written atomically."""
+    from peft import PeftModel
+
     out_dir = Path(out_dir)
-    is_peft = hasattr(model, "peft_config")
+    is_peft = isinstance(model, PeftModel)
     with atomic_dir(out_dir) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:

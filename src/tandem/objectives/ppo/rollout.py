@@ -137,7 +137,9 @@ def reference_token_logps(policy, reference, batch: dict, index: TokenIndex, tem
     """``logp_ref[N]``: ``reference`` if given, else the policy with its LoRA adapters disabled."""
     if reference is not None:
         return token_stats(reference, batch, index, temperature)[0]
-    if not hasattr(policy, "disable_adapter"):
+    from peft import PeftModel
+
+    if not isinstance(policy, PeftModel):
         raise TypeError("ppo reference: the policy has no LoRA adapters to disable; pass a reference model")
     with policy.disable_adapter():
         return token_stats(policy, batch, index, temperature)[0]
