@@ -11,6 +11,12 @@ substring of the tensor name, so
 - a final entry without a filter (norm, LM head, anything else) ``value: head_alpha``.
 
 The base model gets ``1 - value`` for every entry. Run it with ``mergekit-yaml merge.yaml out_dir``.
+
+Model references (:func:`mergekit_reference`): mergekit loads full model dirs and Hub ids, and a LoRA adapter
+only in its ``base+adapter`` form (it merges the adapter into the base itself). So a tandem run dir becomes its
+``final/``; a LoRA ``final/`` that holds ``merged/`` (``save_merged``, the default) becomes that merged full
+model; any other adapter dir becomes ``BASE+ADAPTER`` with ``BASE`` from its ``adapter_config.json``. Anything
+else (a full model dir, a Hub id, a path that does not exist here) is written as given.
 """
 
 from __future__ import annotations
@@ -21,10 +27,30 @@ from typing import Iterable, Sequence
 import yaml
 
 from tandem.merging.groups import find_blocks, group_of, is_embedding, layer_of, parse_group_spec
+from tandem.models.resolve import adapter_base, is_adapter_dir, is_model_dir
 
 
 def _r(x: float) -> float:
     return float(round(x, 10))
+
+
+def mergekit_reference(model: str | Path) -> str:
+    """What mergekit can load for ``model`` (see the module docstring)."""
+    p = Path(model).expanduser()
+    if not p.is_dir():
+        return str(model)
+    if not is_model_dir(p) and is_model_dir(p / "final"):
+        p = p / "final"
+    if not is_adapter_dir(p):
+        return str(p)
+    if (p / "merged" / "config.json").is_file():
+        return str(p / "merged")
+    base = mergekit_reference(adapter_base(p))
+    if "+" in base or "+" in str(p):
+        raise ValueError(f"{p}: mergekit cannot load a LoRA adapter on top of {base!r} (it reads 'base+adapter' "
+                         "with one adapter and no '+' in the paths); merge the adapter first (tandem merge or "
+                         "save_merged: true) and export the merged model")
+    return f"{base}+{p}"
 
 
 def mergekit_config(
@@ -36,7 +62,8 @@ def mergekit_config(
     head_alpha: float | None = None,
     dtype: str = "float32",
 ) -> dict:
-    """The mergekit config as a dict (see the module docstring)."""
+    """The mergekit config as a dict (see the module docstring); ``base`` and ``tuned`` go through
+    :func:`mergekit_reference`."""
     names = list(param_names)
     alphas = [float(a) for a in alphas]
     gmap, n_groups = group_of(names, group_spec)
@@ -62,8 +89,8 @@ def mergekit_config(
     return {
         "merge_method": "linear",
         "models": [
-            {"model": str(base), "parameters": {"weight": simplify(base_w)}},
-            {"model": str(tuned), "parameters": {"weight": simplify(tuned_w)}},
+            {"model": mergekit_reference(base), "parameters": {"weight": simplify(base_w)}},
+            {"model": mergekit_reference(tuned), "parameters": {"weight": simplify(tuned_w)}},
         ],
         "parameters": {"normalize": False},
         "dtype": dtype,
