@@ -141,7 +141,7 @@ def test_fisher_accumulate_sums_the_estimates_of_a_kind_and_anchors_at_the_lates
     reg.grad_term(model)  # anchor: the end of SFT-2 (w=[1, 0], b=1) in both modes
     assert model.w.grad.tolist() == [lam * f_w[0] * 1, lam * f_w[1] * -1]
     assert model.b.grad.tolist() == [lam * f_b[0] * 2]
-    assert reg.report()["config"]["accumulate"] is accumulate
+    assert reg.state_dict()["accumulate"] is accumulate
 
 
 def test_fisher_accumulate_survives_a_state_round_trip():

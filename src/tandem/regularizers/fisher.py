@@ -173,15 +173,10 @@ class FisherEWC(PenaltyValue):
                     total += 0.5 * self.lam * float((fi.double() * d * d).sum())
         return total
 
-    def report(self) -> dict:
-        """The examples used per stage and, per tensor and kind, the mean of ``F`` over its elements."""
-        means = {k: {n: float(t.double().mean()) for n, t in f.tensors().items()} for k, f in self.fisher.items()}
-        names = list(self.names or [])
-        return {
-            "config": {"lam": self.lam, "samples": self.samples, "accumulate": self.accumulate},
-            "stages": [dict(s) for s in self.stages],
-            "tensors": {n: {f"fisher_mean_{k}": means[k].get(n) for k in ("ifa", "hpa") if k in means} for n in names},
-        }
+    def report(self) -> None:
+        """No importance.json: the elementwise Fisher and the examples used per stage are in ``state_dict()``
+        (the run's ``regularizer.pt`` checkpoints)."""
+        return None
 
     def state_dict(self) -> dict:
         return {
