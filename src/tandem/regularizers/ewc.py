@@ -4,7 +4,8 @@ Training alternates stages of two kinds, ``ifa`` (instruction following, e.g. SF
 e.g. DPO). For tensor ``i`` (a trainable parameter, by ``named_parameters()`` name):
 
 - change in a stage:  ``C_i = mean over the elements of tensor i of (theta_before - theta_after)^2``, with
-  ``theta_before`` snapshot in ``before_stage`` and ``theta_after`` read in ``after_stage``;
+  ``theta_before`` snapshot in ``before_stage`` and ``theta_after`` read in ``after_stage`` (the sum of squares is
+  accumulated in float64);
 - accumulated change per kind:  ``AC_i^IFA = sum of C_i over the IFA stages so far`` (likewise ``AC_i^HPA``);
 - importance:  ``F_i = F_max * softmax_i(normalise(AC)_i / temperature)`` across the tensors, with
   ``normalise`` one of
