@@ -1,14 +1,51 @@
-"""What every command shares: the console, logging set-up, the one-line error exit and recipe loading."""
+"""What every command shares: the console, logging set-up, the one-line error exit and recipe loading.
+
+User errors
+    Every command runs its body inside :func:`user_errors`. A user error -- a bad recipe or ``--set`` flag, bad or
+    missing data, a run directory that may not be used, a model path that does not exist, a bad setting, the LLM
+    judge refusing a request, a full disk, a diverged run -- becomes ``error: <one line>`` on stderr and exit code
+    2, never a traceback. Anything else is a bug and keeps its traceback. ``tandem --debug ...`` (or
+    ``TANDEM_DEBUG=1``) re-raises user errors too, to show where they came from.
+
+No heavy import here (``tandem --help`` stays fast): an exception class is looked up only when its module has
+already been imported, which it must have been for such an exception to exist.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
+import click
 import typer
 from rich.console import Console
+from rich.text import Text
 
 console = Console(stderr=True)
+
+EXIT_USER_ERROR = 2
+
+# (module, class): exceptions whose message is already the one line a user needs
+USER_ERRORS = (
+    ("tandem.config.yamlsrc", "RecipeError"),
+    ("tandem.data.errors", "DataError"),
+    ("tandem.io.rundir", "RunDirError"),
+    ("tandem.engine.loop", "TrainingDiverged"),
+    ("tandem.merging.groups", "GroupSpecError"),
+    ("tandem.pipelines.probe", "ProbeInputError"),
+)
+JUDGE_ERROR = ("tandem.evaluation.judge", "JudgeError")
+# libraries that load models and tokenizers: an OSError they raise is about the path or id they were given
+LOADERS = ("transformers", "huggingface_hub", "peft", "safetensors", "tokenizers", "gguf")
+# disk-full reports of writers that do not raise OSError(ENOSPC): torch.save, safetensors
+_DISK_FULL = re.compile(r"No space left on device|os error 28|StorageFull|PytorchStreamWriter failed writing|"
+                        r"inline_container\.cc.*(file write failed|unexpected pos)", re.IGNORECASE | re.DOTALL)
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -20,10 +57,111 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def fail(msg: str, code: int = 2) -> None:
+def one_line(msg: str) -> str:
+    """``msg`` on one line (line breaks and the indentation after them become one space)."""
+    return re.sub(r"\s*\n\s*", " ", msg.strip())
+
+
+def fail(msg: str, code: int = EXIT_USER_ERROR) -> None:
     """Print ``error: msg`` (one line, no traceback) and exit with ``code``."""
-    console.print(f"[bold red]error:[/] {msg}", highlight=False)
+    console.print(Text.assemble(("error:", "bold red"), " ", one_line(msg)), soft_wrap=True, highlight=False)
     raise typer.Exit(code)
+
+
+def debug_enabled() -> bool:
+    """``tandem --debug`` (the root command's option) or ``TANDEM_DEBUG=1``."""
+    if os.environ.get("TANDEM_DEBUG", "").lower() in ("1", "true", "yes"):
+        return True
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx is not None and ctx.find_root().params.get("debug"))
+
+
+def _loaded(module: str, name: str) -> type | None:
+    mod = sys.modules.get(module)
+    return None if mod is None else vars(mod)[name]
+
+
+def _innermost_module(e: BaseException) -> str:
+    """The module of the frame that raised ``e`` ('' when unknown)."""
+    tb = e.__traceback__
+    if tb is None:
+        return ""
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return str(tb.tb_frame.f_globals.get("__name__", ""))
+
+
+def _chain(e: BaseException):
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def disk_full(e: BaseException) -> bool:
+    """True when ``e`` (or what caused it) reports a full disk or an exceeded quota."""
+    for x in _chain(e):
+        if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(x, (OSError, RuntimeError)) and _DISK_FULL.search(str(x)):
+            return True
+    return False
+
+
+def _filename(e: BaseException) -> str | None:
+    for x in _chain(e):
+        if isinstance(x, OSError) and x.filename:
+            return str(x.filename)
+    return None
+
+
+def user_message(e: BaseException, where: str | os.PathLike | None = None) -> str | None:
+    """The one-line message for a user error, ``None`` for anything else (a bug: it keeps its traceback).
+
+    ``where`` names what the command was writing, for a full disk reported without a path (torch.save).
+    """
+    if disk_full(e):
+        path = _filename(e) or (str(where) if where else "the output directory")
+        return f"disk full: {path}: free some space, then continue with --resume (finished checkpoints are kept)"
+    user = tuple(c for c in (_loaded(m, n) for m, n in USER_ERRORS) if c is not None)
+    if user and isinstance(e, user):
+        return str(e) or type(e).__name__
+    judge = _loaded(*JUDGE_ERROR)
+    if judge is not None and isinstance(e, judge):
+        return (f"{e}; fix the judge settings (eval.judge) or wait for the endpoint, then rerun: verdicts already "
+                "received are cached in OUT/judge_cache.jsonl")
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)):
+        return str(e)
+    raiser = _innermost_module(e)
+    if isinstance(e, OSError) and raiser.split(".")[0] in LOADERS:
+        return str(e)  # e.g. "xyz is not a local folder and is not a valid model identifier"
+    if isinstance(e, ValueError) and raiser.split(".")[0] == "tandem":
+        return str(e)  # tandem's own checks of settings and inputs
+    return None
+
+
+@dataclass
+class ErrorScope:
+    """What :func:`user_errors` yields: set ``where`` to the directory being written (named on a full disk)."""
+
+    where: str | os.PathLike | None = None
+
+
+@contextlib.contextmanager
+def user_errors(where: str | os.PathLike | None = None):
+    """``with user_errors(): ...``: a user error becomes ``error: <one line>`` and exit code 2 (see the module
+    docstring); a bug, ``--debug`` or ``TANDEM_DEBUG=1`` keeps the traceback."""
+    scope = ErrorScope(where)
+    try:
+        yield scope
+    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+        raise
+    except Exception as e:
+        msg = user_message(e, scope.where)
+        if msg is None or debug_enabled():
+            raise
+        fail(msg)
 
 
 def recipe_or_fail(path: Path, overrides: list[str]):
@@ -33,7 +171,21 @@ def recipe_or_fail(path: Path, overrides: list[str]):
     try:
         return load_recipe(path, overrides)
     except RecipeError as e:
+        if debug_enabled():
+            raise
         fail(str(e))
+
+
+def parse_list(flag: str, text: str, kind: type, example: str) -> list:
+    """A comma list given to ``flag`` as values of ``kind``; a bad item exits 2 naming the flag."""
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    try:
+        values = [kind(x) for x in items]
+    except ValueError:
+        fail(f"{flag} {text!r}: expected a comma list of {kind.__name__} values like {example!r}")
+    if not values:
+        fail(f"{flag} {text!r}: empty; give a comma list like {example!r}")
+    return values
 
 
 def make_app(**kw) -> typer.Typer:

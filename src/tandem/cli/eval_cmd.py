@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from tandem.cli.common import fail, make_app
+from tandem.cli.common import fail, make_app, parse_list, user_errors
 
 app = make_app()
 
@@ -30,23 +30,18 @@ def eval_command(
 
       tandem eval runs/dpo --recipe recipes/dpo.yaml --temperatures 0.25,0.75,1.0
     """
-    from tandem.config.recipe import RecipeError
-    from tandem.pipelines.evaluate import eval_target, run_eval
+    ms = parse_list("--metrics", metrics, str, "rouge,reward") if metrics is not None else None
+    temps = parse_list("--temperatures", temperatures, float, "0,0.5,1.0") if temperatures is not None else None
+    with user_errors(out) as scope:
+        from tandem.pipelines.evaluate import eval_into, eval_target
 
-    try:
         t = eval_target(target, recipe, list(set_))
-    except RecipeError as e:
-        fail(str(e))
-    r, run_dir = t.recipe, t.run_dir
-    ms = metrics.split(",") if metrics else r.eval.metrics
-    if not ms:
-        fail("no metrics: pass --metrics or set eval.metrics in the recipe")
-    temps = [float(t) for t in temperatures.split(",")] if temperatures else r.eval.temperatures
-    out_dir = out or (run_dir / "eval")
-    try:
-        res = run_eval(t.model_dir, r.eval, out_dir, ms, temps)
-    except (ValueError, FileNotFoundError) as e:
-        fail(str(e))
+        ms = ms or t.recipe.eval.metrics
+        if not ms:
+            fail("no metrics: pass --metrics or set eval.metrics in the recipe")
+        temps = t.recipe.eval.temperatures if temps is None else temps
+        out_dir = scope.where = out or (t.run_dir / "eval")
+        res = eval_into(t.model_dir, t.recipe.eval, out_dir, ms, temps)
     typer.echo((out_dir / "results.md").read_text())
     typer.echo(f"wrote {out_dir}/results.json" + (" and temperature_sweep.json" if "temperature_sweep" in res else ""))
 
@@ -70,14 +65,17 @@ def report_command(
 
       tandem report runs/dpo --with runs/dpo-nll,runs/dpo-normalized -o runs/losses.md   # overlay log-prob curves
     """
-    from tandem.report import write_report
-    from tandem.report.build import write_runs_report
+    with user_errors(out or directory):
+        from tandem.report import write_report
+        from tandem.report.build import write_runs_report
 
-    if with_runs:
-        dirs = [directory, *[Path(p) for p in with_runs.split(",") if p.strip()]]
-        path = write_runs_report({d.name: d for d in dirs}, [k for k in keys.split(",") if k.strip()],
-                                 out or directory.parent / "runs_report.md")
-        typer.echo(f"wrote {path}")
-        return
-    path = write_report(directory, out=out, x_key=x_key, y_key=y_key)
+        for d in [directory, *[Path(p) for p in (with_runs or "").split(",") if p.strip()]]:
+            if not d.is_dir():
+                fail(f"{d}: not found (give a run directory or a compare directory)")
+        if with_runs:
+            dirs = [directory, *[Path(p) for p in with_runs.split(",") if p.strip()]]
+            path = write_runs_report({d.name: d for d in dirs}, [k for k in keys.split(",") if k.strip()],
+                                     out or directory.parent / "runs_report.md")
+        else:
+            path = write_report(directory, out=out, x_key=x_key, y_key=y_key)
     typer.echo(f"wrote {path}")

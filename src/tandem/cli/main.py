@@ -8,9 +8,16 @@ from typing import Optional
 
 import typer
 
-from tandem.cli.common import console, fail, make_app, recipe_or_fail, setup_logging
+from tandem.cli.common import console, make_app, parse_list, recipe_or_fail, setup_logging, user_errors
 
 app = make_app(help="tandem: align language models without paying the alignment tax.", no_args_is_help=True)
+
+
+@app.callback()
+def root(
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (also TANDEM_DEBUG=1)."),
+) -> None:
+    """A wrong input ends with one line ``error: ...`` and exit code 2; ``--debug`` shows its traceback."""
 
 
 @app.command()
@@ -19,7 +26,8 @@ def train(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field: --set optimizer.lr=1e-5 (repeatable)."),
     output_dir: Optional[Path] = typer.Option(None, "--output-dir", "-o", help="Run directory (overrides output_dir)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory (only one tandem created)."),
+    allow_change: list[str] = typer.Option([], "--allow-change", help="With --resume: accept a change of this recipe field if it is safe mid-run (e.g. schedule.max_steps; repeatable)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -36,15 +44,12 @@ def train(
       tandem train recipes/sft.yaml --resume     # after a crash: same final weights as an uninterrupted run
     """
     setup_logging(verbose)
-    from tandem.engine.loop import TrainingDiverged
-    from tandem.pipelines.train import RunDirError
-    from tandem.pipelines.train import train as run_train
-
     r = recipe_or_fail(recipe, list(set_) + ([f"output_dir={output_dir}"] if output_dir else []))
-    try:
-        summary = run_train(r, resume=resume, overwrite=overwrite, progress=not no_progress)
-    except (RunDirError, TrainingDiverged, ValueError) as e:
-        fail(str(e))
+    with user_errors(r.output_dir):
+        from tandem.pipelines.train import train as run_train
+
+        summary = run_train(r, resume=resume, overwrite=overwrite, progress=not no_progress,
+                            allow_changes=list(allow_change))
     console.print(f"[green]done[/]: {summary['global_steps']} steps in {summary['seconds']:.1f}s -> {r.output_dir}/final")
 
 
@@ -65,18 +70,15 @@ def data_inspect(
     """
     from rich.console import Console as C
 
-    from tandem.data.errors import DataError
-    from tandem.data.inspect import inspect_source, render_inspection
+    with user_errors():
+        from tandem.data.inspect import inspect_source, render_inspection
 
-    tok = None
-    if tokenizer:
-        from transformers import AutoTokenizer
+        tok = None
+        if tokenizer:
+            from tandem.models import load_tokenizer
 
-        tok = AutoTokenizer.from_pretrained(tokenizer)
-    try:
+            tok = load_tokenizer(tokenizer)
         report = inspect_source(source, tokenizer=tok, format=format, split=split)
-    except (DataError, FileNotFoundError) as e:
-        fail(str(e))
     C().print(render_inspection(report))
 
 
@@ -94,18 +96,21 @@ def _mount() -> None:
 def quickstart(
     output_dir: Path = typer.Option(Path("runs/quickstart"), "--output-dir", "-o"),
     model: Optional[str] = typer.Option(None, "--model", help="Model dir; default: SmolLM2-135M-Instruct (pulled if needed)."),
-    overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite"),
-    n_train: int = typer.Option(64, "--n-train", help="Generated training examples per data set."),
-    n_eval: int = typer.Option(32, "--n-eval", help="Held-out tasks and pairs for the before/after table."),
+    overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite", help="Replace an earlier quickstart in OUTPUT_DIR (never a directory tandem did not create)."),
+    n_train: int = typer.Option(64, "--n-train", min=1, help="Generated training examples per data set."),
+    n_eval: int = typer.Option(32, "--n-eval", min=1, help="Held-out tasks and pairs for the before/after table."),
 ) -> None:
     """SmolLM2-135M-Instruct + LoRA on a small generated task set: sequential (SFT then DPO) vs hbat, evaluated.
 
     Runs in about 4-5 minutes on 2 CPU cores. Example: tandem quickstart -o runs/qs
+
+    OUTPUT_DIR must be new, empty or an earlier quickstart's: each method trains in OUTPUT_DIR/<method>.
     """
     setup_logging(False)
-    from tandem.demos.quickstart import run_quickstart
+    with user_errors(output_dir):
+        from tandem.demos.quickstart import run_quickstart
 
-    run_quickstart(output_dir=output_dir, model=model, overwrite=overwrite, n_train=n_train, n_eval=n_eval)
+        run_quickstart(output_dir=output_dir, model=model, overwrite=overwrite, n_train=n_train, n_eval=n_eval)
 
 
 @app.command()
@@ -116,6 +121,7 @@ def compare(
     out: Path = typer.Option(Path("runs/compare"), "--out", "-o", help="COMPARE directory."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field for every run."),
     resume: bool = typer.Option(False, "--resume", help="Keep finished runs, resume unfinished ones."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier comparison in COMPARE (only one tandem created)."),
     x_key: Optional[str] = typer.Option(None, "--x", help="Instruction-following metric for the scatter."),
     y_key: Optional[str] = typer.Option(None, "--y", help="Preference metric for the scatter."),
 ) -> None:
@@ -124,13 +130,12 @@ def compare(
     Example: tandem compare runs/testbed/recipe.yaml --methods sequential,hbat,hbat-no-ewc,hbat-freeze --seeds 0,1,2
     """
     setup_logging(False)
-    from tandem.config.recipe import RecipeError
-    from tandem.pipelines.compare import compare as run_compare
+    method_list = parse_list("--methods", methods, str, "sequential,hbat")
+    seed_list = parse_list("--seeds", seeds, int, "0,1,2")
+    with user_errors(out):
+        from tandem.pipelines.compare import compare as run_compare
 
-    try:
-        run_compare(recipe, methods.split(","), [int(s) for s in seeds.split(",")], out, list(set_), resume, x_key, y_key)
-    except (RecipeError, ValueError) as e:
-        fail(str(e))
+        run_compare(recipe, method_list, seed_list, out, list(set_), resume, x_key, y_key, overwrite=overwrite)
     console.print((out / "table.md").read_text())
     console.print(f"wrote {out}/table.json, table.md, report.md")
 
@@ -144,9 +149,10 @@ def testbed(
 
     Example: tandem testbed runs/testbed && tandem compare runs/testbed/recipe.yaml --methods sequential,hbat
     """
-    from tandem.demos.testbed import build_testbed
+    with user_errors(out):
+        from tandem.demos.testbed import build_testbed
 
-    recipe = build_testbed(out, seed=seed)
+        recipe = build_testbed(out, seed=seed)
     console.print(f"wrote {recipe}")
 
 

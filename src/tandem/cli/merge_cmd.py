@@ -5,13 +5,14 @@ Mounted by ``tandem.cli.main``; also usable alone: ``python -m tandem.cli.merge_
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from tandem.cli.common import console, make_app
+from tandem.cli.common import console, make_app, parse_list, user_errors
 from tandem.cli.common import fail as _fail
 
 app = make_app()
@@ -27,7 +28,7 @@ def merge(
     head_alpha: Optional[float] = typer.Option(None, "--head-alpha", help="Weight for final norm + LM head (default: mean of group alphas)."),
     out: Path = typer.Option(..., "--out", "-o", help="Output dir for the merged model."),
     mergekit_config: Optional[Path] = typer.Option(None, "--mergekit-config", help="Also write the equivalent mergekit YAML here."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace a non-empty output dir."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier merge in OUT (only a directory tandem wrote)."),
 ) -> None:
     """Merge two checkpoints: theta = (1 - alpha) * base + alpha * tuned, per tensor.
 
@@ -43,29 +44,35 @@ def merge(
 
       tandem merge models/sft runs/dpo-lora/final --alphas 0.2,0.5,0.8 --groups block3 -o merged/hma --mergekit-config merged/hma.yaml
     """
-    from tandem.merging.groups import GroupSpecError
-    from tandem.merging.loading import merge_checkpoints
-
     if (alpha is None) == (alphas is None):
         _fail("give exactly one of --alpha (global) or --alphas (one per group)")
-    alpha_list = None
-    if alphas is not None:
-        try:
-            alpha_list = [float(a) for a in alphas.split(",") if a.strip()]
-        except ValueError:
-            _fail(f"--alphas {alphas!r}: expected comma-separated numbers like '0.2,0.5,0.8'")
-    for a in ([alpha] if alpha is not None else alpha_list) + ([head_alpha] if head_alpha is not None else []):
-        if not 0.0 <= a <= 1.0:
+    alpha_list = parse_list("--alphas", alphas, float, "0.2,0.5,0.8") if alphas is not None else None
+    given = [("--alpha", alpha)] + [("--alphas", a) for a in alpha_list or []] + [("--head-alpha", head_alpha)]
+    for flag, a in given:
+        if a is not None and not math.isfinite(a):
+            _fail(f"{flag} {a}: an alpha must be a finite number (1 = tuned, 0 = base)")
+        if a is not None and not 0.0 <= a <= 1.0:
             console.print(f"[yellow]warning:[/] alpha {a} is outside [0, 1]: extrapolating")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        if not overwrite:
-            _fail(f"{out} exists and is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-    try:
-        record = merge_checkpoints(base, tuned, out, group_spec=groups, alpha=alpha, alphas=alpha_list,
-                                   head_alpha=head_alpha, mergekit_config=mergekit_config)
-    except (GroupSpecError, ValueError, KeyError, FileNotFoundError, OSError) as e:
-        _fail(str(e))
+    with user_errors(out):
+        from tandem.io.rundir import check_run_dir, is_run_dir, open_run_dir
+        from tandem.merging.loading import merge_checkpoints
+        from tandem.models import check_exists
+
+        check_exists(base, "base model")
+        check_exists(tuned, "tuned model")
+        check_run_dir(out, resume=False, overwrite=True)  # a file or a directory tandem did not write: refused
+        if is_run_dir(out) and not overwrite:
+            _fail(f"{out} holds an earlier tandem output; pass --overwrite to replace it or choose another --out")
+        fresh = not out.exists()
+        try:
+            with open_run_dir(out, resume=False, overwrite=overwrite, command="merge"):
+                record = merge_checkpoints(base, tuned, out, group_spec=groups, alpha=alpha, alphas=alpha_list,
+                                           head_alpha=head_alpha, mergekit_config=mergekit_config)
+        except KeyError as e:
+            _fail(f"{base} and {tuned} do not hold the same tensors (missing {e}); merge two checkpoints of one model")
+        finally:
+            if fresh and out.is_dir() and not (out / "config.json").exists():
+                shutil.rmtree(out)  # created by this failed merge: leave nothing behind
     console.print(f"[green]merged[/] groups {record['groups']} alphas {record['alphas']} "
                   f"head {record['head_alpha']:.4g} -> {out}")
 

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from tandem.cli.common import make_app
+from tandem.cli.common import make_app, user_errors
 
 app = make_app(no_args_is_help=True)
 
@@ -26,7 +26,8 @@ def pull(
 
     if name not in KNOWN:
         raise typer.BadParameter(f"unknown model {name!r}; known: {', '.join(KNOWN)}")
-    out = KNOWN[name](dest or DEFAULT_DEST, dtype=dtype)
+    with user_errors(dest or DEFAULT_DEST):
+        out = KNOWN[name](dest or DEFAULT_DEST, dtype=dtype)
     typer.echo(f"{name} ready at {out}")
 
 
@@ -36,9 +37,10 @@ def info(path: str = typer.Argument(..., help="Model directory, Hub id or .gguf 
 
     Example: tandem models info models/smollm2-135m-instruct
     """
-    from tandem.models import load_saved, trainable_summary
+    with user_errors():
+        from tandem.models import load_saved, trainable_summary
 
-    model, tok = load_saved(path)
+        model, tok = load_saved(path)
     trainable, total = trainable_summary(model)
     p = next(model.parameters())
     typer.echo(f"architecture: {type(model).__name__}")

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from tandem.cli.common import console, fail, make_app
+from tandem.cli.common import console, make_app, user_errors
 
 app = make_app(help="Probe a model: gradient entanglement of preference pairs.", no_args_is_help=True)
 
@@ -22,7 +22,7 @@ def entanglement(
     data: str = typer.Option(..., "--data", "-d", help="Preference pairs (any format tandem reads: prompt/chosen/rejected JSONL, HH-RLHF, ...)."),
     params: str = typer.Option("all", "--params", help="'all', 'lora' (names containing lora_) or a regex on parameter names."),
     pairs: int = typer.Option(64, "--pairs", "-k", min=1, help="Number of pairs (the first K)."),
-    out: Path = typer.Option(Path("probe-entanglement"), "--out", "-o", help="Output directory."),
+    out: Path = typer.Option(Path("probe-entanglement"), "--out", "-o", help="Output directory (new, empty or an earlier probe's)."),
     heatmap_pairs: int = typer.Option(3, "--heatmap-pairs", min=0, help="Per-token heatmaps for the first N pairs."),
     heatmap_tokens: int = typer.Option(32, "--heatmap-tokens", min=1, help="Tokens per response in a heatmap."),
     max_length: int = typer.Option(512, "--max-length", min=8, help="Tokens per sequence (prompt + response); longer pairs are truncated."),
@@ -47,18 +47,15 @@ def entanglement(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tandem.pipelines.probe import ProbeInputError, ProbeSettings
+    from tandem.pipelines.probe import ProbeSettings
     from tandem.pipelines.probe import entanglement as run_probe
 
     settings = ProbeSettings(model=model, data=data, out=out, params=params, pairs=pairs, heatmap_pairs=heatmap_pairs,
                              heatmap_tokens=heatmap_tokens, max_length=max_length, ratio=ratio, format=fmt, split=split,
                              dtype=dtype, device=device, chunk_numel=chunk_numel)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    try:
-        with Progress(*columns, console=console) as prog:
-            summary = run_probe(settings, prog)
-    except ProbeInputError as e:
-        fail(str(e))
+    with user_errors(out), Progress(*columns, console=console) as prog:
+        summary = run_probe(settings, prog)
     console.print(f"mean cosine {summary['mean_cosine']:.3f}, chosen falls in {summary['frac_chosen_falls']:.0%} of "
                   f"pairs, rejected rises in {summary['frac_rejected_rises']:.0%} -> {out}/summary.md")
 

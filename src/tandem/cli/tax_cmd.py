@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from tandem.cli.common import console, fail, make_app, recipe_or_fail, setup_logging
+from tandem.cli.common import console, make_app, recipe_or_fail, setup_logging, user_errors
 
 app = make_app()
 
@@ -17,7 +17,7 @@ def tax(
     recipe: Path = typer.Argument(..., help="Recipe with a `tax` block (see recipes/tax.yaml)."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field: --set tax.trials=32 (repeatable)."),
     resume: bool = typer.Option(False, "--resume", help="Reuse the candidates already scored in OUT/candidates.jsonl."),
-    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing OUT directory."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier OUT directory (only one tandem created)."),
     no_progress: bool = typer.Option(False, "--no-progress"),
 ) -> None:
     """Search merge ratios between theta_0 (before preference training) and theta_1 (after).
@@ -32,15 +32,13 @@ def tax(
 
       tandem tax recipes/tax.yaml --set tax.trials=40 --set tax.budget=0.05 --resume
     """
-    from tandem.pipelines.tax import run_tax
-
     setup_logging(False)
     r = recipe_or_fail(recipe, list(set_))
-    try:
-        summary = run_tax(r, resume=resume, overwrite=overwrite, show_progress=not no_progress)
-    except (FileExistsError, FileNotFoundError, ValueError) as e:
-        fail(str(e))
     out = Path(r.tax.out or Path(r.output_dir) / "tax")
+    with user_errors(out):
+        from tandem.pipelines.tax import run_tax
+
+        summary = run_tax(r, resume=resume, overwrite=overwrite, show_progress=not no_progress)
     console.print((out / "table.md").read_text())
     pick = summary["pick"]
     if pick is None:

@@ -7,6 +7,10 @@
 3. Trains ``recipes/quickstart.yaml`` (SmolLM2-135M-Instruct + LoRA) twice on the same data: ``sequential``
    (all SFT, then all DPO) and ``hbat`` (SFT-1, DPO-1, SFT-2, DPO-2 with the modified EWC penalty).
 4. Evaluates both the same way and prints one table: base model, sequential, hbat.
+
+OUTPUT is a tandem run directory (new, empty, or an earlier quickstart's, replaced when ``overwrite``), locked
+while the quickstart runs; each method trains in its own run directory OUTPUT/<method>. A directory tandem did
+not create is refused before anything is written or loaded.
 """
 
 from __future__ import annotations
@@ -102,6 +106,20 @@ def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool =
                    n_eval: int = 32, methods: tuple[str, ...] = ("sequential", "hbat")) -> dict:
     """Evaluate the base model, train each method on the same data (OUTPUT/<method>), evaluate each, print a
     table and write OUTPUT/quickstart.json."""
+    from tandem.io.rundir import RunDirError, check_run_dir, is_run_dir, open_run_dir
+    from tandem.models import check_exists
+
+    output_dir = Path(output_dir)
+    if is_run_dir(output_dir) and not overwrite:
+        raise RunDirError(f"{output_dir} holds an earlier tandem run: pass --overwrite to replace it or choose another -o")
+    check_run_dir(output_dir, resume=False, overwrite=True)  # a file or a directory tandem did not create: refused
+    if model:
+        check_exists(model, "--model")
+    with open_run_dir(output_dir, resume=False, overwrite=overwrite, command="quickstart"):
+        return _run(output_dir, model, n_train, n_eval, methods)
+
+
+def _run(output_dir: Path, model: str | None, n_train: int, n_eval: int, methods: tuple[str, ...]) -> dict:
     from tandem.config.recipe import load_recipe
     from tandem.pipelines.train import train
     from tandem.models import load_policy, pull_smollm2
@@ -109,7 +127,6 @@ def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool =
 
     console = Console()
     t0 = time.perf_counter()
-    output_dir = Path(output_dir)
     model_path = Path(model) if model else DEFAULT_MODEL
     if not model and not (model_path / "config.json").exists():
         console.print(f"[bold]Model not found at {model_path}: pulling SmolLM2-135M-Instruct (once)...")
@@ -135,7 +152,7 @@ def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool =
             f"data.preference.source={paths['preference']}",
             f"schedule.method={method}",
         ])
-        summary = train(recipe, resume=False, overwrite=overwrite)
+        summary = train(recipe, resume=False, overwrite=False)  # OUTPUT was just created or emptied
         steps[method] = summary["global_steps"]
         tuned, tok2 = load_saved(output_dir / method / "final")
         scores[method] = evaluate(tuned, tok2, eval_tasks, eval_pairs)

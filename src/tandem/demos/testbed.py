@@ -7,7 +7,8 @@
   whole ``tandem compare`` over methods and seeds runs in minutes on 2 CPU cores.
 
 ``tandem testbed DIR`` writes DIR/model, DIR/data/*.jsonl and DIR/recipe.yaml (from recipes/testbed.yaml
-with the paths filled in); then ``tandem compare DIR/recipe.yaml --methods ... --seeds ...``.
+with the paths filled in); then ``tandem compare DIR/recipe.yaml --methods ... --seeds ...``. DIR must be new,
+empty or an earlier testbed's (tandem's marker; rebuilt in place), and is locked while it is written.
 """
 
 from __future__ import annotations
@@ -29,9 +30,17 @@ def _write(path: Path, records: list[dict]) -> Path:
 
 
 def build_testbed(out_dir: str | Path, n_sft: int = 512, n_pref: int = 512, n_eval: int = 128, seed: int = 1234) -> Path:
-    from tandem.models.tiny import make_tiny_llama
+    from tandem.io.rundir import is_run_dir, open_run_dir
 
     out = Path(out_dir)
+    again = is_run_dir(out)  # an earlier testbed: rebuilt in place
+    with open_run_dir(out, resume=again, overwrite=False, command="testbed", clean=False):
+        return _build(out, n_sft, n_pref, n_eval, seed)
+
+
+def _build(out: Path, n_sft: int, n_pref: int, n_eval: int, seed: int) -> Path:
+    from tandem.models.tiny import make_tiny_llama
+
     sft = synthetic.instruction_tasks(n_sft, seed)
     pref = synthetic.conflict_pairs(n_pref, seed + 1)
     evals = synthetic.instruction_tasks(n_eval, seed + 2)

@@ -2,7 +2,9 @@
 
 A checkpoint directory holds the trainable tensors (safetensors), optimizer and LR-scheduler state, RNG
 states, regularizer state and ``state.json`` (stage, step, metrics offset). It is written into a temporary
-directory and renamed into place, so a crash never leaves a half-written checkpoint behind.
+directory and renamed into place, so a crash never leaves a half-written checkpoint behind. A checkpoint is
+never written from non-finite weights (:func:`assert_finite`): the run stops with ``TrainingDiverged`` naming the
+last finite checkpoint on disk, which ``--resume`` continues from.
 """
 
 from __future__ import annotations
@@ -13,15 +15,54 @@ import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
+from tandem.engine.loop import TrainingDiverged
 from tandem.io.weights import load_trainable_file, trainable_state
 from tandem.models.atomic import atomic_dir
+
+
+def nonfinite(tensors: list[torch.Tensor]) -> list[int]:
+    """Indices of the tensors holding a NaN or an infinity: one fused max-abs norm per device, one sync each."""
+    by_device: dict[torch.device, list[int]] = {}
+    for i, t in enumerate(tensors):
+        if t.numel():
+            by_device.setdefault(t.device, []).append(i)
+    bad = []
+    for idx in by_device.values():
+        norms = torch._foreach_norm([tensors[i].detach() for i in idx], float("inf"))
+        ok = torch.stack([n.float() for n in norms]).isfinite().tolist()
+        bad += [i for i, good in zip(idx, ok) if not good]
+    return sorted(bad)
+
+
+def last_finite_checkpoint(ckpt_root: Path | None) -> Path | None:
+    """The newest checkpoint in ``ckpt_root`` whose weights are all finite (None when there is none)."""
+    for path in reversed(list_checkpoints(ckpt_root) if ckpt_root is not None else []):
+        if not nonfinite(list(load_file(str(path / "trainable.safetensors")).values())):
+            return path
+    return None
+
+
+def assert_finite(model, what: str, ckpt_root: Path | None = None) -> None:
+    """Raise ``TrainingDiverged`` (nothing written) when a trainable tensor of ``model`` is not finite; the
+    message names ``what`` was not written and the last finite checkpoint in ``ckpt_root`` (or that none exists)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    bad = [named[i][0] for i in nonfinite([p for _, p in named])]
+    if not bad:
+        return
+    last = last_finite_checkpoint(ckpt_root)
+    todo = (f"the last finite checkpoint is {last} (global step {read_state(last)['global_step']}): lower the learning "
+            "rate or check the data, then continue from it with --resume" if last else
+            "no finite checkpoint exists: lower the learning rate or check the data and start again with --overwrite")
+    raise TrainingDiverged(f"non-finite weights in {len(bad)} of {len(named)} trainable tensors (e.g. "
+                           f"{', '.join(bad[:3])}): {what} was not written; {todo}")
 
 
 def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, regularizer, state: dict, keep: int) -> Path:
     name = f"stage{state['stage_index']:02d}-step{state['global_step']:06d}"
     path = Path(ckpt_root) / name
+    assert_finite(model, f"checkpoint {name}", ckpt_root)
     with atomic_dir(path) as tmp:
         save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
         if optimizer is not None:

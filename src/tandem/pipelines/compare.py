@@ -8,6 +8,11 @@ block names metrics, by ``tandem eval`` on the same held-out prompts.
 
 Writes ``COMPARE/table.json`` (one row per method and seed), ``table.md`` (mean ± std per method) and a
 report with a scatter of instruction-following against preference score (``report.md`` + PNGs).
+
+COMPARE is a tandem run directory (``tandem.io.rundir``), locked for the whole comparison; each run in it
+(``COMPARE/<method>-s<seed>``) is a train run with its own marker and lock. Every recipe (one per method and seed)
+is checked before COMPARE is touched. ``resume`` keeps finished runs (``summary.json``) and resumes unfinished
+ones; ``overwrite`` replaces an earlier comparison (only a directory tandem created).
 """
 
 from __future__ import annotations
@@ -19,16 +24,43 @@ from pathlib import Path
 log = logging.getLogger("tandem")
 
 
-def run_one(recipe_path: Path, method: str, seed: int, run_dir: Path, overrides: list[str], resume: bool) -> dict:
+def run_recipe(recipe_path: Path, method: str, seed: int, run_dir: Path, overrides: list[str]):
     from tandem.config.recipe import load_recipe
+
+    return load_recipe(recipe_path, [*overrides, f"schedule.method={method}", f"seed={seed}", f"output_dir={run_dir}"])
+
+
+def check_recipe(r) -> None:
+    """What ``train`` would refuse, checked without writing anything: method, objectives, regularizer, model and
+    data paths (a comparison must not stop at its third run on a typo)."""
+    from tandem.data.errors import DataFileNotFound
+    from tandem.data.readers import looks_local
+    from tandem.models import check_exists
+    from tandem.pipelines.train import build_objectives, build_regularizer
+    from tandem.schedules import get_method
+
+    roles = build_objectives(r)
+    build_regularizer(r, get_method(r.schedule.method))
+    check_exists(r.model.name_or_path, "model.name_or_path")
+    for role in roles:
+        key = "data.sft" if role == "sft" else "data.preference"
+        src = r.data.sft if role == "sft" else r.data.preference
+        if src is None:
+            raise ValueError(f"the schedule trains a '{role}' stage but the recipe has no {key}")
+        if looks_local(src.source) and not Path(src.source).expanduser().exists():
+            raise DataFileNotFound(f"data file not found: {src.source} ({key}.source)")
+
+
+def run_one(recipe_path: Path, method: str, seed: int, run_dir: Path, overrides: list[str], resume: bool) -> dict:
+    from tandem.io.rundir import is_run_dir
     from tandem.pipelines.evaluate import numeric, run_eval
     from tandem.pipelines.train import train
 
-    r = load_recipe(recipe_path, [*overrides, f"schedule.method={method}", f"seed={seed}", f"output_dir={run_dir}"])
+    r = run_recipe(recipe_path, method, seed, run_dir, overrides)
     if (run_dir / "summary.json").exists():
         summary = json.loads((run_dir / "summary.json").read_text())  # finished earlier: reuse
-    else:
-        summary = train(r, resume=resume and run_dir.exists(), overwrite=not resume, progress=True)
+    else:  # an unfinished run continues from its last checkpoint
+        summary = train(r, resume=resume and is_run_dir(run_dir), overwrite=False, progress=True)
     row = {"method": method, "seed": seed, "run": str(run_dir), "steps": summary["global_steps"],
            "seconds": round(summary["seconds"], 1), **numeric(summary.get("final_val", {}))}
     if r.eval.metrics:
@@ -38,22 +70,27 @@ def run_one(recipe_path: Path, method: str, seed: int, run_dir: Path, overrides:
 
 
 def compare(recipe_path: Path, methods: list[str], seeds: list[int], out_dir: Path, overrides: list[str] | None = None,
-            resume: bool = False, x_key: str | None = None, y_key: str | None = None) -> list[dict]:
+            resume: bool = False, x_key: str | None = None, y_key: str | None = None, overwrite: bool = False) -> list[dict]:
+    from tandem.io.rundir import check_run_dir, open_run_dir
     from tandem.report import summarize, write_report
     from tandem.schedules import get_method
 
+    out_dir = Path(out_dir)
+    check_run_dir(out_dir, resume=resume, overwrite=overwrite)
     for m in methods:
         get_method(m)  # fail early on a typo, before hours of training
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows = []
     for method in methods:
         for seed in seeds:
-            log.info("compare: %s, seed %d", method, seed)
-            rows.append(run_one(recipe_path, method, seed, out_dir / f"{method}-s{seed}", overrides or [], resume))
-            (out_dir / "table.json").write_text(json.dumps(rows, indent=2))
-    (out_dir / "table.md").write_text(table_markdown(summarize(rows)))
-    write_report(out_dir, x_key=x_key, y_key=y_key, title="Method comparison")
+            check_recipe(run_recipe(recipe_path, method, seed, out_dir / f"{method}-s{seed}", overrides or []))
+    with open_run_dir(out_dir, resume=resume, overwrite=overwrite, command="compare"):
+        rows = []
+        for method in methods:
+            for seed in seeds:
+                log.info("compare: %s, seed %d", method, seed)
+                rows.append(run_one(recipe_path, method, seed, out_dir / f"{method}-s{seed}", overrides or [], resume))
+                (out_dir / "table.json").write_text(json.dumps(rows, indent=2))
+        (out_dir / "table.md").write_text(table_markdown(summarize(rows)))
+        write_report(out_dir, x_key=x_key, y_key=y_key, title="Method comparison")
     return rows
 
 

@@ -1,7 +1,9 @@
 """``tandem eval``: a recipe's eval block (or command-line metrics) -> generations, metrics, results files.
 
 ``run_eval`` loads the model once, evaluates at the recipe's temperature, then (``temperatures``) sweeps the
-generation metrics over temperatures and seeds (``temperature_sweep.json``).
+generation metrics over temperatures and seeds (``temperature_sweep.json``). ``eval_into`` (the command) does
+the same into an output directory that is tandem's (marker) and locked while it is written: a directory tandem
+did not create is refused, an earlier evaluation's directory keeps its caches (generations, judge verdicts).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatur
     from tandem.evaluation.judge import JudgeConfig
     from tandem.evaluation.metrics import temperature_sweep
 
+    check_metric_names(metrics)
     inputs = eval_inputs(cfg)
     judge = JudgeConfig(**cfg.judge.model_dump()) if cfg.judge else None
     settings = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
@@ -55,6 +58,24 @@ def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatur
     return results
 
 
+def check_metric_names(metrics: list[str]) -> None:
+    from tandem.evaluation.registry import METRICS
+
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {unknown}; choose from {list(METRICS)}")
+
+
+def eval_into(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatures: list[float]) -> dict:
+    """``run_eval`` into ``out_dir`` opened as a tandem output directory (new, empty or tandem's; locked)."""
+    from tandem.io.rundir import is_run_dir, open_run_dir
+
+    check_metric_names(metrics)
+    again = is_run_dir(out_dir)  # an earlier evaluation: keep its caches
+    with open_run_dir(out_dir, resume=again, overwrite=False, command="eval", clean=False):
+        return run_eval(model_dir, cfg, out_dir, metrics, temperatures)
+
+
 @dataclass(frozen=True)
 class EvalTarget:
     recipe: object  # the loaded Recipe
@@ -67,8 +88,14 @@ def eval_target(target: Path, recipe: Path | None, overrides: list[str]) -> Eval
     ``recipe.yaml`` gives the eval block). Raises ``RecipeError`` for a bad recipe."""
     from tandem.config.recipe import load_recipe
 
+    if not target.exists():
+        raise FileNotFoundError(f"not found: {target} (give a recipe, a run directory or a model directory)")
+    if target.is_dir() and recipe is None and not (target / "recipe.yaml").is_file():
+        raise ValueError(f"{target} has no recipe.yaml: pass --recipe RECIPE for the eval block")
     recipe_path = target if target.is_file() else (recipe or (target / "recipe.yaml"))
     r = load_recipe(recipe_path, overrides)
     run_dir = Path(r.output_dir) if target.is_file() else target
     model_dir = run_dir / "final" if (run_dir / "final").exists() else run_dir
+    if not model_dir.is_dir():
+        raise FileNotFoundError(f"no trained model at {run_dir / 'final'}: train {recipe_path} first")
     return EvalTarget(r, run_dir, model_dir)

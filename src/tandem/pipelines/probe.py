@@ -1,6 +1,7 @@
 """``tandem probe entanglement``: a model and preference pairs -> per-pair gradient entanglement, summary, plots.
 
-Writes OUT/pairs.jsonl, summary.json, summary.md, cosine_hist.png and token_heatmap_*.png.
+Writes OUT/pairs.jsonl, summary.json, summary.md, cosine_hist.png and token_heatmap_*.png. OUT must be new, empty
+or an earlier probe's (tandem's marker); it is locked while it is written.
 """
 
 from __future__ import annotations
@@ -57,18 +58,14 @@ def entanglement(s: ProbeSettings, progress) -> dict:
     import torch
 
     from tandem.data import DataError, PreferenceExample, collate, encode_all, load_examples
-    from tandem.probes.entanglement import entanglement_stats, select_params, summarize
-    from tandem.probes.plots import plot_entanglement_hist
-    from tandem.probes.tokens import plot_token_heatmap, token_cosines
+    from tandem.io.rundir import check_run_dir, is_run_dir, open_run_dir
+    from tandem.probes.entanglement import select_params
 
     if not s.ratio > 0:
         raise ProbeInputError(f"--ratio must be > 0, got {s.ratio}")
-    try:
-        m, tok = load_probe_model(s.model, dtype=s.dtype)
-    except (OSError, ValueError) as e:
-        raise ProbeInputError(f"--model {s.model}: {e}") from None
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device)
-    m.to(dev)
+    out = Path(s.out)
+    again = is_run_dir(out)  # an earlier probe's output: its files are replaced
+    check_run_dir(out, resume=again, overwrite=False)  # before loading anything
     try:
         examples, _ = load_examples(s.data, format=s.format, split=s.split, limit=None)
     except (DataError, FileNotFoundError, ValueError) as e:
@@ -76,6 +73,12 @@ def entanglement(s: ProbeSettings, progress) -> dict:
     prefs = [e for e in examples if isinstance(e, PreferenceExample)][: s.pairs]
     if not prefs:
         raise ProbeInputError(f"--data {s.data}: no preference pairs (expected chosen/rejected records)")
+    try:
+        m, tok = load_probe_model(s.model, dtype=s.dtype)
+    except (OSError, ValueError) as e:
+        raise ProbeInputError(f"--model {s.model}: {e}") from None
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device)
+    m.to(dev)
     feats, stats = encode_all(tok, prefs, s.max_length, "truncate")
     if not feats:
         raise ProbeInputError(f"--data {s.data}: no pair left after encoding with --max-length {s.max_length}")
@@ -88,8 +91,15 @@ def entanglement(s: ProbeSettings, progress) -> dict:
     def batch_fn(fs):
         return {k: v.to(dev) for k, v in collate(fs, mode="pack", pad_id=pad_id).items()}
 
-    out = Path(s.out)
-    out.mkdir(parents=True, exist_ok=True)
+    with open_run_dir(out, resume=again, overwrite=False, command="probe", clean=False):
+        return _write(s, m, tok, feats, stats, selected, batch_fn, dev, out, progress)
+
+
+def _write(s: ProbeSettings, m, tok, feats, stats, selected, batch_fn, dev, out: Path, progress) -> dict:
+    from tandem.probes.entanglement import entanglement_stats, summarize
+    from tandem.probes.plots import plot_entanglement_hist
+    from tandem.probes.tokens import plot_token_heatmap, token_cosines
+
     t0 = time.perf_counter()
     task = progress.add_task("pairs", total=len(feats))
     rows = entanglement_stats(m, feats, batch_fn, params=s.params, ratio=s.ratio, chunk_numel=s.chunk_numel,

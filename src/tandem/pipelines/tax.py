@@ -1,10 +1,14 @@
 """``tandem tax``: a recipe's ``tax`` block -> theta_0 / theta_1, reward model, prompts, tax texts -> the candidate
-search of :mod:`tandem.merging.tax`, its table, Pareto plot and picked model."""
+search of :mod:`tandem.merging.tax`, its table, Pareto plot and picked model.
+
+OUT is a tandem run directory (``tandem.io.rundir``): new or empty, or an earlier search's with ``--resume`` (its
+scored candidates are reused) or ``--overwrite`` (replaced); a directory tandem did not create is refused. It is
+locked while it is written. Every input is checked before OUT is touched.
+"""
 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -12,37 +16,26 @@ import torch
 from tandem.merging.tax import make_scorer, run_tax_search
 
 
-def _prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
-    if out.exists() and any(out.iterdir()) and not resume:
-        if not overwrite:
-            raise FileExistsError(f"{out} exists and is not empty: pass --overwrite to replace it or --resume to reuse "
-                                  "its scored candidates")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def run_tax(recipe, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> dict:
     """Everything ``tandem tax RECIPE`` does: load theta_0 / theta_1, score the candidates, save the pick."""
-    from rich.progress import Progress
-
     from tandem.data import load_examples
     from tandem.evaluation.inputs import eval_inputs, read_texts
     from tandem.evaluation.metrics import load_mc_rows
-    from tandem.evaluation.run import load_reward_model
-    from tandem.merging.lerp import Merger
-    from tandem.merging.loading import load_full_weights
-    from tandem.models import load_tokenizer, save_model
+    from tandem.io.rundir import check_run_dir, open_run_dir
+    from tandem.models import check_exists
 
     cfg = recipe.tax
     out = Path(cfg.out or Path(recipe.output_dir) / "tax")
-    _prepare_out(out, resume, overwrite)
+    check_run_dir(out, resume=resume, overwrite=overwrite)
     base_path = cfg.base or recipe.model.name_or_path
     tuned_path = cfg.tuned or str(Path(recipe.output_dir) / "final")
     if not Path(tuned_path).exists():
         raise FileNotFoundError(f"tax.tuned: {tuned_path} does not exist (train the recipe first, or set tax.tuned)")
+    check_exists(base_path, "tax.base (or model.name_or_path)")
     reward_path = cfg.reward_model or recipe.eval.reward_model
     if not reward_path:
         raise ValueError("tax.reward_model (or eval.reward_model) is needed for the reward side")
+    check_exists(reward_path, "tax.reward_model (or eval.reward_model)")
     if cfg.prompts is not None:
         examples, _ = load_examples(cfg.prompts.source, format=cfg.prompts.format, split=cfg.prompts.split,
                                     limit=cfg.prompts.limit)
@@ -56,7 +49,21 @@ def run_tax(recipe, resume: bool = False, overwrite: bool = False, show_progress
         heldout = heldout[: cfg.heldout_limit]
     mc_path = cfg.mc or recipe.eval.mc
     mc_rows = load_mc_rows(mc_path) if mc_path else None
+    with open_run_dir(out, resume=resume, overwrite=overwrite, command="tax"):
+        return _search(recipe, out, resume, show_progress, base_path, tuned_path, reward_path, prompts, heldout, mc_rows)
 
+
+def _search(recipe, out: Path, resume: bool, show_progress: bool, base_path: str, tuned_path: str, reward_path: str,
+            prompts: list, heldout: list[str] | None, mc_rows: list[dict] | None) -> dict:
+    """Load theta_0 / theta_1 and the reward model, score the candidates into ``out``, save the pick."""
+    from rich.progress import Progress
+
+    from tandem.evaluation.run import load_reward_model
+    from tandem.merging.lerp import Merger
+    from tandem.merging.loading import load_full_weights
+    from tandem.models import load_tokenizer, save_model
+
+    cfg = recipe.tax
     dtype = torch.float32
     model = load_full_weights(base_path, dtype=dtype)
     tuned = load_full_weights(tuned_path, base=base_path, dtype=dtype)
