@@ -53,14 +53,24 @@ def test_run_writes_final_metrics_tensorboard_summary(tmp_path, tiny_model_dir, 
 
 
 def test_existing_output_dir_is_refused_without_overwrite(tmp_path, tiny_model_dir, synthetic_files):
+    """A tandem run dir is replaced only with --overwrite; a directory tandem did not create is never replaced
+    (issue 13: --overwrite used to delete whatever directory it was given)."""
     r = recipe(tmp_path, tiny_model_dir, synthetic_files, **{"schedule.max_steps": 1})
-    Path(r.output_dir).mkdir(parents=True)
-    (Path(r.output_dir) / "precious.txt").write_text("keep me")
+    train(r)
     with pytest.raises(RunDirError, match="--overwrite"):
         train(r)
-    assert (Path(r.output_dir) / "precious.txt").read_text() == "keep me"
+    (Path(r.output_dir) / "extra.txt").write_text("inside a tandem run")
     train(r, overwrite=True)
-    assert not (Path(r.output_dir) / "precious.txt").exists()
+    assert not (Path(r.output_dir) / "extra.txt").exists() and (Path(r.output_dir) / "final").exists()
+
+    user = recipe(tmp_path / "user", tiny_model_dir, synthetic_files, **{"schedule.max_steps": 1})
+    Path(user.output_dir).mkdir(parents=True)
+    (Path(user.output_dir) / "precious.txt").write_text("keep me")
+    for kw in ({}, {"overwrite": True}, {"resume": True}):
+        with pytest.raises(RunDirError, match="not created by tandem"):
+            train(user, **kw)
+    assert sorted(p.name for p in Path(user.output_dir).iterdir()) == ["precious.txt"]
+    assert (Path(user.output_dir) / "precious.txt").read_text() == "keep me"
 
 
 def test_nan_loss_stops_with_last_good_checkpoint_intact(tmp_path, tiny_model_dir, synthetic_files, monkeypatch):

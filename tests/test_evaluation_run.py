@@ -10,7 +10,8 @@ from helpers_evaluation import tiny_lm, tiny_reward_model
 
 from tandem.evaluation import metrics as M
 from tandem.evaluation.generation import generate
-from tandem.evaluation.run import evaluate, load_model_and_tokenizer
+from tandem.evaluation.run import evaluate
+from tandem.models import load_merged as load_model_and_tokenizer
 
 PROMPTS = [
     [{"role": "user", "content": "What is 23 + 45?"}],
@@ -102,7 +103,7 @@ def test_reward_model_from_a_lora_reward_run(tmp_path, tiny_model_dir, synthetic
     from test_engine_train import recipe
 
     from tandem.pipelines.train import train
-    from tandem.evaluation.run import load_reward_model
+    from tandem.models import load_reward_model
 
     r = recipe(tmp_path, tiny_model_dir, synthetic_files, method="reward",
                **{"model.lora": {"r": 4, "alpha": 8, "target_modules": "all-linear"}, "schedule.max_steps": 2})

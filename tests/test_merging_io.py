@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from tandem.cli.merge_cmd import app
 from tandem.merging.groups import tensor_alphas
 from tandem.merging.lerp import Merger, merge_names
-from tandem.merging.loading import load_full_weights
+from tandem.models import load_full_weights
 from tandem.merging.mergekit import mergekit_config, write_mergekit_config
 
 

@@ -1,7 +1,4 @@
-"""What the engine receives: a small typed loop configuration and the built objects of a stage.
-
-The pipelines layer turns a recipe into these (``tandem.pipelines.train``); the engine never reads a ``Recipe``.
-"""
+"""What the engine receives: a typed loop configuration and a stage's built objects (never a ``Recipe``)."""
 
 from __future__ import annotations
 
@@ -97,4 +94,4 @@ class StageContext:
 
     @property
     def stage_dir(self) -> Path:
-        return Path(self.config.output_dir) / "stages" / self.stage.name
+        return self.config.output_dir / "stages" / self.stage.name

@@ -13,11 +13,13 @@ import math
 import os
 import signal
 import time
+
 import torch
 from transformers import get_scheduler
 
 from tandem.data import batches as make_batches
 from tandem.engine.context import LoopConfig, StageContext
+from tandem.objectives.base import units
 
 
 class TrainingDiverged(RuntimeError):
@@ -65,13 +67,6 @@ def fault_hook(global_step: int) -> None:
     at = os.environ.get("TANDEM_FAULT_KILL_AFTER_STEP")
     if at is not None and int(at) == global_step:
         os.kill(os.getpid(), signal.SIGKILL)
-
-
-def units(objective, feats: list[dict]) -> float:
-    """How much a shard counts in its global batch: labelled tokens for token-mean losses, else examples."""
-    if objective.unit == "tokens":
-        return float(sum(sum(1 for x in f["labels"] if x != -100) for f in feats))
-    return float(len(feats))
 
 
 def plan_steps(n_features: int, cfg: LoopConfig) -> tuple[int, int]:
@@ -188,21 +183,3 @@ def _probe_hook(ctx: StageContext):
     from tandem.probes import ProbeHook
 
     return ProbeHook(ctx.features, ctx.batch_fn, every=cfg.probe_every, pairs=cfg.probe_pairs, params=cfg.probe_params)
-
-
-@torch.no_grad()
-def evaluate_objective(model, objective, features: list[dict], batch_fn, batch_size: int) -> dict[str, float]:
-    """Unit-weighted mean of an objective's loss and metrics over ``features`` (no grad)."""
-    was_training = model.training
-    model.eval()
-    sums: dict[str, float] = {}
-    total = 0.0
-    for i in range(0, len(features), batch_size):
-        feats = features[i : i + batch_size]
-        u = units(objective, feats)
-        loss, metrics = objective(model, batch_fn(feats))
-        for k, v in {**metrics, "loss": loss}.items():
-            sums[k] = sums.get(k, 0.0) + float(v) * u
-        total += u
-    model.train(was_training)
-    return {k: v / total for k, v in sums.items()} if total else {}

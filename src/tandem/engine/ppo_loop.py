@@ -19,13 +19,14 @@ from dataclasses import dataclass
 import torch
 
 from tandem.engine.context import AuxTerm, StageContext
-from tandem.engine.loop import apply_step, diverged, fault_hook, reduce_sum, trainable_params, train_row
+from tandem.engine.loop import apply_step, diverged, fault_hook, reduce_sum, train_row
 from tandem.io.weights import load_trainable_file, save_trainable
 from tandem.objectives.logprobs import _forward_hidden
 from tandem.objectives.ppo import ppo_math as pm
 from tandem.objectives.ppo.critic import critic_state, fingerprint, load_critic_state
 from tandem.objectives.ppo.objective import PPO
-from tandem.objectives.ppo.rollout import collect, eos_ids, gather_hidden, token_index, token_stats
+from tandem.models.sampling import eos_ids
+from tandem.objectives.ppo.rollout import collect, gather_hidden, token_index, token_stats
 from tandem.objectives.ppo.setup import (
     BEST_FILE,
     reference_policy,

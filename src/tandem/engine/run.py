@@ -17,10 +17,11 @@ from accelerate.utils import set_seed
 
 from tandem.engine import checkpoint as ckpt
 from tandem.engine.context import AuxTerm, BatchFn, LoopConfig, Runner, StageContext
-from tandem.engine.loop import evaluate_objective, make_optimizer, plan_steps, run_stage
+from tandem.engine.loop import make_optimizer, plan_steps, run_stage
 from tandem.io.metrics import MetricsLog, progress_bar
 from tandem.engine.ppo_loop import run_ppo_stage
 from tandem.io.weights import load_trainable_file, save_trainable
+from tandem.objectives.base import evaluate_objective
 from tandem.regularizers.base import StageData
 
 log = logging.getLogger("tandem")
@@ -130,7 +131,7 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
             else:
                 global_step = run_stage(ctx, optimizer, scheduler, first, total, spe)
             if plan.regularizer is not None:
-                plan.regularizer.after_stage(model, stage, stage_data(feats, plan.batch_fn))
+                plan.regularizer.after_stage(model, stage, StageData.of(feats, plan.batch_fn))
             v = validate(plan, val, cfg.batch_size)
             if v and main:
                 metrics.write({"split": "val", "stage": stage.name, "stage_index": stage.index, "step": global_step, **v})
@@ -170,21 +171,12 @@ def _finish(plan: RunPlan, cfg: LoopConfig, summaries: list[dict], global_step: 
     return summary
 
 
-def stage_data(feats: list[dict], batch_fn: BatchFn) -> StageData:
-    """Single-example batches of log p(y|x) for regularizers (the chosen response of preference pairs)."""
-
-    def single_batches(n: int) -> list[dict]:
-        single = [f if "input_ids" in f else {"input_ids": f["chosen_input_ids"], "labels": f["chosen_labels"]}
-                  for f in feats[:n]]
-        return [batch_fn([f]) for f in single]
-
-    return StageData(single_batches=single_batches)
-
-
 def _resume(acc, ckpt_root, model, regularizer, metrics):
     found = ckpt.list_checkpoints(ckpt_root)
     if not found:
         log.info("no checkpoint in %s: starting from the beginning", ckpt_root)
+        if acc.is_main_process:
+            metrics.truncate(0)  # rows of the attempt that left no checkpoint would repeat steps 1, 2, ...
         return 0, 0, 0, None
     path = found[-1]
     st = ckpt.read_state(path)

@@ -29,8 +29,6 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import torch
-
 from tandem.merging.pareto import pareto_front, pick_under_budget, plot_pareto
 
 log = logging.getLogger(__name__)
@@ -103,7 +101,7 @@ def run_tax_search(model, merger, score: Callable, cfg, out: Path, resume: bool 
     ``model`` receives every candidate's weights in place; ``cfg`` is a :class:`tandem.config.recipe.TaxConfig`.
     """
     from tandem.merging.groups import describe_groups, group_of, tensor_alphas
-    from tandem.merging.search import global_sweep, learn_group_ratios, search_group_ratios
+    from tandem.merging.search import global_sweep, search_group_ratios
 
     names = merger.names
     _, n_groups = group_of(names, cfg.groups)

@@ -32,3 +32,27 @@ class Objective(Protocol):
 
     def __call__(self, model, batch: dict) -> tuple[torch.Tensor, dict[str, float]]: ...
 
+
+def units(objective, feats: list[dict]) -> float:
+    """How much a shard counts in its global batch: labelled tokens for token-mean losses, else examples."""
+    if objective.unit == "tokens":
+        return float(sum(sum(1 for x in f["labels"] if x != -100) for f in feats))
+    return float(len(feats))
+
+
+@torch.no_grad()
+def evaluate_objective(model, objective, features: list[dict], batch_fn, batch_size: int) -> dict[str, float]:
+    """Unit-weighted mean of an objective's loss and metrics over ``features`` (no grad)."""
+    was_training = model.training
+    model.eval()
+    sums: dict[str, float] = {}
+    total = 0.0
+    for i in range(0, len(features), batch_size):
+        feats = features[i : i + batch_size]
+        u = units(objective, feats)
+        loss, metrics = objective(model, batch_fn(feats))
+        for k, v in {**metrics, "loss": loss}.items():
+            sums[k] = sums.get(k, 0.0) + float(v) * u
+        total += u
+    model.train(was_training)
+    return {k: v / total for k, v in sums.items()} if total else {}

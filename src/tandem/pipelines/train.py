@@ -6,6 +6,7 @@ objective argument or regularizer setting fails in a second, not after the model
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import asdict, is_dataclass
@@ -15,15 +16,16 @@ import torch
 
 from tandem.config.recipe import Recipe, dump_recipe
 from tandem.data import collate, encode_all, load_examples, split_parts, train_val_split
+from tandem.data.errors import DataError, DataFileNotFound
+from tandem.data.readers import looks_local
+from tandem.data.roles import no_usable_message
 from tandem.engine.context import LoopConfig
 from tandem.engine.run import RunPlan, run
+from tandem.io.rundir import RunDirError, check_run_dir, open_run_dir
+from tandem.pipelines.resume import record_changes, resume_changes
 from tandem.schedules import Method, build_stages, get_method
 
 log = logging.getLogger("tandem")
-
-
-class RunDirError(RuntimeError):
-    pass
 
 
 def mixed_precision(precision: str) -> str:
@@ -95,16 +97,25 @@ def build_regularizer(recipe: Recipe, method: Method):
         raise ValueError(f"{where} ({name}): {e}") from None
 
 
-def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None) -> tuple[list[dict], list[dict], dict]:
-    """(train features, validation features, load/encode stats) for a data role."""
+def data_source(recipe: Recipe, role: str):
     src = recipe.data.sft if role == "sft" else recipe.data.preference
     if src is None:
         key = "data.sft" if role == "sft" else "data.preference"
         raise ValueError(f"the schedule trains a '{role}' stage but the recipe has no {key}")
-    examples, report = load_examples(src.source, format=src.format, split=src.split, limit=src.limit)
+    return src
+
+
+def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None, data_kind: str | None = None
+                       ) -> tuple[list[dict], list[dict], dict]:
+    """(train features, validation features, load/encode stats) for a data role; rows are checked against
+    ``data_kind`` (the objective's: ``sft`` or ``preference``), default the role's own kind."""
+    src = data_source(recipe, role)
+    kind = data_kind or ("sft" if role == "sft" else "preference")
+    examples, report = load_examples(src.source, format=src.format, split=src.split, limit=src.limit, role=kind,
+                                     max_record_bytes=int(recipe.data.max_record_mb * 2**20))
     feats, stats = (encoder or encode_all)(tokenizer, examples, recipe.data.max_length, recipe.data.overlong)
     if not feats:
-        raise ValueError(f"{src.source}: no usable examples after encoding (max_length={recipe.data.max_length})")
+        raise DataError(no_usable_message(src.source, report, stats, recipe.data.max_length, recipe.data.overlong))
     if recipe.data.val_size:
         train, val = train_val_split(feats, val_size=recipe.data.val_size, seed=recipe.seed)
     else:
@@ -134,7 +145,7 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer) -> RunPlan:
     train, val = {}, {}
     for role, objective in objectives.items():
         encoder = objective.encode if role == method.ppo_role else None
-        train[role], val[role], info = load_role_features(recipe, role, tok, encoder)
+        train[role], val[role], info = load_role_features(recipe, role, tok, encoder, objective.data_kind)
         if acc.is_main_process:
             enc = info["encode"]
             log.info("data %s: %s -> %d train / %d val examples (%s truncated, %s dropped as over-long; skipped rows: %s)",
@@ -150,6 +161,12 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer) -> RunPlan:
                    save_merged=recipe.save_merged and recipe.model.lora is not None)
 
 
+def check_source(source: str) -> None:
+    """A data source that names a local file must exist (checked before anything is written)."""
+    if looks_local(source) and not Path(source).expanduser().exists():
+        raise DataFileNotFound(f"data file not found: {source}")
+
+
 def build_objectives(recipe: Recipe) -> dict:
     method = get_method(recipe.schedule.method)
     stages = build_stages(recipe.schedule.method, recipe.schedule.parts)
@@ -158,36 +175,38 @@ def build_objectives(recipe: Recipe) -> dict:
             for role in roles}
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> None:
-    import shutil
+def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
+          allow_changes: list[str] | None = None) -> dict:
+    """Build everything the recipe names, prepare and lock the run directory, run the engine; returns the summary.
 
-    run_dir = Path(run_dir)
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if resume:
-            return
-        if not overwrite:
-            raise RunDirError(f"{run_dir} already exists and is not empty: pass --resume to continue that run or "
-                              "--overwrite to replace it")
-        shutil.rmtree(run_dir)
-    elif resume:
-        raise RunDirError(f"{run_dir}: nothing to resume (no such run)")
-    run_dir.mkdir(parents=True, exist_ok=True)
-
-
-def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress: bool | None = None) -> dict:
-    """Build everything the recipe names, prepare the run directory, run the engine; returns the summary."""
+    Nothing is written before the recipe's method, objectives, regularizer and data sources are checked. The run
+    directory is tandem's own (``tandem.io.rundir``): a directory without tandem's marker is never replaced, and a
+    second writer is refused. ``resume`` refuses a recipe that differs from the run's ``recipe.yaml`` except in the
+    fields named by ``allow_changes`` (only fields in ``SAFE_CHANGES``); what changed is recorded.
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     objectives = build_objectives(recipe)  # validates method, objectives and regularizer before touching the disk
     regularizer = build_regularizer(recipe, get_method(recipe.schedule.method))
+    for role in objectives:
+        check_source(data_source(recipe, role).source)
     run_dir = Path(recipe.output_dir)
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    if resume:
+        changes = resume_changes(run_dir, recipe, allow_changes or [])
     acc = Accelerator(mixed_precision=mixed_precision(recipe.precision), cpu=not torch.cuda.is_available())
-    if acc.is_main_process:
-        prepare_run_dir(run_dir, resume, overwrite)
-    acc.wait_for_everyone()
-    set_seed(recipe.seed)
-    if acc.is_main_process and not resume:
-        (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
-    plan = build_plan(recipe, acc, objectives, regularizer)
-    return run(plan, loop_config(recipe, progress), resume=resume)
+    with contextlib.ExitStack() as stack:
+        if acc.is_main_process:
+            stack.enter_context(open_run_dir(run_dir, resume=resume, overwrite=overwrite, command="train"))
+            if resume:
+                record_changes(run_dir, changes)
+            else:
+                (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
+        acc.wait_for_everyone()
+        set_seed(recipe.seed)
+        plan = build_plan(recipe, acc, objectives, regularizer)
+        return run(plan, loop_config(recipe, progress), resume=resume)
+
+
+__all__ = ["RunDirError", "build_objective", "build_plan", "load_role_features", "loop_config", "train"]

@@ -57,6 +57,17 @@ class StageData:
 
     single_batches: Callable[[int], list[dict]]
 
+    @classmethod
+    def of(cls, features: list[dict], batch_fn: Callable[[list[dict]], dict]) -> "StageData":
+        """From a stage's encoded features (SFT or preference layout) and the run's collate-to-device function."""
+
+        def single_batches(n: int) -> list[dict]:
+            single = [f if "input_ids" in f else {"input_ids": f["chosen_input_ids"], "labels": f["chosen_labels"]}
+                      for f in features[:n]]
+            return [batch_fn([f]) for f in single]
+
+        return cls(single_batches)
+
 
 def _no_batches(n: int) -> list[dict]:
     return []

@@ -75,11 +75,9 @@ def build_critic(kind: str, policy, reward_model: str | None, device) -> torch.n
     elif kind == "reward_model":
         if reward_model is None:
             raise ValueError("ppo critic: 'reward_model' needs the reward_model path (or use critic: value_head)")
-        from tandem.models import load_saved
+        from tandem.models import load_reward_model
 
-        model, _ = load_saved(reward_model)
-        if hasattr(model, "merge_and_unload"):
-            model = model.merge_and_unload()
+        model, _ = load_reward_model(reward_model)  # a LoRA reward run comes merged
         critic = RewardModelCritic(model)
     else:
         raise ValueError(f"ppo critic {kind!r}: choose one of {CRITICS}")

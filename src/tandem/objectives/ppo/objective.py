@@ -16,7 +16,7 @@ import random
 from tandem.data.encode import prompt_ids as render_prompt_ids
 from tandem.objectives.ppo import ppo_math as pm
 from tandem.objectives.ppo.critic import CRITICS
-from tandem.objectives.ppo.rollout import resolve_function
+from tandem.io.callables import resolve_function
 
 
 class PPO:

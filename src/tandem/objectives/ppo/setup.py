@@ -32,10 +32,9 @@ def reward_scorer(ppo, device, batch_fn):
     if ppo.reward_fn is not None:
         return FunctionReward(ppo.reward_fn)
     from tandem.data import collate
-    from tandem.models import load_saved
+    from tandem.models import load_reward_model
 
-    model, rtok = load_saved(ppo.reward_model)
-    model.to(device)
+    model, rtok = load_reward_model(ppo.reward_model, device=device)
     same = rtok.get_vocab() == ppo.tokenizer.get_vocab()
     pad = rtok.pad_token_id if rtok.pad_token_id is not None else rtok.eos_token_id
     if not same:
