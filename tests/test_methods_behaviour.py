@@ -123,16 +123,7 @@ def check_method(method: str, run: Path, summary: dict, steps: int) -> None:
                 assert pen[0] == 0.0, (s["name"], pen)  # the anchor is the previous stage's end = this stage's start
                 assert all(p > 0 for p in pen[1:]), (s["name"], pen)
     if m.regularizer in ("l2", "l1") and has_stage_weights:
-        lam = recipe_of(run)["hbat"][m.regularizer]["lam"]
-        start = load_file(str(run / "stages" / "start.safetensors"))
-        end = weights(run, names[0])
-        diff = [(end[k].double() - start[k].double()) for k in start]
-        want = (0.5 * lam * sum(float((d * d).sum()) for d in diff) if m.regularizer == "l2"
-                else lam * sum(float(d.abs().sum()) for d in diff))
-        assert want > 0
-        assert per[names[1]][0]["reg/penalty"] == pytest.approx(want, rel=1e-4)
-        assert all(r["reg/penalty"] > 0 for r in per[names[1]])
-        assert per[names[0]][0]["reg/penalty"] == 0.0  # the anchor is the initial model
+        _check_anchor(run, summary, per, m.regularizer)
     if m.regularizer == "freeze":
         assert all(r["reg/penalty"] == 0.0 for r in rows)
         if has_stage_weights:
@@ -172,6 +163,53 @@ def check_method(method: str, run: Path, summary: dict, steps: int) -> None:
         assert any(not torch.equal(first_start[k], last[k]) for k in last)  # training moved the weights
 
 
+def known_weights(run: Path, summary: dict) -> dict[int, dict[str, torch.Tensor]]:
+    """Trainable weights after global step g, for the steps the run directory records: 0 (stages/start),
+    every stage end, and every checkpoint kept."""
+    out = {0: load_file(str(run / "stages" / "start.safetensors"))}
+    g = 0
+    for s in summary["stages"]:
+        g += s["steps"]
+        out[g] = weights(run, s["name"])
+    for ck in (run / "checkpoints").iterdir() if (run / "checkpoints").exists() else []:
+        out[json.loads((ck / "state.json").read_text())["global_step"]] = load_file(str(ck / "trainable.safetensors"))
+    return out
+
+
+def _check_anchor(run: Path, summary: dict, per: dict[str, list[dict]], norm: str) -> None:
+    """The logged penalty of every step whose starting weights are on disk equals the hand formula
+    (l2: lam/2 ||theta - theta0||^2, l1: lam ||theta - theta0||_1) with the anchor theta0 the recipe asks for."""
+    cfg = recipe_of(run)["hbat"][norm]
+    lam, anchor_at, where = cfg["lam"], cfg.get("anchor", "preference_start"), cfg.get("stages", "preference")
+    known = known_weights(run, summary)
+    names = [s["name"] for s in summary["stages"]]
+    first_pref = next(i for i, s in enumerate(summary["stages"]) if s["role"] == "preference")
+    for i, s in enumerate(summary["stages"]):
+        applies = where == "all" or s["role"] == "preference"
+        if anchor_at == "initial":
+            anchor = known[0]
+        elif i >= first_pref:  # the start of the latest preference stage
+            latest = max(j for j in range(i + 1) if summary["stages"][j]["role"] == "preference")
+            anchor = known[0] if latest == 0 else weights(run, names[latest - 1])
+        else:
+            anchor = None
+        for r in per[s["name"]]:
+            pen = r["reg/penalty"]
+            if not applies or anchor is None:
+                assert pen == 0.0, (s["name"], r["step"], pen)
+                continue
+            before = known.get(r["step"] - 1)
+            if before is None:
+                assert pen > 0, (s["name"], r["step"])
+                continue
+            diff = [before[k].double() - anchor[k].double() for k in anchor]
+            want = (0.5 * lam * sum(float((d * d).sum()) for d in diff) if norm == "l2"
+                    else lam * sum(float(d.abs().sum()) for d in diff))
+            assert pen == pytest.approx(want, rel=1e-4, abs=1e-12), (s["name"], r["step"])
+        if applies and anchor is not None and len(per[s["name"]]) > 1:
+            assert per[s["name"]][-1]["reg/penalty"] > 0, s["name"]  # the weights have left the anchor
+
+
 def _check_freeze(run: Path, names: list[str]) -> None:
     first_start, first_end = load_file(str(run / "stages" / "start.safetensors")), weights(run, names[0])
     assert all(not torch.equal(first_start[k], first_end[k]) for k in first_start)  # the first stage freezes nothing
@@ -206,7 +244,7 @@ def _check_fisher_state(run: Path, names: list[str]) -> None:
 # ------------------------------------------------------------------------------------------ the runs
 
 STEPS = 2
-OFFLINE_OVER = {"schedule.parts": 2, "schedule.max_steps": STEPS, "checkpoint.every": 0, "checkpoint.keep": 2,
+OFFLINE_OVER = {"schedule.parts": 2, "schedule.max_steps": STEPS, "checkpoint.every": 1, "checkpoint.keep": 20,
                 "checkpoint.stage_weights": True, "logging.tensorboard": False, "data.val_size": 4,
                 "hbat.fisher": {"lam": 1.0, "samples": FISHER_SAMPLES}, "hbat.l2": {"lam": L2_LAM},
                 "hbat.l1": {"lam": L1_LAM}}
@@ -270,8 +308,21 @@ def test_regularizers_change_the_training(run_of):
         ra, rb = run_of(reg)[0], run_of(plain)[0]
         first = EXPECTED_STAGES[reg][0]
         a, b = weights(ra, first), weights(rb, first)
-        if reg != "l2-anchor" and reg != "l1-anchor":  # EWC / freeze: the first stage is unregularized
-            assert all(torch.equal(a[k], b[k]) for k in a), reg
+        assert all(torch.equal(a[k], b[k]) for k in a), reg  # the first stage has nothing to be pulled to
         last = EXPECTED_STAGES[reg][-1]
         a, b = weights(ra, last), weights(rb, last)
         assert any(not torch.equal(a[k], b[k]) for k in a), reg
+
+
+@pytest.mark.parametrize("norm, anchor, stages", [("l2", "initial", "all"), ("l1", "initial", "preference"),
+                                                  ("l2", "preference_start", "preference")])
+def test_anchor_options(norm, anchor, stages, run_of):
+    """Every anchor setting: the penalty of each step is the formula on the recorded weights and its anchor."""
+    lam = L2_LAM if norm == "l2" else L1_LAM
+    method = f"{norm}-anchor"
+    run, summary = run_of(method, **{f"hbat.{norm}": {"lam": lam, "anchor": anchor, "stages": stages}})
+    check_method(method, run, summary, STEPS)
+    rows = by_stage(read_rows(run))
+    sft, pref = rows["01-sft"], rows["02-pref"]
+    assert all(r["reg/penalty"] == 0.0 for r in sft) == (stages == "preference")
+    assert (pref[0]["reg/penalty"] == 0.0) == (anchor == "preference_start")  # the preference stage starts at its anchor

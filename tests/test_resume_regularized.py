@@ -7,8 +7,11 @@ checkpoint, and the same training rows (loss and penalty) with no step logged tw
 
 - hbat (modified EWC), killed after step 6: in stage 02-pref-1 after its checkpoint at step 5, so the resume is
   mid-stage with the EWC anchor and importance restored from the checkpoint, not recomputed;
-- l2-anchor, killed after step 4: first step of 02-pref, resumed from the end-of-01-sft checkpoint, so
-  ``before_stage`` runs again and must keep the restored anchor (the initial weights), not take a new one.
+- l2-anchor (anchor at the preference start), killed after step 6: in 02-pref after its checkpoint at step 5,
+  so the resume is mid-stage and the anchor (the end of 01-sft) must come back from the checkpoint;
+- l2-anchor with ``anchor: initial, stages: all``, killed after step 4: first step of 02-pref, resumed from the
+  end-of-01-sft checkpoint, so ``before_stage`` runs again and must keep the restored anchor (the initial
+  weights), not take a new one.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from tandem.config.recipe import dump_recipe
 CASES = {
     "hbat": dict(kill_after=6, over={"schedule.parts": 2, "hbat.ewc": {"lam": 1.0, "f_max": 50.0, "normalise": "zscore",
                                                                       "temperature": 1.0}}),
-    "l2-anchor": dict(kill_after=4, over={"hbat.l2": {"lam": 1.0}}),
+    "l2-anchor": dict(kill_after=6, over={"hbat.l2": {"lam": 1.0}}),
+    "l2-anchor-initial": dict(kill_after=4, over={"hbat.l2": {"lam": 1.0, "anchor": "initial", "stages": "all"}}),
 }
 COMMON = {"schedule.max_steps": 3, "checkpoint.every": 2, "checkpoint.keep": 2, "checkpoint.stage_weights": True,
           "logging.tensorboard": False, "data.val_size": 4}
@@ -87,8 +91,8 @@ def assert_same_state(a, b, what: str) -> None:
 
 @pytest.fixture(scope="module", params=sorted(CASES))
 def straight_and_resumed(request, tmp_path_factory, tiny_model_dir, synthetic_files):
-    method = request.param
-    case = CASES[method]
+    case = CASES[request.param]
+    method = request.param.removesuffix("-initial")
     tmp = tmp_path_factory.mktemp(method)
     paths = {}
     for name in ("straight", "killed"):
@@ -104,7 +108,7 @@ def straight_and_resumed(request, tmp_path_factory, tiny_model_dir, synthetic_fi
     assert max(r["step"] for r in train_rows(run_b)) == case["kill_after"]  # it got as far as the kill point
     resumed = run_child(paths["killed"], "resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    return method, tmp / "straight" / "run", run_b
+    return request.param, tmp / "straight" / "run", run_b
 
 
 def test_resumed_weights_are_bit_identical(straight_and_resumed):
@@ -142,8 +146,10 @@ def test_resumed_regularizer_state_and_importance_match(straight_and_resumed):
             ib = json.loads((b / "stages" / n / "importance.json").read_text())
             assert ia == ib, n
             assert [s["name"] for s in ib["stages"]] == names[: names.index(n) + 1]
-    else:  # the anchor is still the initial model after the resume
-        start = load_file(str(b / "stages" / "start.safetensors"))
+    else:  # the anchor survived the resume: the initial model, or the model at the preference start
+        cfg = CASES[method]["over"]["hbat.l2"]
+        start = load_file(str(b / "stages" / "start.safetensors" if cfg.get("anchor") == "initial"
+                              else b / "stages" / "01-sft" / "end.safetensors"))
         anchor = {}
         for g in sb["anchor"]["groups"]:
             sizes = [int(torch.Size(s).numel()) for s in g["shapes"]]
