@@ -9,6 +9,7 @@ method fails before anything is trained.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 from pathlib import Path
 
@@ -116,8 +117,6 @@ def test_resume_reuses_finished_runs_and_trains_missing_ones(compared):
     summaries = {r["run"]: Path(r["run"]) / "summary.json" for r in rows}
     before = {k: (p.stat().st_mtime_ns, p.read_text()) for k, p in summaries.items()}
     missing = out / "sequential-s1"
-    import shutil
-
     shutil.rmtree(missing)
     again = compare(recipe, METHODS, SEEDS, out, [], True, X, Y)
     for r in again:
