@@ -22,7 +22,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import click
 import typer
 from rich.console import Console
 from rich.text import Text
@@ -68,12 +67,17 @@ def fail(msg: str, code: int = EXIT_USER_ERROR) -> None:
     raise typer.Exit(code)
 
 
+_debug = {"on": False}
+
+
+def set_debug(on: bool) -> None:
+    """Called by the root command on every invocation with its ``--debug`` option."""
+    _debug["on"] = on
+
+
 def debug_enabled() -> bool:
     """``tandem --debug`` (the root command's option) or ``TANDEM_DEBUG=1``."""
-    if os.environ.get("TANDEM_DEBUG", "").lower() in ("1", "true", "yes"):
-        return True
-    ctx = click.get_current_context(silent=True)
-    return bool(ctx is not None and ctx.find_root().params.get("debug"))
+    return _debug["on"] or os.environ.get("TANDEM_DEBUG", "").lower() in ("1", "true", "yes")
 
 
 def _loaded(module: str, name: str) -> type | None:
@@ -155,7 +159,7 @@ def user_errors(where: str | os.PathLike | None = None):
     scope = ErrorScope(where)
     try:
         yield scope
-    except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+    except (typer.Exit, typer.Abort):  # an exit code chosen by the command (usage errors are not ours either)
         raise
     except Exception as e:
         msg = user_message(e, scope.where)

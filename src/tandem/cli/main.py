@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from tandem.cli.common import console, make_app, parse_list, recipe_or_fail, setup_logging, user_errors
+from tandem.cli.common import console, make_app, parse_list, recipe_or_fail, set_debug, setup_logging, user_errors
 
 app = make_app(help="tandem: align language models without paying the alignment tax.", no_args_is_help=True)
 
@@ -18,6 +18,7 @@ def root(
     debug: bool = typer.Option(False, "--debug", help="Show the traceback of an error (also TANDEM_DEBUG=1)."),
 ) -> None:
     """A wrong input ends with one line ``error: ...`` and exit code 2; ``--debug`` shows its traceback."""
+    set_debug(debug)
 
 
 @app.command()
