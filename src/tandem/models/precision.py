@@ -1,0 +1,109 @@
+"""Which precision a training run computes in, and the model's weights for it (the dtype policy).
+
+``resolve(requested)`` turns the recipe's ``precision`` (``auto``, ``fp32``, ``bf16``, ``fp16``) into a
+:class:`Precision`: the weights' dtype while training, the autocast mode handed to accelerate, whether the loss is
+scaled, and a one-line reason for the run log. ``auto`` picks bf16 where the hardware computes it natively:
+
+* a CUDA GPU that supports bf16 (``torch.cuda.is_bf16_supported()``);
+* a CPU with native bf16 instructions: ``avx512_bf16`` or ``amx_bf16`` (x86), ``bf16`` (aarch64), read from the
+  ``flags``/``Features`` lines of ``/proc/cpuinfo``;
+
+and fp32 elsewhere (an older CPU would emulate bf16 and run slower than fp32).
+
+bf16 means **bf16 weights** (no autocast): every matmul runs in bf16 without casting fp32 weights on each forward,
+which measured faster than accelerate's autocast on a 2-core AVX512-bf16 CPU (docs/benchmarks.md). Updates do not
+lose precision: a full fine-tune keeps fp32 master weights and fp32 optimizer state (``tandem.optim``), and
+:func:`apply_precision` keeps a LoRA run's adapters (the trainable parameters) in fp32 while the frozen base is
+bf16. Only parameters are cast: buffers (e.g. the rotary ``inv_freq``) stay in fp32 as ``from_pretrained`` left them.
+
+fp16 keeps fp32 weights, autocasts to fp16 and scales the loss (``tandem.optim.GradScaling``). fp32 forces fp32
+weights (a recipe can always ask for it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+Requested = Literal["auto", "fp32", "bf16", "fp16"]
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+
+__all__ = ["CPU_BF16_FLAGS", "Precision", "apply_precision", "cpu_bf16_flags", "resolve"]
+
+
+@dataclass(frozen=True)
+class Precision:
+    """A resolved training precision."""
+
+    name: Literal["fp32", "bf16", "fp16"]
+    weights: torch.dtype | None  # dtype of the weights while training; None = keep the dtype they were loaded in
+    autocast: Literal["no", "bf16", "fp16"]  # accelerate's ``mixed_precision``
+    loss_scaling: bool  # fp16: scale the loss, unscale the gradients before clipping and regularizer terms
+    reason: str
+
+    def describe(self) -> str:
+        return f"precision {self.name}: {self.reason}"
+
+
+def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
+    """The native-bf16 CPU flags found in ``/proc/cpuinfo`` (or in the given text); [] when unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    flags: set[str] = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            flags.update(value.split())
+    return [f for f in CPU_BF16_FLAGS if f in flags]
+
+
+def _gpu_bf16() -> tuple[bool, str]:
+    name = torch.cuda.get_device_name()
+    return bool(torch.cuda.is_bf16_supported()), name
+
+
+def resolve(requested: Requested, device: str | None = None, cpuinfo: str | None = None) -> Precision:
+    """The precision of a run on ``device`` (``cuda`` or ``cpu``; default: cuda when available)."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "fp32":
+        return Precision("fp32", torch.float32, "no", False, "asked for in the recipe")
+    if requested == "fp16":
+        return Precision("fp16", torch.float32, "fp16", True,
+                         "asked for in the recipe: fp32 weights, fp16 autocast, scaled loss")
+    if device == "cuda":
+        ok, what = _gpu_bf16()
+        what = f"GPU {what} {'supports' if ok else 'does not support'} bf16"
+    else:
+        flags = cpu_bf16_flags(cpuinfo)
+        ok = bool(flags)
+        what = (f"CPU has native bf16 ({', '.join(flags)})" if ok
+                else "CPU has no native bf16 instructions (no avx512_bf16 / amx_bf16 / bf16 flag)")
+    master = "bf16 weights, fp32 master weights and optimizer state (LoRA: fp32 adapters)"
+    if requested == "bf16":
+        why = f"asked for in the recipe; {what}" + ("" if ok else " (emulated: slower than fp32)")
+        return Precision("bf16", torch.bfloat16, "no", False, f"{why}; {master}")
+    if requested != "auto":
+        raise ValueError(f"precision {requested!r}: choose auto, fp32, bf16 or fp16")
+    if ok:
+        return Precision("bf16", torch.bfloat16, "no", False, f"auto: {what}; {master}")
+    return Precision("fp32", None, "no", False, f"auto: {what}; weights stay in model.dtype (set precision: bf16 to force)")
+
+
+def apply_precision(model: torch.nn.Module, precision: Precision, adapters: bool) -> torch.nn.Module:
+    """Cast ``model``'s parameters (in place, buffers untouched) to ``precision.weights``; with ``adapters`` (a LoRA
+    model) the trainable parameters are kept in fp32 and only the frozen base takes the low-precision dtype."""
+    target = precision.weights
+    if target is None:
+        return model
+    with torch.no_grad():
+        for p in model.parameters():
+            want = torch.float32 if adapters and p.requires_grad else target
+            if p.is_floating_point() and p.dtype != want:
+                p.data = p.data.to(want)
+    return model
