@@ -128,3 +128,155 @@ def test_real_gguf_round_trip(tmp_path):
     out = smollm2.pull_smollm2(tmp_path / "smol")
     model, tok = load_policy(str(out))
     assert tok.chat_template and model.config.num_hidden_layers == 30
+
+
+# ---------------------------------------------------------------------------------------------- portable final/
+
+
+def _hf_warnings():
+    """Collect what transformers logs (its load reports name newly initialized weights as MISSING)."""
+    import io
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_warning()
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    hf_logging.get_logger("transformers").addHandler(handler)
+    return buf, lambda: hf_logging.get_logger("transformers").removeHandler(handler)
+
+
+def test_lora_adapter_base_path_is_absolute_not_relative_to_cwd(tmp_path, tiny_model_dir, monkeypatch):
+    import shutil
+
+    from peft import AutoPeftModelForCausalLM
+
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "base")
+    monkeypatch.chdir(tmp_path)
+    model, tok = load_policy("models/base")
+    model = apply_lora(model, r=4, alpha=8)
+    save_model(model, tok, "runs/x/final")
+    cfg = __import__("json").loads((tmp_path / "runs/x/final/adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str((tmp_path / "models" / "base").resolve())
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    again = AutoPeftModelForCausalLM.from_pretrained(tmp_path / "runs/x/final")
+    assert again.peft_config["default"].base_model_name_or_path == cfg["base_model_name_or_path"]
+
+
+def test_portable_base_keeps_hub_ids(tmp_path, monkeypatch):
+    from tandem.models.save import portable_base
+
+    monkeypatch.chdir(tmp_path)
+    assert portable_base("HuggingFaceTB/SmolLM2-135M-Instruct") == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (tmp_path / "local").mkdir()
+    assert portable_base("local") == str((tmp_path / "local").resolve())
+    assert portable_base(None) is None
+
+
+RECIPE = {
+    "name": "hbat-demo", "output_dir": "runs/hbat-demo",
+    "model": {"name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "lora": {"r": 8}},
+    "data": {"sft": {"source": "../shared/data/alpaca/alpaca_data_sample5000.jsonl.gz", "split": "train"},
+             "preference": {"source": "../shared/data/hh-rlhf/harmless-base/test.jsonl.gz", "split": "train"}},
+    "schedule": {"method": "hbat", "parts": 2},
+    "eval": {"data": {"source": "my/prompts.jsonl"}},
+}
+SUMMARY = {"name": "hbat-demo", "method": "hbat", "final_val": {"sft/loss": 1.25, "preference/rewards/accuracy": 0.75},
+           "stages": [{"name": "01-sft-1", "role": "sft", "examples": 8, "steps": 2, "kind": "ifa"},
+                      {"name": "02-pref-1", "role": "preference", "examples": 8, "steps": 2, "kind": "hpa"}]}
+
+
+def test_model_card_says_base_method_data_licences_recipe_metrics_version():
+    import yaml
+    from huggingface_hub import ModelCard
+
+    import tandem
+    from tandem.models.card import card_info, render_card
+
+    card = ModelCard(str(render_card(card_info(RECIPE, SUMMARY), kind="causal-lm", adapter=True)))
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert card.data.library_name == "peft" and card.data.pipeline_tag == "text-generation"
+    assert {"tandem", "hbat", "lora"} <= set(card.data.tags)
+    text = card.text
+    assert "| sft | `../shared/data/alpaca/alpaca_data_sample5000.jsonl.gz` | train | CC BY-NC 4.0" in text
+    assert "| preference | `../shared/data/hh-rlhf/harmless-base/test.jsonl.gz` | train | MIT" in text
+    assert "| eval | `my/prompts.jsonl` | train | see source |" in text
+    assert "non-commercial use only" in text
+    assert "| `sft/loss` | 1.25 |" in text and "| `preference/rewards/accuracy` | 0.75 |" in text
+    assert "| 02-pref-1 | preference | 8 | 2 |" in text
+    block = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert yaml.safe_load(block) == RECIPE
+    assert f"tandem {tandem.__version__}" in text
+    assert "AutoPeftModelForCausalLM.from_pretrained" in text
+
+
+def test_model_card_local_base_is_not_hub_metadata_and_unknown_fields_are_refused():
+    from tandem.models.card import CardInfo, licence_of, render_card
+
+    card = render_card(CardInfo(base_model="/data/models/base"), kind="causal-lm", adapter=False)
+    assert card.data.base_model is None and card.data.library_name == "transformers"
+    assert "`/data/models/base`" in card.text
+    assert licence_of("Anthropic/hh-rlhf") == "MIT (Anthropic HH-RLHF)"
+    assert licence_of("../shared/data/tldr/dove_tldr_test_500.jsonl.gz").startswith("CC BY 4.0")
+    assert licence_of("someone/private-set") == "see source"
+    with pytest.raises(ValueError, match="unknown field"):
+        CardInfo.from_dict({"base": "x"})
+
+
+def test_saved_final_has_the_card_readme(tmp_path, tiny_model_dir):
+    from huggingface_hub import ModelCard
+
+    from tandem.models.card import card_info
+
+    model, tok = load_policy(str(tiny_model_dir))
+    save_model(apply_lora(model, r=4, alpha=8), tok, tmp_path / "final", card=card_info(RECIPE, SUMMARY).__dict__)
+    card = ModelCard.load(tmp_path / "final" / "README.md")
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and "## Recipe" in card.text
+    model, tok = load_policy(str(tiny_model_dir))
+    save_model(model, tok, tmp_path / "full")  # no card info: what the files say
+    card = ModelCard.load(tmp_path / "full" / "README.md")
+    assert card.data.library_name == "transformers" and str(tiny_model_dir) in card.text
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_reward_model_loads_with_auto_classes_without_new_head_warning(tmp_path, tiny_model_dir, lora, capfd):
+    import json
+
+    from peft import AutoPeftModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
+
+    from tandem.models.card import card_info
+
+    rm, tok = load_reward_model(str(tiny_model_dir))
+    if lora:
+        rm = apply_lora(rm, r=4, alpha=8, task_type="SEQ_CLS")
+        assert "score" in rm.peft_config["default"].modules_to_save
+    torch.manual_seed(3)
+    with torch.no_grad():
+        for n, p in rm.named_parameters():
+            if p.requires_grad or not lora:
+                p.add_(0.1 * torch.randn_like(p))  # a "trained" head (and adapter)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    want = rm(input_ids=ids).logits
+    save_model(rm, tok, tmp_path / "final", card=card_info({"model": {"name_or_path": str(tiny_model_dir)}},
+                                                           {"method": "reward"}))
+    cfg = json.loads((tmp_path / "final" / "config.json").read_text())
+    assert len(cfg["id2label"]) == 1 and cfg["pad_token_id"] == tok.pad_token_id
+    assert cfg["architectures"] == ["LlamaForSequenceClassification"]
+    classes = [AutoModelForSequenceClassification] + ([AutoPeftModelForSequenceClassification] if lora else [])
+    capfd.readouterr()
+    buf, done = _hf_warnings()
+    try:
+        for cls in classes:
+            got = cls.from_pretrained(tmp_path / "final")
+            assert got.config.num_labels == 1
+            assert torch.allclose(got(input_ids=ids).logits, want, atol=1e-5), cls.__name__
+    finally:
+        done()
+    logged = buf.getvalue() + "".join(capfd.readouterr())
+    assert "MISSING" not in logged and "newly initialized" not in logged and "MISMATCH" not in logged
+    again, _ = load_reward_model(str(tmp_path / "final"))  # tandem's own loader reads the same folder
+    assert torch.allclose(again(input_ids=ids).logits, want, atol=1e-5)
