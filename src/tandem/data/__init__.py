@@ -6,8 +6,9 @@ See docs/architecture.md for the contracts (examples, features, batches).
 from tandem.data.collate import batches, collate
 from tandem.data.encode import EncodeStats, encode_all, encode_preference, encode_sft
 from tandem.data.errors import DataError, DataFileNotFound
-from tandem.data.formats import FORMATS, LoadReport, detect_format, load_examples
-from tandem.data.readers import MAX_RECORD_BYTES, read_records
+from tandem.data.formats import FORMATS, LoadReport, detect_format, examples_from_rows, load_examples
+from tandem.data.readers import MAX_RECORD_BYTES, iter_records, read_records
+from tandem.data.templates import NAMED_TEMPLATES, resolve_chat_template, set_chat_template
 from tandem.data.roles import ROLE_FORMATS, no_usable_message
 from tandem.data.splits import split_parts, train_val_split
 from tandem.data.types import PreferenceExample, SFTExample
@@ -17,6 +18,7 @@ __all__ = [
     "DataFileNotFound",
     "EncodeStats",
     "FORMATS",
+    "NAMED_TEMPLATES",
     "LoadReport",
     "MAX_RECORD_BYTES",
     "PreferenceExample",
@@ -28,9 +30,13 @@ __all__ = [
     "encode_all",
     "encode_preference",
     "encode_sft",
+    "examples_from_rows",
+    "iter_records",
     "load_examples",
     "no_usable_message",
     "read_records",
+    "resolve_chat_template",
+    "set_chat_template",
     "split_parts",
     "train_val_split",
 ]

@@ -18,6 +18,19 @@ The response is tokenized on its own (``add_special_tokens=False``) and followed
 boundary between prompt and response is exact: ``input_ids = prompt_ids + response_ids + [eos]`` and
 ``labels = [-100] * len(prompt_ids) + response_ids + [eos]``. The first token is never labelled.
 
+``loss_on`` (SFT only; a data source's ``loss_on`` in the recipe):
+
+* ``"last"`` (default): only the final reply is labelled, as above.
+* ``"all_assistant"``: every assistant turn of a multi-turn prompt is labelled too. The rendered prompt is cut
+  at each earlier assistant turn: the turn spans from the end of the rendering of the turns before it with the
+  generation slot (``add_generation_prompt=True``) to the end of the rendering that includes it, less trailing
+  whitespace -- so the turn's content and the template's end-of-turn marker (``<|im_end|>``, ``<|eot_id|>``,
+  ...) are labelled, the role headers and every user/system turn are not. Each piece is tokenized on its own
+  (exact boundaries, like the prompt/response cut), so ``input_ids`` may differ from ``loss_on="last"`` at the
+  cuts. A template whose renderings are not prefixes of one another (one that rewrites earlier turns) is
+  refused; assistant turns before the first user turn stay unlabelled. Truncation cuts ``labels`` with the
+  prompt's tail.
+
 Over-long examples (``len(prompt) + len(response) > max_length``):
 
 * ``overlong="drop"``: the example is dropped (``None``).
@@ -31,11 +44,15 @@ Over-long examples (``len(prompt) + len(response) > max_length``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
+from tandem.data.errors import DataError
 from tandem.data.types import Message, PreferenceExample, SFTExample
 
 IGNORE = -100
 FALLBACK_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
+LossOn = Literal["last", "all_assistant"]
+LOSS_ON = ("last", "all_assistant")
 
 
 @dataclass
@@ -51,24 +68,77 @@ class EncodeStats:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
-def render_fallback(prompt: list[Message]) -> str:
+def render_fallback(prompt: list[Message], add_generation_prompt: bool = True) -> str:
     """The plain template used when the tokenizer has no chat template (see the module docstring)."""
     parts = [f"### {FALLBACK_ROLES.get(m['role'], m['role'].capitalize())}:\n{m['content']}\n\n" for m in prompt]
-    return "".join(parts) + "### Assistant:\n"
+    return "".join(parts) + ("### Assistant:\n" if add_generation_prompt else "")
+
+
+def _has_template(tokenizer) -> bool:
+    return bool(tokenizer.chat_template)
+
+
+def render(tokenizer, messages: list[Message], add_generation_prompt: bool = True) -> str:
+    """The text of ``messages`` in the tokenizer's chat template, else in the fallback template."""
+    if _has_template(tokenizer):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    return render_fallback(messages, add_generation_prompt)
 
 
 def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _with_bos(tokenizer, ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+    """The fallback template's BOS (the chat template decides about BOS itself)."""
+    bos = tokenizer.bos_token_id
+    if _has_template(tokenizer) or bos is None or ids[:1] == [bos]:
+        return ids, labels
+    return [bos] + ids, [IGNORE] + labels
+
+
 def prompt_ids(tokenizer, prompt: list[Message]) -> list[int]:
     """Token ids of the rendered prompt, ending with the assistant generation slot."""
-    if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        return _ids(tokenizer, text)
-    ids = _ids(tokenizer, render_fallback(prompt))
-    bos = tokenizer.bos_token_id
-    return ([bos] + ids) if bos is not None and ids[:1] != [bos] else ids
+    return _with_bos(tokenizer, _ids(tokenizer, render(tokenizer, prompt)), [])[0]
+
+
+def assistant_spans(tokenizer, prompt: list[Message]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered prompt and the character spans of its assistant turns (see ``loss_on`` in the module
+    docstring); :class:`DataError` for a template that is not prefix-stable."""
+    full = render(tokenizer, prompt)
+    spans = []
+    for i, m in enumerate(prompt):
+        if m["role"] != "assistant" or not any(p["role"] == "user" for p in prompt[:i]):
+            continue
+        head, turn = render(tokenizer, prompt[:i]), render(tokenizer, prompt[: i + 1], add_generation_prompt=False)
+        if not (turn.startswith(head) and full.startswith(turn)):
+            raise DataError("loss_on: all_assistant needs a chat template whose rendering of a conversation starts "
+                            "with the rendering of its earlier turns; this one rewrites earlier turns. Use "
+                            "loss_on: last, or set data.chat_template")
+        end = len(turn.rstrip())
+        if end > len(head):
+            spans.append((len(head), end))
+    return full, spans
+
+
+def prompt_ids_labels(tokenizer, prompt: list[Message], loss_on: str = "last") -> tuple[list[int], list[int]]:
+    """``(prompt ids, their labels)``: all ``-100`` with ``loss_on="last"``; with ``"all_assistant"`` the
+    earlier assistant turns are labelled (see the module docstring)."""
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
+    if loss_on == "last" or not any(m["role"] == "assistant" for m in prompt):
+        ids = prompt_ids(tokenizer, prompt)
+        return ids, [IGNORE] * len(ids)
+    full, spans = assistant_spans(tokenizer, prompt)
+    ids: list[int] = []
+    labels: list[int] = []
+    pos = 0
+    for start, end in spans + [(len(full), len(full))]:
+        plain, turn = _ids(tokenizer, full[pos:start]) if start > pos else [], _ids(tokenizer, full[start:end])
+        ids += plain + turn
+        labels += [IGNORE] * len(plain) + turn
+        pos = end
+    return _with_bos(tokenizer, ids, labels)
 
 
 def response_ids(tokenizer, response: str) -> list[int]:
@@ -84,8 +154,8 @@ def _prompt_keep(n_prompt: int, n_response: int, max_length: int) -> int:
     return max(keep, 1)
 
 
-def _join(p: list[int], r: list[int]) -> tuple[list[int], list[int]]:
-    labels = [IGNORE] * len(p) + r
+def _join(p: list[int], r: list[int], p_labels: list[int] | None = None) -> tuple[list[int], list[int]]:
+    labels = (p_labels if p_labels is not None else [IGNORE] * len(p)) + r
     labels[0] = IGNORE
     return p + r, labels
 
@@ -104,12 +174,13 @@ def _fit(p: list[int], responses: list[list[int]], max_length: int, overlong: st
     return p[len(p) - keep :], [r[:room] for r in responses], True
 
 
-def _encode_sft(tokenizer, example: SFTExample, max_length: int, overlong: str):
-    fitted = _fit(prompt_ids(tokenizer, example.prompt), [response_ids(tokenizer, example.response)], max_length, overlong)
+def _encode_sft(tokenizer, example: SFTExample, max_length: int, overlong: str, loss_on: str = "last"):
+    p_full, p_labels = prompt_ids_labels(tokenizer, example.prompt, loss_on)
+    fitted = _fit(p_full, [response_ids(tokenizer, example.response)], max_length, overlong)
     if fitted is None:
         return None, False
     p, (r,), truncated = fitted
-    ids, labels = _join(p, r)
+    ids, labels = _join(p, r, p_labels[len(p_labels) - len(p) :])
     return {"input_ids": ids, "labels": labels}, truncated
 
 
@@ -126,9 +197,10 @@ def _encode_pref(tokenizer, example: PreferenceExample, max_length: int, overlon
     return feat, truncated
 
 
-def encode_sft(tokenizer, example: SFTExample, max_length: int, overlong: str = "truncate") -> dict | None:
+def encode_sft(tokenizer, example: SFTExample, max_length: int, overlong: str = "truncate",
+               loss_on: str = "last") -> dict | None:
     """``{"input_ids", "labels"}`` for one SFT example, or ``None`` if dropped (see the module docstring)."""
-    return _encode_sft(tokenizer, example, max_length, overlong)[0]
+    return _encode_sft(tokenizer, example, max_length, overlong, loss_on)[0]
 
 
 def encode_preference(tokenizer, example: PreferenceExample, max_length: int, overlong: str = "truncate") -> dict | None:
@@ -144,8 +216,10 @@ def drop_reason(max_length: int, overlong: str) -> str:
     return "no_room" if max_length < 2 else "empty_prompt"
 
 
-def encode_all(tokenizer, examples, max_length: int, overlong: str = "truncate") -> tuple[list[dict], EncodeStats]:
-    """Encode SFT and/or preference examples; returns the kept features and :class:`EncodeStats`."""
+def encode_all(tokenizer, examples, max_length: int, overlong: str = "truncate",
+               loss_on: str = "last") -> tuple[list[dict], EncodeStats]:
+    """Encode SFT and/or preference examples; returns the kept features and :class:`EncodeStats`.
+    ``loss_on`` applies to SFT examples (see the module docstring)."""
     stats = EncodeStats()
     feats = []
     for ex in examples:
@@ -153,7 +227,7 @@ def encode_all(tokenizer, examples, max_length: int, overlong: str = "truncate")
         if isinstance(ex, PreferenceExample):
             feat, truncated = _encode_pref(tokenizer, ex, max_length, overlong)
         elif isinstance(ex, SFTExample):
-            feat, truncated = _encode_sft(tokenizer, ex, max_length, overlong)
+            feat, truncated = _encode_sft(tokenizer, ex, max_length, overlong, loss_on)
         else:
             raise TypeError(f"expected SFTExample or PreferenceExample, got {type(ex).__name__}")
         if feat is None:

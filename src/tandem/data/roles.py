@@ -2,15 +2,17 @@
 
 A *role* is the kind of example a training stage needs (an objective's ``data_kind``):
 
-* ``"sft"``: formats ``prompt_response``, ``alpaca``, ``messages``, ``tldr``; rows with an empty response are
-  left out (``empty_response``).
-* ``"preference"``: formats ``preference``, ``hh_rlhf``, ``tldr_comparison``; pairs with an empty chosen or
+* ``"sft"``: formats ``prompt_response``, ``alpaca``, ``messages``, ``sharegpt``, ``tldr``; rows with an empty
+  response are left out (``empty_response``).
+* ``"preference"``: formats ``preference``, ``implicit_preference``, ``sharegpt_preference``, ``hh_rlhf``,
+  ``tldr_comparison``; pairs with an empty chosen or
   rejected reply are left out (``empty_chosen`` / ``empty_rejected``), as are pairs with
   ``chosen == rejected`` (``identical``, for every caller).
 
 A source whose format does not fit the role is refused at its first row, naming the file, the row (and line)
 and the fields found. A KTO-style unpaired row (one completion with a boolean ``label``) is refused for every
-role: it needs a KTO-style objective, which tandem does not have. With a role, a source whose rows are all
+role: it needs a KTO-style objective, which tandem does not have (``label`` may be a boolean or, from a CSV
+file, the text ``true``/``false``). With a role, a source whose rows are all
 left out is an error that says how many rows each filter removed (:func:`all_filtered_message`).
 """
 
@@ -22,8 +24,8 @@ from tandem.data.errors import DataError
 
 Role = Literal["sft", "preference"]
 
-SFT_FORMATS = frozenset({"prompt_response", "alpaca", "messages", "tldr"})
-PREFERENCE_FORMATS = frozenset({"preference", "hh_rlhf", "tldr_comparison"})
+SFT_FORMATS = frozenset({"prompt_response", "alpaca", "messages", "sharegpt", "tldr"})
+PREFERENCE_FORMATS = frozenset({"preference", "implicit_preference", "sharegpt_preference", "hh_rlhf", "tldr_comparison"})
 ROLE_FORMATS: dict[str, frozenset[str]] = {"sft": SFT_FORMATS, "preference": PREFERENCE_FORMATS}
 ROLE_FIELDS = {
     "sft": "a prompt and one reply (prompt/response, instruction/output, messages, ...)",
@@ -40,6 +42,8 @@ REASONS = {
     "prompt_not_user_last": "the prompt does not end with a user turn",
     "no_assistant_turn": "no assistant turn",
     "no_assistant_marker": "no '\\n\\nAssistant:' in the transcript",
+    "reply_not_one_turn": "after the shared prompt turns, a side is not exactly one assistant turn",
+    "not_a_post": "a comparison of a news article, not a Reddit post",
     "over_long": "longer than max_length (overlong: drop)",
     "no_room": "max_length too small for any token of the reply",
     "empty_prompt": "too long and an empty prompt to cut",
@@ -70,7 +74,9 @@ def check_format_fits(format: str, role: str | None, record: dict, at: str, decl
 
 def check_unpaired(record: dict, at: str) -> None:
     """Refuse a KTO-style unpaired preference row: one completion with a boolean ``label``."""
-    if isinstance(record.get("label"), bool) and ({"completion", "response"} & set(record)) and not (
+    label = record.get("label")
+    is_bool = isinstance(label, bool) or (isinstance(label, str) and label.strip().lower() in ("true", "false"))
+    if is_bool and ({"completion", "response"} & set(record)) and not (
         {"chosen", "rejected"} <= set(record)
     ):
         raise DataError(
