@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import math
+import re
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -41,6 +42,11 @@ class LoraConfig(Strict):
     target_modules: list[str] | Literal["all-linear"] = "all-linear"
 
 
+#: ``model.attn_implementation`` values transformers knows, besides a Hub kernel ``org/name[@rev][:fn]``.
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "paged|eager")
+_HUB_KERNEL = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w.-]+)?(:[\w-]+)?$")
+
+
 class ModelConfig(Strict):
     name_or_path: str
     gguf_file: str | None = None
@@ -48,6 +54,27 @@ class ModelConfig(Strict):
     trust_remote_code: bool = False
     revision: str | None = None
     lora: LoraConfig | None = None
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations in the backward pass (less memory, ~30% slower)")
+    attn_implementation: str | None = Field(default=None, description="eager, sdpa, flash_attention_2, ...; null = transformers' default")
+    quantization: Literal["4bit", "8bit"] | None = Field(default=None, description="QLoRA: load the base quantized with bitsandbytes (CUDA only; needs lora)")
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _attn_known(cls, v: str | None) -> str | None:
+        if v is not None and v not in ATTN_IMPLEMENTATIONS and not _HUB_KERNEL.match(v):
+            raise ValueError(f"unknown attention implementation {v!r}; choose one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+                             "a Hub kernel (org/name), or null for transformers' default")
+        return v
+
+    @model_validator(mode="after")
+    def _quantization_needs_lora(self) -> "ModelConfig":
+        if self.quantization is not None and self.lora is None:
+            raise ValueError(f"quantization: {self.quantization} (QLoRA) trains LoRA adapters on a frozen quantized "
+                             "base: add a model.lora block, or remove model.quantization")
+        if self.quantization is not None and self.gguf_file is not None:
+            raise ValueError("quantization and gguf_file cannot be combined: a GGUF file is dequantised to dense "
+                             "weights on load; remove one of them")
+        return self
 
 
 class SourceConfig(Strict):
@@ -55,15 +82,38 @@ class SourceConfig(Strict):
     format: str | None = None
     split: str = "train"
     limit: int | None = Field(default=None, ge=1)
+    skip: int = Field(default=0, ge=0, description="rows left out at the start (e.g. rows another source trains on)")
+    columns: dict[str, str] | None = Field(default=None, description="tandem field -> column of the source, e.g. {prompt: question, response: answer}")
+    loss_on: Literal["last", "all_assistant"] = Field(default="last", description="SFT: label the last reply only, or every assistant turn")
+    streaming: bool = Field(default=False, description="read a datasets source (Hub, CSV, Parquet) lazily, without a cached copy")
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_known(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v:
+            from tandem.data.columns import check_columns  # imported only when a map is given (tandem.data loads torch)
+
+            check_columns(v)
+        return v
 
 
 class DataConfig(Strict):
     sft: SourceConfig | None = None
     preference: SourceConfig | None = None
+    pretrain: SourceConfig | None = Field(default=None, description="plain text (LM loss) for rlhf+pt / ppo+pt: a text "
+                                          "file (paragraphs) or JSONL with a 'text' field")
     max_length: int = Field(default=512, ge=8)
     overlong: Literal["truncate", "drop"] = "truncate"
     val_size: int = Field(default=0, ge=0)
     max_record_mb: float = Field(default=10.0, gt=0, description="largest JSON Lines record (line) read, in MiB")
+    chat_template: str | None = Field(default=None, description="chatml, llama3, zephyr or a Jinja file; replaces the tokenizer's template")
+
+    @model_validator(mode="after")
+    def _loss_on_is_sft_only(self) -> "DataConfig":
+        if self.preference is not None and self.preference.loss_on != "last":
+            raise ValueError("preference.loss_on: a preference pair is labelled on its two final replies; "
+                             "loss_on: all_assistant applies to data.sft only")
+        return self
 
 
 class BatchingConfig(Strict):
@@ -108,7 +158,9 @@ class ScheduleConfig(Strict):
     method: str = "sft"
     parts: int = Field(default=1, ge=1)
     epochs: float = Field(default=1.0, gt=0)
-    max_steps: int | None = Field(default=None, ge=1, description="cap on optimizer steps per stage")
+    max_steps: int | None = Field(default=None, ge=1, description="optimizer steps over the whole run (as in TRL), "
+                                  "split over the stages in proportion to their planned steps")
+    max_steps_per_stage: int | None = Field(default=None, ge=1, description="cap on the optimizer steps of each stage")
 
 
 class HBATConfig(Strict):
@@ -121,6 +173,8 @@ class HBATConfig(Strict):
     l2: dict[str, Any] = Field(default_factory=lambda: {"lam": 0.01})
     l1: dict[str, Any] = Field(default_factory=lambda: {"lam": 1e-4})
     mix_gamma: float = Field(default=0.5, ge=0, description="weight of the auxiliary loss in dpo+sft / sft+dpo")
+    alternate_weight: float = Field(default=0.5, ge=0, le=1, description="alright / maxright: weight (probability "
+                                    "for alright) of the stage's other objective")
     reference: Literal["stage_start", "initial"] = "stage_start"
     select_metric: str | None = Field(default=None, description="validation metric that picks the best stage, e.g. preference/rewards/margin")
     select_mode: Literal["max", "min"] = "max"
@@ -163,6 +217,14 @@ class EvalConfig(Strict):
     temperatures: list[float] = Field(default_factory=list, description="temperature sweep (empty: none)")
     repeats: int = Field(default=1, ge=1)
     seed: int = Field(default=0, ge=0, le=SEED_MAX)
+    bartscore_model: str | None = Field(default=None, description="BART model (Hub id, e.g. facebook/bart-large-cnn, or dir) for metric bartscore")
+
+    @model_validator(mode="after")
+    def _bartscore_has_model(self) -> "EvalConfig":
+        if "bartscore" in self.metrics and self.bartscore_model is None:
+            raise ValueError("metric 'bartscore' needs eval.bartscore_model (a BART model: a Hub id such as "
+                             "facebook/bart-large-cnn, or a local dir)")
+        return self
 
     @field_validator("temperatures")
     @classmethod
@@ -211,10 +273,39 @@ class CheckpointConfig(Strict):
     stage_weights: bool = Field(default=True, description="save trainable weights at the start and at each stage end (stages/)")
 
 
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+
+
 class LoggingConfig(Strict):
+    """``report_to`` lists the trackers (through accelerate; ``"none"`` = ``[]``, ``"all"`` = every one).
+    ``tensorboard`` is the older switch: ``tensorboard: false`` without ``report_to`` means ``report_to: []``;
+    when ``report_to`` is given it decides."""
+
     every: int = Field(default=1, ge=1)
     tensorboard: bool = True
     progress: bool = True
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])
+    project: str | None = Field(default=None, description="tracker project / experiment name; default: the recipe's name")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _report_to_list(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        rep = data.get("report_to")
+        if isinstance(rep, str):
+            data["report_to"] = [] if rep.lower() == "none" else list(TRACKERS) if rep.lower() == "all" else [rep]
+        elif rep is None and data.get("tensorboard") is False:
+            data["report_to"] = []
+        return data
+
+    @field_validator("report_to")
+    @classmethod
+    def _each_once(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"a tracker is named twice: {v}")
+        return v
 
 
 class ProbeConfig(Strict):
@@ -247,10 +338,13 @@ class Recipe(Strict):
 
     @model_validator(mode="after")
     def _objectives_known(self) -> "Recipe":
-        allowed = {"sft", "preference", "reward", "ppo"}  # ppo: settings for the PPO methods (schedules.methods)
-        bad = set(self.objectives) - allowed
+        roles = {"sft", "preference", "reward", "pretrain"}
+        # besides the data roles, a block named after its objective holds that objective's settings for the methods
+        # that force it (ppo, orpo, simpo, dpop: see tandem.schedules.methods)
+        bad = {k for k, v in self.objectives.items() if k not in roles and k != v.name}
         if bad:
-            raise ValueError(f"objectives: unknown role(s) {sorted(bad)}; roles are {sorted(allowed)}")
+            raise ValueError(f"objectives: unknown role(s) {sorted(bad)}; roles are {sorted(roles)}, or a block "
+                             "named after its objective (e.g. objectives.ppo with name: ppo)")
         return self
 
 

@@ -20,17 +20,19 @@ FIELDS = frozenset({
 })
 
 
-def check_columns(columns: dict[str, str] | None, source: str) -> dict[str, str]:
-    """The map itself, checked: every key a field tandem reads, every value a non-empty column name."""
+def check_columns(columns: dict[str, str] | None, source: str | None = None) -> dict[str, str]:
+    """The map itself, checked: every key a field tandem reads, every value a non-empty column name (errors
+    start with ``source`` when given)."""
     if not columns:
         return {}
+    at = f"{source}: " if source else ""
     bad = sorted(k for k in columns if k not in FIELDS)
     if bad:
-        raise DataError(f"{source}: column map names {bad}, which no format reads; map your columns to tandem's "
+        raise DataError(f"{at}column map names {bad}, which no format reads; map your columns to tandem's "
                         f"fields: {', '.join(sorted(FIELDS))}")
     empty = sorted(k for k, v in columns.items() if not isinstance(v, str) or not v)
     if empty:
-        raise DataError(f"{source}: column map gives no source column for {empty}")
+        raise DataError(f"{at}column map gives no source column for {empty}")
     return dict(columns)
 
 
