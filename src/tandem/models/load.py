@@ -8,7 +8,15 @@ tandem run dir (its ``final/``), LoRA adapter dir or GGUF file (safetensors weig
 :func:`load_saved`         a model saved by tandem (full dir or LoRA adapter dir, *not* merged), or its run dir
 :func:`load_any`           whatever a user may name: run dir, adapter dir, model dir, ``.gguf`` file or Hub id
 :func:`load_tokenizer`     the tokenizer of any of these (an adapter dir without one: its base model's)
+:func:`load_seq2seq`       ``(AutoModelForSeq2SeqLM, tokenizer)``, e.g. the BART model of metric ``bartscore``
 =========================  ==================================================================================
+
+Training options of :func:`load_policy` / :func:`load_reward_model` (the recipe's ``model`` block):
+``attn_implementation`` is passed to ``from_pretrained``; ``quantization`` (``"4bit"``: NF4 with double
+quantization, the QLoRA setting; ``"8bit"``: LLM.int8) loads the base through bitsandbytes'
+``BitsAndBytesConfig`` on one CUDA device. :func:`check_model_options` refuses, in one line, the options this
+machine cannot run (call it before anything is written). Gradient checkpointing and k-bit preparation:
+:func:`tandem.models.lora.prepare_for_training`.
 
 Full merged weights of an adapter dir: :mod:`tandem.models.merged`. Path rules: :mod:`tandem.models.resolve`.
 """
@@ -16,6 +24,7 @@ Full merged weights of an adapter dir: :mod:`tandem.models.merged`. Path rules: 
 from __future__ import annotations
 
 import logging
+from importlib.util import find_spec
 from pathlib import Path
 
 from tandem.models.resolve import (
@@ -33,8 +42,66 @@ from tandem.models.resolve import (
 
 log = logging.getLogger("tandem")
 
-__all__ = ["DTYPES", "NoSafetensorsError", "load_any", "load_policy", "load_reward_model", "load_saved",
-           "load_tokenizer", "load_value_model"]
+__all__ = ["DTYPES", "ModelOptionError", "NoSafetensorsError", "check_model_options", "load_any", "load_policy",
+           "load_reward_model", "load_saved", "load_seq2seq", "load_tokenizer", "load_value_model",
+           "quantization_config"]
+
+
+class ModelOptionError(ValueError):
+    """A model option (``model.quantization``, ``model.attn_implementation``) this machine cannot run."""
+
+
+def check_model_options(quantization: str | None = None, attn_implementation: str | None = None,
+                        cuda: bool | None = None) -> None:
+    """Refuse options that need what this machine lacks (``cuda``: default ``torch.cuda.is_available()``):
+    quantization needs CUDA and bitsandbytes; FlashAttention needs CUDA. One line that names the field."""
+    import torch
+
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    if quantization is not None:
+        if quantization not in ("4bit", "8bit"):
+            raise ModelOptionError(f"model.quantization: {quantization!r}; choose 4bit, 8bit or null")
+        if not cuda:
+            raise ModelOptionError(
+                f"model.quantization: {quantization} (QLoRA through bitsandbytes) needs a CUDA GPU, and this machine "
+                "has none; remove model.quantization to train the LoRA on the full-precision base, or run on a CUDA machine")
+        if find_spec("bitsandbytes") is None:
+            raise ModelOptionError(f"model.quantization: {quantization} needs the bitsandbytes package; "
+                                   "pip install bitsandbytes, or remove model.quantization")
+    if attn_implementation in ("flash_attention_2", "flash_attention_3") and not cuda:
+        raise ModelOptionError(f"model.attn_implementation: {attn_implementation} needs a CUDA GPU, and this machine "
+                               "has none; use sdpa or eager (or null for transformers' default)")
+
+
+def quantization_config(quantization: str, dtype: str = "auto"):
+    """``BitsAndBytesConfig`` of ``"4bit"`` (NF4, double quantization, compute in ``dtype`` when it is bfloat16
+    or float16, else bfloat16 where the GPU supports it, else float16) or ``"8bit"``. Builds the config only
+    (no GPU needed); loading with it needs CUDA (:func:`check_model_options`)."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    if quantization != "4bit":
+        raise ModelOptionError(f"model.quantization: {quantization!r}; choose 4bit, 8bit or null")
+    compute = torch_dtype(dtype)
+    if compute not in (torch.bfloat16, torch.float16):
+        compute = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float16
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute)
+
+
+def _options(dtype, attn_implementation: str | None, quantization: str | None, device) -> dict:
+    """``from_pretrained`` keyword arguments of the training options (empty when none is set)."""
+    kw: dict = {}
+    if attn_implementation is not None:
+        kw["attn_implementation"] = attn_implementation
+    if quantization is not None:
+        import torch
+
+        kw["quantization_config"] = quantization_config(quantization, dtype)
+        kw["device_map"] = {"": device if device is not None else torch.cuda.current_device()}
+    return kw
 
 
 class NoSafetensorsError(FileNotFoundError, ValueError):
@@ -131,12 +198,16 @@ def _load_adapter(adapter_dir: str, dtype, reward: bool, merge: bool, base: str 
 
 
 def load_policy(name_or_path: str, gguf_file: str | None = None, dtype: str = "auto", trust_remote_code: bool = False,
-                revision: str | None = None):
-    """``(AutoModelForCausalLM, tokenizer)`` from a Hub id, model dir, run dir (its ``final/``) or ``.gguf`` file."""
+                revision: str | None = None, attn_implementation: str | None = None, quantization: str | None = None,
+                device=None):
+    """``(AutoModelForCausalLM, tokenizer)`` from a Hub id, model dir, run dir (its ``final/``) or ``.gguf`` file.
+    ``attn_implementation`` / ``quantization`` (loaded on ``device``, default the current CUDA device): see the
+    module docstring."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path, "model")
-    model = _from_pretrained(AutoModelForCausalLM, path, gguf_file, dtype, trust_remote_code, revision)
+    model = _from_pretrained(AutoModelForCausalLM, path, gguf_file, dtype, trust_remote_code, revision,
+                             **_options(dtype, attn_implementation, quantization, device))
     tok = load_tokenizer(path, gguf_file, trust_remote_code, revision)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
@@ -144,7 +215,8 @@ def load_policy(name_or_path: str, gguf_file: str | None = None, dtype: str = "a
 
 
 def load_reward_model(name_or_path: str, gguf_file: str | None = None, dtype: str = "auto",
-                      trust_remote_code: bool = False, revision: str | None = None, device=None):
+                      trust_remote_code: bool = False, revision: str | None = None, device=None,
+                      attn_implementation: str | None = None, quantization: str | None = None):
     """``(AutoModelForSequenceClassification(num_labels=1), tokenizer)``: the LM with a scalar head ``score``.
 
     * a saved reward model (dir or Hub id): everything is loaded;
@@ -153,7 +225,8 @@ def load_reward_model(name_or_path: str, gguf_file: str | None = None, dtype: st
     * a causal-LM checkpoint: the backbone weights are kept and ``score`` is new (transformers initialises it
       with normal(0, initializer_range)) -- the start of reward-model training.
 
-    The model's ``pad_token_id`` is the tokenizer's; with ``device`` the model is moved there.
+    The model's ``pad_token_id`` is the tokenizer's; with ``device`` the model is moved there (a quantized
+    model is loaded there). ``attn_implementation`` / ``quantization``: see the module docstring.
     """
     from transformers import AutoModelForSequenceClassification
 
@@ -162,13 +235,22 @@ def load_reward_model(name_or_path: str, gguf_file: str | None = None, dtype: st
         model = _load_adapter(path, dtype, reward=True, merge=True)
     else:
         model = _from_pretrained(AutoModelForSequenceClassification, path, gguf_file, dtype, trust_remote_code,
-                                 revision, num_labels=1)
+                                 revision, num_labels=1, **_options(dtype, attn_implementation, quantization, device))
     tok = load_tokenizer(path, gguf_file, trust_remote_code, revision)
     model.config.pad_token_id = tok.pad_token_id
-    return (model.to(device) if device is not None else model), tok
+    return (model.to(device) if device is not None and quantization is None else model), tok
 
 
 load_value_model = load_reward_model
+
+
+def load_seq2seq(name_or_path: str, dtype: str = "auto", device=None):
+    """``(AutoModelForSeq2SeqLM, tokenizer)`` (e.g. BART) from a Hub id or a local dir, in eval mode, on ``device``."""
+    from transformers import AutoModelForSeq2SeqLM
+
+    path = resolve_model_path(name_or_path, "model")
+    model = _from_pretrained(AutoModelForSeq2SeqLM, path, None, dtype).eval()
+    return (model.to(device) if device is not None else model), load_tokenizer(path)
 
 
 def _is_reward_dir(path: Path) -> bool:
