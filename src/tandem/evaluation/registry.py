@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+from tandem.evaluation import bartscore as B
 from tandem.evaluation import metrics as M
 from tandem.evaluation.context import EvalContext
 
@@ -100,6 +101,7 @@ METRIC_TABLE: dict[str, Metric] = {  # in the order results are computed and rep
     "judge_win_rate": Metric(judge_win_rate, True, (
         Need(lambda c: c.judge is not None and c.other is not None,
              "metric 'judge_win_rate' needs judge=JudgeConfig(...) and baseline or references"),)),
+    "bartscore": Metric(B.bartscore, True, (Need(B.has_model, B.NEEDS_MESSAGE),)),
     "perplexity": Metric(perplexity, False, (Need(lambda c: bool(c.heldout_texts), "metric 'perplexity' needs heldout_texts"),)),
     "mc_accuracy": Metric(mc_accuracy, False, (Need(lambda c: bool(c.mc_rows), "metric 'mc_accuracy' needs mc_rows"),)),
     "lm_eval": Metric(lm_eval, False, (
