@@ -36,7 +36,7 @@ def ppo_recipe(tmp_path, model_dir, files, method="ppo", ppo=None, **over):
     raw = base_raw(tmp_path, model_dir, files, method)
     raw.update(name="ppo-test", batching={"mode": "pack", "batch_size": 4},
                optimizer={"lr": 1e-3, "scheduler": "constant"},
-               schedule={"method": method, "parts": 1, "epochs": 1, "max_steps": 3},
+               schedule={"method": method, "parts": 1, "epochs": 1, "max_steps_per_stage": 3},
                objectives={"sft": {"name": "sft"}, "preference": ppo_block(**(ppo or {}))},
                checkpoint={"every": 0, "keep": 1}, logging={"progress": False, "tensorboard": False})
     raw["data"].update(max_length=96, val_size=0)

@@ -20,7 +20,7 @@ def base_raw(tmp_path, model_dir, files, method: str = "sft") -> dict:
         },
         "batching": {"mode": "pack", "batch_size": 4},
         "optimizer": {"lr": 1e-3, "scheduler": "linear"},
-        "schedule": {"method": method, "epochs": 1, "max_steps": 6},
+        "schedule": {"method": method, "epochs": 1, "max_steps_per_stage": 6},
         "objectives": {"sft": {"name": "sft"}, "preference": {"name": "dpo", "beta": 0.1}, "reward": {"name": "reward"}},
         "checkpoint": {"every": 2, "keep": 2},
         "logging": {"progress": False},

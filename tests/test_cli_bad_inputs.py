@@ -44,7 +44,7 @@ def recipe_raw(sb: Path, model: Path, method: str = "sft") -> dict:
                  "max_length": 64, "val_size": 0},
         "batching": {"mode": "pack", "batch_size": 4},
         "optimizer": {"lr": 1e-3},
-        "schedule": {"method": method, "epochs": 1, "max_steps": 1},
+        "schedule": {"method": method, "epochs": 1, "max_steps_per_stage": 1},
         "objectives": {"sft": {"name": "sft"}, "preference": {"name": "dpo", "beta": 0.1}},
         "checkpoint": {"every": 0},
         "logging": {"progress": False, "tensorboard": False},

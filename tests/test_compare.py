@@ -40,7 +40,7 @@ def write_recipe(tmp: Path, model_dir, files) -> Path:
     heldout = tmp / "heldout.txt"
     heldout.write_text("The quick brown fox jumps over the lazy dog.\n\nWhat is 2 + 3? The answer is 5.\n")
     r = with_overrides(base_raw(tmp, model_dir, files, "sequential"), {
-        "schedule.parts": 2, "schedule.max_steps": 1, "checkpoint.every": 0, "logging.tensorboard": False,
+        "schedule.parts": 2, "schedule.max_steps_per_stage": 1, "checkpoint.every": 0, "logging.tensorboard": False,
         "data.val_size": 4, "eval.metrics": ["perplexity"], "eval.heldout_text": str(heldout)})
     path = tmp / "recipe.yaml"
     path.write_text(dump_recipe(r))

@@ -27,7 +27,7 @@ def test_two_cpu_processes_match_one(tmp_path, tiny_model_dir, synthetic_files, 
     paths = {}
     for name in ("one", "two"):
         r = recipe(tmp_path / name, tiny_model_dir, synthetic_files, method=method,
-                   **{"schedule.max_steps": 4, "checkpoint.every": 0, "data.val_size": 0, "batching.batch_size": 8,
+                   **{"schedule.max_steps_per_stage": 4, "checkpoint.every": 0, "data.val_size": 0, "batching.batch_size": 8,
                       "batching.grad_accum": 2})
         paths[name] = tmp_path / f"{name}.yaml"
         paths[name].write_text(dump_recipe(r))

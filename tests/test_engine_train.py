@@ -55,7 +55,7 @@ def test_run_writes_final_metrics_tensorboard_summary(tmp_path, tiny_model_dir, 
 def test_existing_output_dir_is_refused_without_overwrite(tmp_path, tiny_model_dir, synthetic_files):
     """A tandem run dir is replaced only with --overwrite; a directory tandem did not create is never replaced
     (issue 13: --overwrite used to delete whatever directory it was given)."""
-    r = recipe(tmp_path, tiny_model_dir, synthetic_files, **{"schedule.max_steps": 1})
+    r = recipe(tmp_path, tiny_model_dir, synthetic_files, **{"schedule.max_steps_per_stage": 1})
     train(r)
     with pytest.raises(RunDirError, match="--overwrite"):
         train(r)
@@ -63,7 +63,7 @@ def test_existing_output_dir_is_refused_without_overwrite(tmp_path, tiny_model_d
     train(r, overwrite=True)
     assert not (Path(r.output_dir) / "extra.txt").exists() and (Path(r.output_dir) / "final").exists()
 
-    user = recipe(tmp_path / "user", tiny_model_dir, synthetic_files, **{"schedule.max_steps": 1})
+    user = recipe(tmp_path / "user", tiny_model_dir, synthetic_files, **{"schedule.max_steps_per_stage": 1})
     Path(user.output_dir).mkdir(parents=True)
     (Path(user.output_dir) / "precious.txt").write_text("keep me")
     for kw in ({}, {"overwrite": True}, {"resume": True}):
@@ -126,7 +126,7 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, tiny_model_dir, synth
 
     paths = {}
     for name in ("straight", "killed"):
-        r = recipe(tmp_path / name, tiny_model_dir, synthetic_files, method=method, **{"schedule.max_steps": 5, "checkpoint.every": 2})
+        r = recipe(tmp_path / name, tiny_model_dir, synthetic_files, method=method, **{"schedule.max_steps_per_stage": 5, "checkpoint.every": 2})
         paths[name] = tmp_path / f"{name}.yaml"
         paths[name].write_text(dump_recipe(r))
     assert _run(paths["straight"], "fresh").returncode == 0

@@ -106,7 +106,7 @@ def test_reward_model_from_a_lora_reward_run(tmp_path, tiny_model_dir, synthetic
     from tandem.models import load_reward_model
 
     r = recipe(tmp_path, tiny_model_dir, synthetic_files, method="reward",
-               **{"model.lora": {"r": 4, "alpha": 8, "target_modules": "all-linear"}, "schedule.max_steps": 2})
+               **{"model.lora": {"r": 4, "alpha": 8, "target_modules": "all-linear"}, "schedule.max_steps_per_stage": 2})
     train(r)
     adapter, tok = load_reward_model(tmp_path / "run" / "final")
     merged, tok2 = load_reward_model(tmp_path / "run" / "final" / "merged")

@@ -26,7 +26,7 @@ from tandem.data import collate, split_parts
 from tandem.objectives import build
 
 PREF_STAGES = ["02-pref-1", "04-pref-2"]
-OVER = {"schedule.parts": 2, "schedule.max_steps": 2, "checkpoint.every": 0, "checkpoint.stage_weights": True,
+OVER = {"schedule.parts": 2, "schedule.max_steps_per_stage": 2, "checkpoint.every": 0, "checkpoint.stage_weights": True,
         "logging.tensorboard": False, "data.val_size": 6}
 
 

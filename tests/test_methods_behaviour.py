@@ -42,7 +42,10 @@ EXPECTED_STAGES = {
     "sequential": SEQ, "sequential-ewc": SEQ, "l2-anchor": SEQ, "l1-anchor": SEQ, "sequential-ppo": SEQ,
     "hbat": ALT, "hbat-no-ewc": ALT, "hbat-freeze": ALT, "fisher-ewc": ALT, "hbat-ppo": ALT,
     "dpo+sft": ONE_PREF, "sft+dpo": ["01-sft"], "ppo": ONE_PREF, "ppo+sft": ONE_PREF, "sft+ppo": ["01-sft"],
+    "rlhf+pt": SEQ, "ppo+pt": SEQ, "orpo": ONE_PREF, "simpo": ONE_PREF, "dpop": ONE_PREF,
+    "alright": ["01-sft"], "maxright": ["01-sft"],
 }
+NOT_LN2 = {"orpo", "simpo"}  # preference losses that do not start at ln 2 (ORPO adds the SFT NLL; SimPO has a margin)
 PPO_KEYS = {"kl", "reward_mean", "beta", "value_loss"}
 EWC_LIKE = {"ewc", "fisher"}
 L2_LAM, L1_LAM, FISHER_SAMPLES = 1.0, 0.01, 4
@@ -131,15 +134,20 @@ def check_method(method: str, run: Path, summary: dict, steps: int) -> None:
     if m.regularizer == "fisher":
         _check_fisher_state(run, names)
 
-    # the auxiliary loss of mixed methods is logged in every step
-    assert all(("aux/loss" in r) == (m.aux_role is not None) for r in rows)
+    # the auxiliary loss of mixed methods is logged in every step of the stages it joins (alternating methods
+    # train one objective per step: no auxiliary loss, the row names its role)
+    for s in summary["stages"]:
+        joins = m.aux_role is not None and not m.alternate and (m.aux_in is None or s["role"] in m.aux_in)
+        assert all(("aux/loss" in r) == joins for r in per[s["name"]]), s["name"]
+    if m.alternate:
+        assert {r["role"] for r in rows} <= {"sft", "preference"}
     ppo = m.preference_objective == "ppo"
-    if m.aux_role == "preference" and not ppo:  # sft+dpo: the DPO reference is the policy at the stage start
+    if m.aux_role == "preference" and not ppo and not m.alternate:  # sft+dpo: the DPO reference is the stage start
         assert per[names[0]][0]["aux/loss"] == pytest.approx(math.log(2), abs=1e-4)
 
     # DPO preference stages start at ln 2: the reference is the policy at the stage start
     for s in summary["stages"]:
-        if s["role"] == "preference" and not ppo:
+        if s["role"] == "preference" and not ppo and method not in NOT_LN2:
             assert per[s["name"]][0]["loss"] == pytest.approx(math.log(2), abs=1e-4), s["name"]
 
     # PPO stages (and the PPO-driven SFT stage of sft+ppo) log KL and rewards; other stages do not
@@ -244,16 +252,18 @@ def _check_fisher_state(run: Path, names: list[str]) -> None:
 # ------------------------------------------------------------------------------------------ the runs
 
 STEPS = 2
-OFFLINE_OVER = {"schedule.parts": 2, "schedule.max_steps": STEPS, "checkpoint.every": 1, "checkpoint.keep": 20,
+OFFLINE_OVER = {"schedule.parts": 2, "schedule.max_steps_per_stage": STEPS, "checkpoint.every": 1, "checkpoint.keep": 20,
                 "checkpoint.stage_weights": True, "logging.tensorboard": False, "data.val_size": 4,
                 "hbat.fisher": {"lam": 1.0, "samples": FISHER_SAMPLES}, "hbat.l2": {"lam": L2_LAM},
                 "hbat.l1": {"lam": L1_LAM}}
 
 
 def make_recipe(root: Path, model_dir, files, method: str, **over):
+    if METHODS[method].aux_role == "pretrain":  # the SFT file stands in for a pretraining corpus
+        over = {"data.pretrain": {"source": str(files["sft"]), "format": "sft"}, **over}
     if METHODS[method].preference_objective == "ppo":
         return ppo_recipe(root, model_dir, files, method=method, ppo={"critic_warmup_steps": 0, "max_new_tokens": 4},
-                          **{"schedule.parts": 2, "schedule.max_steps": STEPS, "checkpoint.stage_weights": True,
+                          **{"schedule.parts": 2, "schedule.max_steps_per_stage": STEPS, "checkpoint.stage_weights": True,
                              "checkpoint.keep": 2, **over})
     return with_overrides(base_raw(root, model_dir, files, method), {**OFFLINE_OVER, **over})
 

@@ -32,7 +32,7 @@ def test_new_objectives_train_in_the_engine(tmp_path, tiny_model_dir, synthetic_
     from tandem.pipelines.train import train
 
     r = recipe(tmp_path, tiny_model_dir, synthetic_files, method="preference",
-               **{"objectives.preference": {"name": name}, "schedule.max_steps": 2, "checkpoint.every": 0})
+               **{"objectives.preference": {"name": name}, "schedule.max_steps_per_stage": 2, "checkpoint.every": 0})
     train(r)
     rows = read_metrics(Path(r.output_dir))
     train_rows = [x for x in rows if x["split"] == "train"]

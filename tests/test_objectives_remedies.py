@@ -188,7 +188,7 @@ def test_remedies_train_in_the_engine(tmp_path, tiny_model_dir, synthetic_files,
     from tandem.pipelines.train import train
 
     r = recipe(tmp_path, tiny_model_dir, synthetic_files, method="dpo",
-               **{"objectives.preference": {"name": name, "beta": 0.1}, "schedule.max_steps": 2,
+               **{"objectives.preference": {"name": name, "beta": 0.1}, "schedule.max_steps_per_stage": 2,
                   "checkpoint.every": 0})
     train(r)
     val = [x for x in read_metrics(Path(r.output_dir)) if x["split"] == "val"]

@@ -34,7 +34,7 @@ def same(a: dict, b: dict) -> bool:
 
 def test_cold_start_trains_only_the_critic(tmp_path, tiny_model_dir, synthetic_files):
     r = ppo_recipe(tmp_path, tiny_model_dir, synthetic_files, ppo={"critic_warmup_steps": 2},
-                   **{"schedule.max_steps": 3, "checkpoint.every": 1, "checkpoint.keep": 3})
+                   **{"schedule.max_steps_per_stage": 3, "checkpoint.every": 1, "checkpoint.keep": 3})
     train(r)
     run = Path(r.output_dir)
     start = load_file(run / "stages" / "start.safetensors")
@@ -57,7 +57,7 @@ def test_cold_start_trains_only_the_critic(tmp_path, tiny_model_dir, synthetic_f
 
 def test_critic_is_carried_across_hbat_stages_with_ewc(tmp_path, tiny_model_dir, synthetic_files):
     r = ppo_recipe(tmp_path, tiny_model_dir, synthetic_files, method="hbat-ppo", ppo={"critic_warmup_steps": 1},
-                   **{"schedule.parts": 2, "schedule.max_steps": 2})
+                   **{"schedule.parts": 2, "schedule.max_steps_per_stage": 2})
     train(r)
     stages = Path(r.output_dir) / "stages"
     assert sorted(p.name for p in stages.glob("0*")) == ["01-sft-1", "02-pref-1", "03-sft-2", "04-pref-2"]
@@ -96,7 +96,7 @@ def test_forced_ppo_objective_settings(tmp_path, tiny_model_dir, synthetic_files
 @pytest.mark.parametrize("method", ["ppo+sft", "sft+ppo"])
 def test_mixed_ppo_sft_stages_with_lora(tmp_path, tiny_model_dir, synthetic_files, method):
     r = ppo_recipe(tmp_path, tiny_model_dir, synthetic_files, method=method,
-                   **{"schedule.max_steps": 2, "model.lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
+                   **{"schedule.max_steps_per_stage": 2, "model.lora": {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]},
                       "save_merged": False})
     train(r)
     tr = rows(Path(r.output_dir))
@@ -108,7 +108,7 @@ def test_mixed_ppo_sft_stages_with_lora(tmp_path, tiny_model_dir, synthetic_file
 
 
 def test_resume_mid_stage_matches_uninterrupted_run(tmp_path, tiny_model_dir, synthetic_files, monkeypatch):
-    over = {"schedule.max_steps": 4, "checkpoint.every": 2, "checkpoint.keep": 1}
+    over = {"schedule.max_steps_per_stage": 4, "checkpoint.every": 2, "checkpoint.keep": 1}
     full = ppo_recipe(tmp_path / "a", tiny_model_dir, synthetic_files, ppo={"critic_warmup_steps": 1}, **over)
     train(full)
     part = ppo_recipe(tmp_path / "b", tiny_model_dir, synthetic_files, ppo={"critic_warmup_steps": 1}, **over)
@@ -138,7 +138,7 @@ def test_best_policy_guard_restores_the_best_evaluated_weights(tmp_path, tiny_mo
     # the reward falls with every call, so the evaluation before the first step is the best one
     r = ppo_recipe(tmp_path, tiny_model_dir, synthetic_files,
                    ppo={"reward_fn": "helpers_ppo:decaying", "eval_every": 2, "eval_prompts": 4, "keep_best": True},
-                   **{"schedule.max_steps": 4, "checkpoint.every": 2, "checkpoint.keep": 2})
+                   **{"schedule.max_steps_per_stage": 4, "checkpoint.every": 2, "checkpoint.keep": 2})
     train(r)
     run = Path(r.output_dir)
     val = rows(run, "val")
@@ -156,7 +156,7 @@ def test_ppo_raises_the_reward_of_a_tiny_policy(tmp_path, tiny_model_dir, synthe
     """Reward = number of letters 'e' in the response; a random tiny Llama learns to emit them."""
     r = ppo_recipe(tmp_path, tiny_model_dir, synthetic_files,
                    ppo={"max_new_tokens": 8, "ppo_epochs": 4, "mini_batches": 2, "beta": 0.01, "kl_control": "fixed"},
-                   **{"batching.batch_size": 8, "optimizer.lr": 3e-3, "schedule.max_steps": 30, "schedule.epochs": 100})
+                   **{"batching.batch_size": 8, "optimizer.lr": 3e-3, "schedule.max_steps_per_stage": 30, "schedule.epochs": 100})
     train(r)
     rewards = [x["reward_mean"] for x in rows(Path(r.output_dir))]
     first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
@@ -166,14 +166,14 @@ def test_ppo_raises_the_reward_of_a_tiny_policy(tmp_path, tiny_model_dir, synthe
 def test_reward_model_and_reward_model_critic_from_a_tandem_reward_run(tmp_path, tiny_model_dir, synthetic_files):
     lora = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
     rm = ppo_recipe(tmp_path / "rm", tiny_model_dir, synthetic_files, method="reward",
-                    **{"objectives.reward": {"name": "reward"}, "schedule.max_steps": 1, "model.lora": lora,
+                    **{"objectives.reward": {"name": "reward"}, "schedule.max_steps_per_stage": 1, "model.lora": lora,
                        "save_merged": False})
     train(rm)
     final = Path(rm.output_dir) / "final"
     assert (final / "adapter_config.json").exists()  # a LoRA reward model: merged into the critic
     r = ppo_recipe(tmp_path / "ppo", tiny_model_dir, synthetic_files,
                    ppo={"reward_fn": None, "reward_model": str(final), "critic": "reward_model", "critic_warmup_steps": 1},
-                   **{"schedule.max_steps": 2})
+                   **{"schedule.max_steps_per_stage": 2})
     train(r)
     run = Path(r.output_dir)
     tr = rows(run)

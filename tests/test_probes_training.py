@@ -15,7 +15,7 @@ PROBE_KEYS = {"probe/mean_cosine", "probe/frac_chosen_falls", "probe/frac_reject
 
 def test_probe_metrics_in_preference_stage_rows(tmp_path, tiny_model_dir, synthetic_files):
     r = recipe(tmp_path, tiny_model_dir, synthetic_files, method="sequential",
-               **{"schedule.max_steps": 4, "logging.every": 3, "probe": {"every": 2, "pairs": 2, "params": "all"},
+               **{"schedule.max_steps_per_stage": 4, "logging.every": 3, "probe": {"every": 2, "pairs": 2, "params": "all"},
                   "checkpoint.every": 0, "data.val_size": 0})
     train(r)
     rows = [x for x in read_metrics(Path(r.output_dir)) if x["split"] == "train"]

@@ -22,14 +22,12 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import write_jsonl
 from helpers_evaluation import tiny_lm
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from tandem.cli.common import set_debug, user_message
 from tandem.cli.main import app
-from tandem.data import synthetic
 from tandem.engine import checkpoint as ckpt
 from tandem.engine.loop import TrainingDiverged
 from tandem.io.rundir import LOCK, MARKER, RunLock, is_run_dir, write_marker
@@ -70,7 +68,7 @@ def recipe_file(tmp: Path, model: Path, files: dict, **over) -> Path:
                  "max_length": 64, "val_size": 0},
         "batching": {"mode": "pack", "batch_size": 4},
         "optimizer": {"lr": 1e-3},
-        "schedule": {"method": "sft", "epochs": 1, "max_steps": 2},
+        "schedule": {"method": "sft", "epochs": 1, "max_steps_per_stage": 2},
         "objectives": {"sft": {"name": "sft"}, "preference": {"name": "dpo", "beta": 0.1}},
         "checkpoint": {"every": 1, "keep": 10},
         "logging": {"progress": False, "tensorboard": False},
@@ -150,7 +148,7 @@ def test_lr_30_stops_with_exit_2_and_every_checkpoint_on_disk_is_finite(tmp_path
     finite; a checkpoint every step would have saved them."""
     recipe = recipe_file(tmp_path, tiny_model_dir, synthetic_files, **{
         "optimizer.lr": 30.0, "optimizer.scheduler": "constant", "optimizer.max_grad_norm": None,
-        "schedule.max_steps": 10})
+        "schedule.max_steps_per_stage": 10})
     code, out = invoke(["train", recipe])
     line = error_line(out)
     assert code == 2 and "non-finite weights in" in line and "trainable tensors" in line

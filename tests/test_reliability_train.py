@@ -33,7 +33,7 @@ def rows(run: Path) -> list[dict]:
 
 
 def test_resume_refuses_changed_recipe(tmp_path, tiny_model_dir, synthetic_files):
-    r = recipe(tmp_path, tiny_model_dir, synthetic_files, **{"schedule.max_steps": 2})
+    r = recipe(tmp_path, tiny_model_dir, synthetic_files, **{"schedule.max_steps_per_stage": 2})
     train(r)
     changed = with_overrides(r.model_dump(mode="json"), {"optimizer.lr": 0.5, "batching.batch_size": 2})
     with pytest.raises(RunDirError) as e:
@@ -41,16 +41,16 @@ def test_resume_refuses_changed_recipe(tmp_path, tiny_model_dir, synthetic_files
     assert "optimizer.lr" in str(e.value) and "batching.batch_size" in str(e.value)
     with pytest.raises(RunDirError, match="not a field that is safe"):
         train(changed, resume=True, allow_changes=["optimizer.lr"])
-    longer = with_overrides(r.model_dump(mode="json"), {"schedule.max_steps": 3})
+    longer = with_overrides(r.model_dump(mode="json"), {"schedule.max_steps_per_stage": 3})
     with pytest.raises(RunDirError, match="--allow-change"):
         train(longer, resume=True)
-    train(longer, resume=True, allow_changes=["schedule.max_steps"])
+    train(longer, resume=True, allow_changes=["schedule.max_steps_per_stage"])
     logged = [json.loads(x) for x in (Path(r.output_dir) / "resume-changes.jsonl").read_text().splitlines()]
-    assert logged[-1]["changes"] == {"schedule.max_steps": {"old": 2, "new": 3}}
+    assert logged[-1]["changes"] == {"schedule.max_steps_per_stage": {"old": 2, "new": 3}}
 
 
 def test_resume_without_checkpoint_restarts_metrics(tmp_path, tiny_model_dir, synthetic_files):
-    r = recipe(tmp_path, tiny_model_dir, synthetic_files, **{"schedule.max_steps": 3, "data.val_size": 0})
+    r = recipe(tmp_path, tiny_model_dir, synthetic_files, **{"schedule.max_steps_per_stage": 3, "data.val_size": 0})
     train(r)
     run = Path(r.output_dir)
     import shutil
@@ -78,7 +78,7 @@ def _hold(run_dir: str, ready, stop) -> None:
 
 
 def test_second_writer_refused(tmp_path, tiny_model_dir, synthetic_files):
-    r = recipe(tmp_path, tiny_model_dir, synthetic_files, **{"schedule.max_steps": 1})
+    r = recipe(tmp_path, tiny_model_dir, synthetic_files, **{"schedule.max_steps_per_stage": 1})
     train(r)
     ctx = mp.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
@@ -144,7 +144,7 @@ def _kill_resume_identical(tmp_path, make, kill_after: int, files: list[str]) ->
 def test_kill_resume_regularized_hbat(tmp_path, tiny_model_dir, synthetic_files):
     def make(d):
         return recipe(d, tiny_model_dir, synthetic_files, method="hbat",
-                      **{"schedule.parts": 2, "schedule.max_steps": 3, "checkpoint.every": 2})
+                      **{"schedule.parts": 2, "schedule.max_steps_per_stage": 3, "checkpoint.every": 2})
 
     _kill_resume_identical(tmp_path, make, kill_after=5,
                            files=["final/model.safetensors", "stages/04-pref-2/importance.json"])
@@ -153,7 +153,7 @@ def test_kill_resume_regularized_hbat(tmp_path, tiny_model_dir, synthetic_files)
 def test_kill_resume_ppo_stage(tmp_path, tiny_model_dir, synthetic_files):
     def make(d):
         return ppo_recipe(d, tiny_model_dir, synthetic_files, ppo={"critic_warmup_steps": 1},
-                          **{"schedule.max_steps": 4, "checkpoint.every": 2})
+                          **{"schedule.max_steps_per_stage": 4, "checkpoint.every": 2})
 
     _kill_resume_identical(tmp_path, make, kill_after=3,
                            files=["final/model.safetensors", "stages/01-pref/critic.safetensors"])

@@ -36,7 +36,7 @@ CASES = {
     "l2-anchor": dict(kill_after=6, over={"hbat.l2": {"lam": 1.0}}),
     "l2-anchor-initial": dict(kill_after=4, over={"hbat.l2": {"lam": 1.0, "anchor": "initial", "stages": "all"}}),
 }
-COMMON = {"schedule.max_steps": 3, "checkpoint.every": 2, "checkpoint.keep": 2, "checkpoint.stage_weights": True,
+COMMON = {"schedule.max_steps_per_stage": 3, "checkpoint.every": 2, "checkpoint.keep": 2, "checkpoint.stage_weights": True,
           "logging.tensorboard": False, "data.val_size": 4}
 
 

@@ -32,7 +32,7 @@ def test_stage_orders():
 def hbat_run(tmp_path_factory, tiny_model_dir, synthetic_files):
     tmp = tmp_path_factory.mktemp("hbat")
     r = recipe(tmp, tiny_model_dir, synthetic_files, method="hbat", **{
-        "schedule.parts": 2, "schedule.max_steps": 3, "checkpoint.stage_weights": True,
+        "schedule.parts": 2, "schedule.max_steps_per_stage": 3, "checkpoint.stage_weights": True,
         "hbat.ewc": {"lam": 1.0, "f_max": 50.0, "normalise": "zscore", "temperature": 1.0},
         "hbat.select_metric": "preference/rewards/accuracy", "hbat.final": "best"})
     return r, train(r)
@@ -96,7 +96,7 @@ OFFLINE = [m for m in METHODS if "ppo" not in m and m != "reward"]
 @pytest.mark.parametrize("method", OFFLINE)
 def test_every_method_runs_end_to_end(method, tmp_path, tiny_model_dir, synthetic_files):
     r = recipe(tmp_path, tiny_model_dir, synthetic_files, method=method, **{
-        "schedule.parts": 2, "schedule.max_steps": 1, "checkpoint.every": 0,
+        "schedule.parts": 2, "schedule.max_steps_per_stage": 1, "checkpoint.every": 0,
         "hbat.fisher": {"samples": 4}})
     summary = train(r)
     assert summary["global_steps"] == len(build_stages(method, 2))

@@ -18,22 +18,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tandem.engine.loop import TrainingDiverged
-from tandem.io.weights import load_trainable_file, trainable_state
+from tandem.io.weights import load_trainable_file, nonfinite, trainable_state
 from tandem.models.atomic import atomic_dir
-
-
-def nonfinite(tensors: list[torch.Tensor]) -> list[int]:
-    """Indices of the tensors holding a NaN or an infinity: one fused max-abs norm per device, one sync each."""
-    by_device: dict[torch.device, list[int]] = {}
-    for i, t in enumerate(tensors):
-        if t.numel():
-            by_device.setdefault(t.device, []).append(i)
-    bad = []
-    for idx in by_device.values():
-        norms = torch._foreach_norm([tensors[i].detach() for i in idx], float("inf"))
-        ok = torch.stack([n.float() for n in norms]).isfinite().tolist()
-        bad += [i for i, good in zip(idx, ok) if not good]
-    return sorted(bad)
 
 
 def last_finite_checkpoint(ckpt_root: Path | None) -> Path | None:

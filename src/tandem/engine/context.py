@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from tandem.io.metrics import MetricsLog
     from tandem.objectives.base import Objective
     from tandem.regularizers.base import Regularizer
+    from tandem.schedules.steps import Alternation
     from tandem.schedules import Stage
 
 BatchFn = Callable[[list[dict]], dict]
@@ -30,7 +31,10 @@ class LoopConfig:
     grad_accum: int = 1
     group_by_length: bool = True
     epochs: float = 1.0
-    max_steps: int | None = None
+    max_steps: int | None = None  # optimizer steps over the whole run (split over stages in proportion)
+    max_steps_per_stage: int | None = None
+    alternate: str | None = None  # "alright" | "maxright": one objective per step (else aux terms are added)
+    alternate_weight: float = 0.5
     lr: float = 1e-5
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
@@ -60,6 +64,7 @@ class AuxTerm:
     objective: "Objective"
     features: list[dict]
     weight: float
+    role: str  # the data role of the features (budgets are counted per role)
 
 
 class Runner(torch.nn.Module):
@@ -74,9 +79,7 @@ class Runner(torch.nn.Module):
 
 
 @dataclass
-class StageContext:
-    """What a stage loop needs; built by ``tandem.engine.run`` for each stage."""
-
+class StageContext:  # what a stage loop needs; built by tandem.engine.run for each stage
     accelerator: "Accelerator"
     runner: Runner  # the prepared (possibly DDP-wrapped) Runner
     model: torch.nn.Module  # the unwrapped HF model
@@ -90,7 +93,9 @@ class StageContext:
     progress: "Progress"
     on_checkpoint: Callable[[int, torch.optim.Optimizer, object], None]  # (stage_step, optimizer, scheduler)
     global_step: int = 0
-    aux: list[AuxTerm] = field(default_factory=list)
+    aux: list[AuxTerm] = field(default_factory=list)  # added to every step, or alternated with (``alternation``)
+    alternation: "Alternation | None" = None
+    seen: dict[str, int] = field(default_factory=dict)  # examples trained on per role (the compare budget)
 
     @property
     def stage_dir(self) -> Path:

@@ -17,9 +17,9 @@ import time
 import torch
 from transformers import get_scheduler
 
-from tandem.data import batches as make_batches
-from tandem.engine.context import LoopConfig, StageContext
+from tandem.engine.context import AuxTerm, LoopConfig, StageContext
 from tandem.objectives.base import units
+from tandem.schedules.steps import aux_indices, epoch_order, shards
 
 
 class TrainingDiverged(RuntimeError):
@@ -69,39 +69,12 @@ def fault_hook(global_step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def plan_steps(n_features: int, cfg: LoopConfig) -> tuple[int, int]:
-    """(steps per epoch, total optimizer steps) of a stage."""
-    spe = max(1, n_features // cfg.batch_size)
-    total = math.ceil(cfg.epochs * spe)
-    return spe, min(total, cfg.max_steps) if cfg.max_steps else total
-
-
-def epoch_order(cfg: LoopConfig, stage_index: int, epoch: int, feats: list[dict]) -> list[list[int]]:
-    order = make_batches(feats, cfg.batch_size, shuffle_seed=cfg.seed * 1_000_003 + stage_index * 1009 + epoch,
-                         group_by_length=cfg.group_by_length)
-    if len(order) > 1 and len(order[-1]) < cfg.batch_size:
-        order = order[:-1]  # drop the incomplete last batch so every step has the same global batch size
-    return order
-
-
 def make_optimizer(model, cfg: LoopConfig, total_steps: int):
     opt = torch.optim.AdamW(trainable_params(model), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
                             weight_decay=cfg.weight_decay)
     sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                           num_training_steps=total_steps)
     return opt, sched
-
-
-def shards(global_batch: list[int], accum: int, procs: int) -> list[list[list[int]]]:
-    """global batch -> [micro step][process] -> indices (round-robin so shards stay balanced)."""
-    micro = [global_batch[a::accum] for a in range(accum)]
-    return [[m[p::procs] for p in range(procs)] for m in micro]
-
-
-def aux_indices(cfg: LoopConfig, stage_index: int, step: int, micro: int, rank: int, n_aux: int, n: int) -> list[int]:
-    """Deterministic auxiliary-data indices for multi-objective stages (``n`` of them)."""
-    g = torch.Generator().manual_seed(cfg.seed * 7919 + stage_index * 104729 + step * 131 + micro * 17 + rank)
-    return torch.randint(0, n_aux, (max(1, n),), generator=g).tolist()
 
 
 def train_row(ctx: StageContext, step: int, epoch: int, lr: float, **values) -> dict:
@@ -112,36 +85,40 @@ def train_row(ctx: StageContext, step: int, epoch: int, lr: float, **values) -> 
 # ------------------------------------------------------------------------------------------ offline loop
 
 
-def run_stage(ctx: StageContext, optimizer, scheduler, start_step: int, total_steps: int, spe: int) -> int:
+def run_stage(ctx: StageContext, optimizer, scheduler, start_step: int, total_steps: int) -> int:
     """Train ``total_steps - start_step`` optimizer steps; returns the new global step."""
     acc, cfg, stage = ctx.accelerator, ctx.config, ctx.stage
     P, A, rank = acc.num_processes, cfg.grad_accum, acc.process_index
     task = ctx.progress.add_task(stage.name, total=total_steps, completed=start_step, loss="-", tps="-")
-    order_cache: dict[int, list[list[int]]] = {}
+    terms = [AuxTerm(ctx.objective, ctx.features, 1.0, stage.role), *(ctx.aux[:1] if ctx.alternation else [])]
+    mixed = [] if ctx.alternation else ctx.aux  # terms added to every step's loss
+    orders: list[dict] = [{} for _ in terms]
     probe = _probe_hook(ctx)
     ctx.runner.train()
     for step in range(start_step, total_steps):
-        epoch, pos = divmod(step, spe)
-        if epoch not in order_cache:
-            order_cache = {epoch: epoch_order(cfg, stage.index, epoch, ctx.features)}
-        global_batch = order_cache[epoch][pos % len(order_cache[epoch])]
+        batches = [_global_batch(cfg, stage.index, t.features, step, orders[i]) for i, t in enumerate(terms)]
+        pick = 0
+        if ctx.alternation is not None:
+            losses = _losses(ctx, terms, batches) if ctx.alternation.kind == "maxright" else None
+            pick = ctx.alternation.choose(step, losses)
+        term, global_batch = terms[pick], batches[pick]
         t0 = time.perf_counter()
-        total_units = units(ctx.objective, [ctx.features[i] for i in global_batch])
+        total_units = units(term.objective, [term.features[i] for i in global_batch])
         sums: dict[str, float] = {}
         n_tokens, finite = 0.0, True
         for a, per_proc in enumerate(shards(global_batch, A, P)):
-            feats = [ctx.features[i] for i in per_proc[rank]]
-            u = units(ctx.objective, feats)
+            feats = [term.features[i] for i in per_proc[rank]]
+            u = units(term.objective, feats)
             batch = ctx.batch_fn(feats)
             n_tokens += float((batch["seq_ids"] >= 0).sum())
             sync = contextlib.nullcontext() if a == A - 1 or P == 1 else acc.no_sync(ctx.runner)
             with sync:
-                loss, metrics = ctx.runner(ctx.objective, batch)
+                loss, metrics = ctx.runner(term.objective, batch)
                 scaled = loss * (u * P / total_units)
-                for term in ctx.aux:
-                    idx = aux_indices(cfg, stage.index, step, a, rank, len(term.features), len(feats))
-                    aux_loss, aux_m = ctx.runner(term.objective, ctx.batch_fn([term.features[i] for i in idx]))
-                    scaled = scaled + term.weight * aux_loss / A
+                for aux in mixed:
+                    idx = aux_indices(cfg.seed, stage.index, step, a, rank, len(aux.features), len(feats))
+                    aux_loss, aux_m = ctx.runner(aux.objective, ctx.batch_fn([aux.features[i] for i in idx]))
+                    scaled = scaled + aux.weight * aux_loss / A
                     for k, v in aux_m.items():
                         sums[f"aux/{k}"] = sums.get(f"aux/{k}", 0.0) + float(v) / (A * P)
                 finite = finite and bool(torch.isfinite(loss))
@@ -159,19 +136,39 @@ def run_stage(ctx: StageContext, optimizer, scheduler, start_step: int, total_st
         stats.update(apply_step(ctx, optimizer))
         scheduler.step()
         ctx.global_step += 1
+        for t in [term, *mixed]:
+            ctx.seen[t.role] = ctx.seen.get(t.role, 0) + len(global_batch)
         dt = time.perf_counter() - t0
         tps = n_tokens_all / dt if dt > 0 else 0.0
         probed = probe(ctx.model, ctx.global_step) if probe is not None else None  # main process only
         stats.update(probed or {})
         if ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps or probed) and acc.is_main_process:
-            ctx.log.write(train_row(ctx, step + 1, epoch, scheduler.get_last_lr()[0], tokens=n_tokens_all,
-                                    tokens_per_s=tps, **stats))
+            epoch = step // max(1, len(ctx.features) // cfg.batch_size)
+            ctx.log.write(train_row(ctx, step + 1, epoch, scheduler.get_last_lr()[0], role=term.role,
+                                    tokens=n_tokens_all, tokens_per_s=tps, **stats))
         ctx.progress.update(task, advance=1, loss=f"{stats['loss']:.4f}", tps=f"{tps:,.0f}")
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
             ctx.on_checkpoint(step + 1, optimizer, scheduler)
         fault_hook(ctx.global_step)
     ctx.progress.remove_task(task)
     return ctx.global_step
+
+
+def _global_batch(cfg: LoopConfig, stage_index: int, feats: list[dict], step: int, cache: dict) -> list[int]:
+    """The global batch of ``feats`` at ``step`` (epochs follow each other; ``cache`` holds the current epoch)."""
+    epoch, pos = divmod(step, max(1, len(feats) // cfg.batch_size))
+    if epoch not in cache:
+        cache.clear()
+        cache[epoch] = epoch_order(feats, cfg.batch_size, cfg.seed, stage_index, epoch, cfg.group_by_length)
+    return cache[epoch][pos % len(cache[epoch])]
+
+
+@torch.no_grad()
+def _losses(ctx: StageContext, terms: list[AuxTerm], batches: list[list[int]]) -> tuple[float, float]:
+    """Each term's loss on its batch of this step (this process's shard, averaged over processes): MAXRIGHT."""
+    rank, P = ctx.accelerator.process_index, ctx.accelerator.num_processes
+    out = [float(t.objective(ctx.model, ctx.batch_fn([t.features[i] for i in b[rank::P]]))[0]) for t, b in zip(terms, batches)]
+    return tuple(x / P for x in reduce_sum(ctx.accelerator, out))
 
 
 def _probe_hook(ctx: StageContext):

@@ -14,7 +14,6 @@ import math
 import random
 import time
 import warnings
-from dataclasses import dataclass
 
 import torch
 
@@ -36,22 +35,14 @@ from tandem.objectives.ppo.setup import (
     write_stage_files,
 )
 
-@dataclass(frozen=True)
-class PPOTerms:
-    """The PPO stage's prompts, the PPO loss weight and the offline terms added to every mini-batch."""
-
-    prompts: list[dict]
-    weight: float
-    offline: list[AuxTerm]
-
-
-def ppo_terms(ctx: StageContext, ppo: PPO) -> PPOTerms:
-    """PPO as the stage objective (``ppo``, ``ppo+sft``) or as its auxiliary term (``sft+ppo``)."""
+def ppo_terms(ctx: StageContext, ppo: PPO) -> tuple[AuxTerm, list[AuxTerm]]:
+    """(the PPO term: prompts and weight, the offline terms added to every mini-batch): PPO as the stage objective
+    (``ppo``, ``ppo+sft``, ``ppo+pt``) or as its auxiliary term (``sft+ppo``)."""
     if ctx.objective is ppo:
-        return PPOTerms(ctx.features, 1.0, list(ctx.aux))
-    mine = [t for t in ctx.aux if t.objective is ppo]
+        return AuxTerm(ppo, ctx.features, 1.0, ctx.stage.role), list(ctx.aux)
+    mine = next(t for t in ctx.aux if t.objective is ppo)
     others = [t for t in ctx.aux if t.objective is not ppo]
-    return PPOTerms(mine[0].features, float(mine[0].weight), [AuxTerm(ctx.objective, ctx.features, 1.0), *others])
+    return mine, [AuxTerm(ctx.objective, ctx.features, 1.0, ctx.stage.role), *others]
 
 
 def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int, total: int) -> int:
@@ -61,8 +52,8 @@ def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int,
     acc, cfg, stage, policy = ctx.accelerator, ctx.config, ctx.stage, ctx.model
     P, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     stage_dir = ctx.stage_dir
-    terms = ppo_terms(ctx, ppo)
-    eval_feats, train_feats = ppo.eval_split(terms.prompts, cfg.seed, stage.index)
+    term, offline = ppo_terms(ctx, ppo)
+    eval_feats, train_feats = ppo.eval_split(term.features, cfg.seed, stage.index)
     B = cfg.batch_size
     if len(train_feats) < B:
         raise ValueError(f"ppo stage {stage.name}: {len(train_feats)} training prompts for batching.batch_size {B}")
@@ -131,7 +122,7 @@ def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int,
         if ppo.whiten_advantages:
             adv = pm.whiten(adv, ro.mask)
         t1 = time.perf_counter()
-        train = _update(ctx, ppo, optimizer, critic, critic_opt, ro, adv, ret, warm, terms, seed)
+        train = _update(ctx, ppo, optimizer, critic, critic_opt, ro, adv, ret, warm, term.weight, offline, seed)
         t2 = time.perf_counter()
         ev = pm.explained_variance(ro.values, ret, ro.mask)
         local = [float(score.sum()), float((score**2).sum()), float(ro.score.sum()), float(kl_tok.sum(1).sum()),
@@ -151,9 +142,10 @@ def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int,
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
             scheduler.step()
         ctx.global_step += 1
+        ctx.seen[term.role] = ctx.seen.get(term.role, 0) + len(idx)
         dt = time.perf_counter() - t0
         row = train_row(
-            ctx, step + 1, epoch, scheduler.get_last_lr()[0], warmup=int(warm), reward_mean=mean,
+            ctx, step + 1, epoch, scheduler.get_last_lr()[0], role=term.role, warmup=int(warm), reward_mean=mean,
             reward_std=math.sqrt(max(s2_sum / n - mean**2, 0.0)), score_mean=raw_sum / n, kl=kl_mean, beta=beta,
             beta_next=kl_ctl.value, response_len=len_sum / n, ended_frac=ended_sum / n,
             explained_variance=ev_sum / (P - n_bad_ev) if P > n_bad_ev else math.nan,
@@ -177,7 +169,8 @@ def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int,
     return ctx.global_step
 
 
-def _update(ctx: StageContext, ppo: PPO, optimizer, critic, critic_opt, ro, adv, ret, warm, terms: PPOTerms, seed) -> dict:
+def _update(ctx: StageContext, ppo: PPO, optimizer, critic, critic_opt, ro, adv, ret, warm, weight: float,
+            offline: list[AuxTerm], seed) -> dict:
     """``ppo_epochs`` passes over the rollout's mini-batches; mean metrics (and ``_tokens`` seen)."""
     acc, policy, max_norm = ctx.accelerator, ctx.model, ctx.config.max_grad_norm
     B = len(ro.features)
@@ -211,9 +204,9 @@ def _update(ctx: StageContext, ppo: PPO, optimizer, critic, critic_opt, ro, adv,
                     v = idx.pad(critic.values(batch, idx, h))
                     pg, pst = pm.policy_loss(idx.pad(logp), ro.logp[sel], adv[sel], mask, ppo.clip)
                     vf, vst = pm.value_loss(v, old_v, ret_mb, mask, ppo.vf_clip)
-                    loss = terms.weight * (pg + ppo.vf_coef * vf)
+                    loss = weight * (pg + ppo.vf_coef * vf)
                     m.update(policy_loss=float(pg.detach()), entropy=float(ent.mean()), **{k: float(x) for k, x in pst.items()})
-                    for j, term in enumerate(terms.offline):
+                    for j, term in enumerate(offline):
                         g = torch.Generator().manual_seed(seed * 13 + count * 7 + j)
                         aux_idx = torch.randint(0, len(term.features), (len(sel),), generator=g).tolist()
                         aux_loss, _ = ctx.runner(term.objective, ctx.batch_fn([term.features[i] for i in aux_idx]))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
+from collections import Counter
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,12 +17,15 @@ from accelerate.utils import set_seed
 
 from tandem.engine import checkpoint as ckpt
 from tandem.engine.context import AuxTerm, BatchFn, LoopConfig, Runner, StageContext
-from tandem.engine.loop import make_optimizer, plan_steps, run_stage
+from tandem.engine.loop import make_optimizer, reduce_sum, run_stage
 from tandem.io.metrics import MetricsLog, progress_bar
 from tandem.engine.ppo_loop import run_ppo_stage
+from tandem.io.prepared import load_prepared, save_prepared
 from tandem.io.weights import load_trainable_file, save_trainable
 from tandem.objectives.base import evaluate_objective
+from tandem.objectives.ppo.setup import validate_prompts
 from tandem.regularizers.base import StageData
+from tandem.schedules.steps import Alternation, allocate, plan_steps, select_stage
 
 log = logging.getLogger("tandem")
 
@@ -46,6 +49,7 @@ class RunPlan:
     val: dict[str, list[dict]]  # role -> validation features
     aux_role: str | None
     aux_weight: float
+    aux_in: set[str] | None  # stage roles the auxiliary term joins (None: every stage)
     ppo_role: str | None  # the role PPO trains (its objective is a PPO), None for offline methods
     regularizer: object | None
     batch_fn: BatchFn
@@ -59,15 +63,32 @@ class Checkpointer:
         self.plan, self.cfg, self.metrics = plan, cfg, metrics
         self.root = Path(cfg.output_dir) / "checkpoints"
 
-    def save(self, stage, stage_step: int, global_step: int, done: bool, optimizer=None, scheduler=None) -> None:
+    def save(self, stage, stage_step: int, global_step: int, done: bool, optimizer=None, scheduler=None,
+             ctx: StageContext | None = None) -> None:
         acc = self.plan.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
             state = {"stage_index": stage.index, "stage_name": stage.name, "stage_step": stage_step,
-                     "global_step": global_step, "stage_done": done, "metrics_offset": self.metrics.offset()}
+                     "global_step": global_step, "stage_done": done,
+                     "metrics_offset": self.metrics.offset(), "seen": dict(ctx.seen) if ctx else {},
+                     "alternation": ctx.alternation.state_dict() if ctx and ctx.alternation else None}
             ckpt.save_checkpoint(self.root, self.plan.model, optimizer, scheduler, self.plan.regularizer, state,
                                  keep=self.cfg.checkpoint_keep)
         acc.wait_for_everyone()
+
+
+def stage_steps(plan: RunPlan, cfg: LoopConfig) -> list[int]:
+    """Optimizer steps of every stage: epochs over its data, capped per stage, the run's budget split over stages."""
+    def n(stage) -> int:
+        extra = len(plan.train[plan.aux_role]) if cfg.alternate and has_aux(plan, stage) else 0
+        return len(plan.parts[stage.role][stage.part]) + extra
+
+    return allocate([plan_steps(n(s), cfg.batch_size, cfg.epochs, cfg.max_steps_per_stage)[1] for s in plan.stages],
+                    cfg.max_steps)
+
+
+def has_aux(plan: RunPlan, stage) -> bool:
+    return plan.aux_role is not None and (plan.aux_in is None or stage.role in plan.aux_in)
 
 
 def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
@@ -80,7 +101,7 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
                       for role, ps in plan.parts.items()}
     # Validation references come from the initial model, so margins are comparable across stages.
     val = {role: prepare(acc, model, plan.objectives[role], f, plan.batch_fn, run_dir / f"val-{role}.pt", reuse=True)
-           if f else f for role, f in plan.val.items()}
+           if f and role != plan.ppo_role else f for role, f in plan.val.items()}
     runner = acc.prepare(Runner(model))
     metrics = MetricsLog(run_dir, tensorboard=cfg.tensorboard, enabled=main)
     saver = Checkpointer(plan, cfg, metrics)
@@ -89,6 +110,7 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
         start_stage, start_step, global_step, resume_from = _resume(acc, saver.root, model, plan.regularizer, metrics)
     elif cfg.stage_weights and main:
         save_trainable(model, run_dir / "stages" / "start.safetensors")
+    steps = stage_steps(plan, cfg)
     prog = progress_bar(cfg.progress and main)
     t_start = time.perf_counter()
     summaries = [json.loads((run_dir / "stages" / s.name / "stage.json").read_text())
@@ -105,37 +127,43 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
             feats = prepare(acc, model, objective, plan.parts[stage.role][stage.part], plan.batch_fn,
                             stage_dir / "prepared.pt", reuse=mid)
             aux = []
-            if plan.aux_role:
+            if has_aux(plan, stage):
                 aux_obj = plan.objectives[plan.aux_role]
                 aux_feats = prepare(acc, model, aux_obj, plan.train[plan.aux_role], plan.batch_fn,
                                     stage_dir / "prepared-aux.pt", reuse=mid)
-                aux = [AuxTerm(aux_obj, aux_feats, plan.aux_weight)]
-            spe, total = plan_steps(len(feats), cfg)
+                aux = [AuxTerm(aux_obj, aux_feats, plan.aux_weight, plan.aux_role)]
+            total = steps[stage.index]
             optimizer, scheduler = make_optimizer(model, cfg, total)
+            state = ckpt.read_state(resume_from) if mid else {}
             if mid:
                 ckpt.load_optim(resume_from, optimizer, scheduler, None)
                 ckpt.load_rng(resume_from)
             else:
                 set_seed(cfg.seed + 1000 * stage.index)
+            alternation = Alternation(cfg.alternate, cfg.alternate_weight, cfg.seed + stage.index) if cfg.alternate and aux else None
+            if alternation is not None and state.get("alternation"):
+                alternation.load_state_dict(state["alternation"])
 
             def on_checkpoint(stage_step, opt, sch, _stage=stage):
-                saver.save(_stage, stage_step, ctx.global_step, False, opt, sch)
+                saver.save(_stage, stage_step, ctx.global_step, False, opt, sch, ctx)
 
             ctx = StageContext(accelerator=acc, runner=runner, model=model, objective=objective, features=feats,
                                batch_fn=plan.batch_fn, config=cfg, stage=stage, regularizer=plan.regularizer,
-                               log=metrics, progress=prog, on_checkpoint=on_checkpoint, global_step=global_step, aux=aux)
+                               log=metrics, progress=prog, on_checkpoint=on_checkpoint, global_step=global_step, aux=aux,
+                               alternation=alternation, seen=dict(state.get("seen", {})))
             t0 = time.perf_counter()
             first = start_step if mid else 0
             if plan.loops[stage.index] == "ppo":
                 global_step = run_ppo_stage(ctx, plan.objectives[plan.ppo_role], optimizer, scheduler, first, total)
             else:
-                global_step = run_stage(ctx, optimizer, scheduler, first, total, spe)
+                global_step = run_stage(ctx, optimizer, scheduler, first, total)
             if plan.regularizer is not None:
                 plan.regularizer.after_stage(model, stage, StageData.of(feats, plan.batch_fn))
-            v = validate(plan, val, cfg.batch_size)
+            v = validate(plan, val, cfg)
             if v and main:
                 metrics.write({"split": "val", "stage": stage.name, "stage_index": stage.index, "step": global_step, **v})
-            info = {**stage.to_dict(), "examples": len(feats), "steps": total, "seconds": time.perf_counter() - t0, "val": v}
+            info = {**stage.to_dict(), "examples": len(feats), "steps": total, "seen": ctx.seen,
+                    "seconds": time.perf_counter() - t0, "val": v}
             summaries.append(info)
             if main:
                 if cfg.stage_weights:
@@ -154,9 +182,10 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
 
 def _finish(plan: RunPlan, cfg: LoopConfig, summaries: list[dict], global_step: int, seconds: float) -> dict:
     run_dir = Path(cfg.output_dir)
+    budget = dict(sum((Counter(info.get("seen", {})) for info in summaries), Counter()))
     summary = {"name": plan.name, "method": plan.method, "global_steps": global_step, "seconds": seconds,
-               "stages": summaries}
-    chosen = select_stage(cfg, summaries)
+               "budget": budget, "stages": summaries}
+    chosen = select_stage(summaries, cfg.final, cfg.select_metric, cfg.select_mode)
     summary["selected_stage"] = chosen["name"] if chosen else (summaries[-1]["name"] if summaries else None)
     if chosen is not None and chosen is not summaries[-1]:
         load_trainable_file(plan.model, run_dir / "stages" / chosen["name"] / "end.safetensors")
@@ -190,25 +219,19 @@ def _resume(acc, ckpt_root, model, regularizer, metrics):
     return stage, step, st["global_step"], path
 
 
-def validate(plan: RunPlan, val: dict[str, list[dict]], batch_size: int) -> dict[str, float]:
-    out = {}
+def validate(plan: RunPlan, val: dict[str, list[dict]], cfg: LoopConfig) -> dict[str, float]:
+    """Validation metrics per role: each objective's loss and metrics; PPO: reward and KL of sampled replies."""
+    out, acc = {}, plan.accelerator
     for role, feats in val.items():
-        if feats and role != plan.ppo_role:
-            v = evaluate_objective(plan.model, plan.objectives[role], feats, plan.batch_fn, batch_size)
-            out.update({f"{role}/{k}": x for k, x in v.items()})
+        if not feats:
+            continue
+        if role == plan.ppo_role:
+            v = validate_prompts(plan.objectives[role], plan.model, feats[acc.process_index :: acc.num_processes],
+                                 plan.batch_fn, cfg.seed, Path(cfg.output_dir) / "stages", lambda x: reduce_sum(acc, x))
+        else:
+            v = evaluate_objective(plan.model, plan.objectives[role], feats, plan.batch_fn, cfg.batch_size)
+        out.update({f"{role}/{k}": x for k, x in v.items()})
     return out
-
-
-def select_stage(cfg: LoopConfig, summaries: list[dict]) -> dict | None:
-    """The stage whose end weights become final/: best by ``select_metric`` when ``final == 'best'``."""
-    metric = cfg.select_metric
-    if cfg.final != "best" or not metric:
-        return None
-    scored = [s for s in summaries if metric in s["val"]]
-    if not scored:
-        raise ValueError(f"hbat.select_metric {metric!r} is not among the validation metrics (is data.val_size > 0?)")
-    sign = 1.0 if cfg.select_mode == "max" else -1.0
-    return max(scored, key=lambda s: sign * s["val"][metric])
 
 
 def prepare(acc, model, objective, feats: list[dict], batch_fn, cache: Path, reuse: bool) -> list[dict]:
@@ -218,21 +241,16 @@ def prepare(acc, model, objective, feats: list[dict], batch_fn, cache: Path, reu
     computed). Each process computes its shard; the results are gathered in the original order.
     """
     if reuse and cache.exists():
-        extra = torch.load(cache, weights_only=True)
-        return [{**f, **{k: v[i].item() for k, v in extra.items()}} for i, f in enumerate(feats)]
+        return load_prepared(cache, feats)
     P = acc.num_processes
     with acc.autocast():
         out = objective.prepare(model, feats[acc.process_index :: P], batch_fn)
     if P > 1:
         gathered = [None] * P
         torch.distributed.all_gather_object(gathered, out)
-        merged = [None] * len(feats)
+        out = [None] * len(feats)
         for p in range(P):
-            merged[p::P] = gathered[p]
-        out = merged
-    keys = sorted({k for k in out[0] if k.startswith("ref_")}) if out else []
-    if keys and acc.is_main_process:
-        tmp = cache.with_suffix(".tmp")
-        torch.save({k: torch.tensor([f[k] for f in out], dtype=torch.float64) for k in keys}, tmp)
-        os.replace(tmp, cache)
+            out[p::P] = gathered[p]
+    if acc.is_main_process:
+        save_prepared(cache, out)
     return out

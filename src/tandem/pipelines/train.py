@@ -38,7 +38,9 @@ def loop_config(recipe: Recipe, progress: bool | None = None) -> LoopConfig:
     b, o, s, h, c, p = recipe.batching, recipe.optimizer, recipe.schedule, recipe.hbat, recipe.checkpoint, recipe.probe
     return LoopConfig(
         output_dir=Path(recipe.output_dir), seed=recipe.seed, batch_size=b.batch_size, grad_accum=b.grad_accum,
-        group_by_length=b.group_by_length, epochs=s.epochs, max_steps=s.max_steps, lr=o.lr, betas=tuple(o.betas),
+        group_by_length=b.group_by_length, epochs=s.epochs, max_steps=s.max_steps,
+        max_steps_per_stage=s.max_steps_per_stage, alternate=get_method(s.method).alternate,
+        alternate_weight=h.alternate_weight, lr=o.lr, betas=tuple(o.betas),
         eps=o.eps, weight_decay=o.weight_decay, scheduler=o.scheduler, warmup_ratio=o.warmup_ratio,
         max_grad_norm=o.max_grad_norm, log_every=recipe.logging.every, checkpoint_every=c.every,
         checkpoint_keep=c.keep, stage_weights=c.stage_weights, reference=h.reference, select_metric=h.select_metric,
@@ -66,8 +68,12 @@ def build_objective(recipe: Recipe, role: str, forced: str | None = None):
 
     if forced is not None and forced in recipe.objectives:
         role = forced
+    if role == "pretrain" and role not in recipe.objectives:
+        return build("sft")  # the LM loss on the pretraining-like texts, unless objectives.pretrain says otherwise
     if role not in recipe.objectives:
         raise ValueError(f"the schedule needs objectives.{role}, which the recipe does not define")
+    if forced is not None and forced != "ppo" and recipe.objectives[role].name != forced:
+        return build(forced)  # orpo / simpo / dpop with their defaults (an objectives.<name> block sets them)
     if forced is not None and recipe.objectives[role].name != forced:
         raise ValueError(f"schedule.method {recipe.schedule.method!r} trains the preference stages with {forced!r}: add an "
                          f"objectives.{forced} block (or set objectives.{role}.name: {forced})")
@@ -98,10 +104,10 @@ def build_regularizer(recipe: Recipe, method: Method):
 
 
 def data_source(recipe: Recipe, role: str):
-    src = recipe.data.sft if role == "sft" else recipe.data.preference
+    key = role if role in ("sft", "pretrain") else "preference"
+    src = getattr(recipe.data, key)
     if src is None:
-        key = "data.sft" if role == "sft" else "data.preference"
-        raise ValueError(f"the schedule trains a '{role}' stage but the recipe has no {key}")
+        raise ValueError(f"the schedule trains on '{role}' data but the recipe has no data.{key}")
     return src
 
 
@@ -110,7 +116,15 @@ def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None, data_
     """(train features, validation features, load/encode stats) for a data role; rows are checked against
     ``data_kind`` (the objective's: ``sft`` or ``preference``), default the role's own kind."""
     src = data_source(recipe, role)
-    kind = data_kind or ("sft" if role == "sft" else "preference")
+    if role == "pretrain" and src.format in (None, "text"):  # plain text; "format: sft" reads SFT examples
+        from tandem.data.text import encode_texts
+        from tandem.evaluation.inputs import read_texts
+
+        feats = encode_texts(tokenizer, read_texts(src.source)[: src.limit], recipe.data.max_length)
+        return feats, [], {"source": src.source, "load": {}, "encode": {"kept": len(feats)}, "train": len(feats), "val": 0}
+    kind = data_kind or ("sft" if role in ("sft", "pretrain") else "preference")
+    if src.format == "sft":
+        src = src.model_copy(update={"format": None})  # SFT examples, format detected
     examples, report = load_examples(src.source, format=src.format, split=src.split, limit=src.limit, role=kind,
                                      max_record_bytes=int(recipe.data.max_record_mb * 2**20))
     feats, stats = (encoder or encode_all)(tokenizer, examples, recipe.data.max_length, recipe.data.overlong)
@@ -157,6 +171,7 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer) -> RunPlan:
     return RunPlan(accelerator=acc, model=model, tokenizer=tok, name=recipe.name, method=recipe.schedule.method,
                    stages=stages, loops={s.index: method.loop(s) for s in stages}, objectives=objectives, parts=parts,
                    train=train, val=val, aux_role=method.aux_role, aux_weight=recipe.hbat.mix_gamma,
+                   aux_in=set(method.aux_in) if method.aux_in else None,
                    ppo_role=method.ppo_role, regularizer=regularizer, batch_fn=batch_fn,
                    save_merged=recipe.save_merged and recipe.model.lora is not None)
 

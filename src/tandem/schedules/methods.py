@@ -22,6 +22,17 @@ Every method shares the engine; a method only decides *which* stages run and *wh
 | hbat-ppo        | SFT-1, PPO-1, ..., SFT-N, PPO-N         | modified EWC; one critic carried across the PPO stages      |
 | ppo+sft         | preference (PPO)                        | + gamma * SFT loss on SFT data in every PPO update          |
 | sft+ppo         | SFT (driven by PPO)                     | + gamma * PPO loss on prompts of the preference data        |
+| rlhf+pt         | SFT, preference                         | preference stage + gamma * LM loss on data.pretrain (ptx)  |
+| ppo+pt          | SFT, preference (PPO)                   | PPO stage + gamma * LM loss on data.pretrain (InstructGPT) |
+| orpo            | preference (ORPO: SFT NLL + odds ratio) | -                                                          |
+| simpo           | preference (SimPO, reference-free)      | -                                                          |
+| dpop            | preference (DPO-Positive)               | -                                                          |
+| alright         | one mixed stage                         | each step: SFT, or DPO with probability hbat.alternate_weight |
+| maxright        | one mixed stage                         | each step: the objective furthest from its best loss so far |
+
+Budgets: stages run ``schedule.epochs`` over their data; the mixed stages of ``alright`` / ``maxright`` are as long as
+both data sets together, and the auxiliary term of ``dpo+sft``-style methods draws one example per main example.
+Every run records the examples it trained on per role (``summary.json`` ``budget``; ``tandem compare`` shows it).
 
 Methods marked PPO train their preference stages with the ``ppo`` objective (``Method.preference_objective``):
 its settings come from ``objectives.ppo`` when the recipe has that block, else from ``objectives.preference``,
@@ -45,6 +56,8 @@ class Method:
     regularizer: str | None = None  # regularizer registry name = key of its settings in the hbat block
     aux_role: str | None = None  # objective role mixed into every stage, weighted by hbat.mix_gamma
     preference_objective: str | None = None  # forces the objective of the preference role (e.g. "ppo")
+    aux_in: tuple[str, ...] | None = None  # stage roles the auxiliary term joins (None: every stage)
+    alternate: Literal["alright", "maxright"] | None = None  # one objective per step instead of adding the aux term
 
     @property
     def ppo_role(self) -> str | None:
@@ -77,6 +90,13 @@ METHODS: dict[str, Method] = {
     "hbat-ppo": Method(alternating, regularizer="ewc", preference_objective="ppo"),
     "ppo+sft": Method(single("preference"), aux_role="sft", preference_objective="ppo"),
     "sft+ppo": Method(single("sft"), aux_role="preference", preference_objective="ppo"),
+    "rlhf+pt": Method(sequential, aux_role="pretrain", aux_in=("preference",)),
+    "ppo+pt": Method(sequential, aux_role="pretrain", aux_in=("preference",), preference_objective="ppo"),
+    "orpo": Method(single("preference"), preference_objective="orpo"),
+    "simpo": Method(single("preference"), preference_objective="simpo"),
+    "dpop": Method(single("preference"), preference_objective="dpop"),
+    "alright": Method(single("sft"), aux_role="preference", alternate="alright"),
+    "maxright": Method(single("sft"), aux_role="preference", alternate="maxright"),
 }
 
 

@@ -23,6 +23,8 @@ tokens, response ``b`` in columns ``0..n_b-1``.
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from dataclasses import dataclass
 
@@ -134,15 +136,34 @@ def token_stats(model, batch: dict, index: TokenIndex, temperature: float = 1.0,
 
 @torch.no_grad()
 def reference_token_logps(policy, reference, batch: dict, index: TokenIndex, temperature: float = 1.0) -> torch.Tensor:
-    """``logp_ref[N]``: ``reference`` if given, else the policy with its LoRA adapters disabled."""
-    if reference is not None:
-        return token_stats(reference, batch, index, temperature)[0]
-    from peft import PeftModel
+    """``logp_ref[N]`` under ``reference``: a frozen model, or an :class:`AdapterReference` (the policy with other
+    trainable weights swapped in)."""
+    if isinstance(reference, AdapterReference):
+        with reference.applied(policy):
+            return token_stats(policy, batch, index, temperature)[0]
+    return token_stats(reference, batch, index, temperature)[0]
 
-    if not isinstance(policy, PeftModel):
-        raise TypeError("ppo reference: the policy has no LoRA adapters to disable; pass a reference model")
-    with policy.disable_adapter():
-        return token_stats(policy, batch, index, temperature)[0]
+
+class AdapterReference:
+    """The reference policy of a LoRA run: the policy with its trainable (adapter) tensors replaced by ``tensors``
+    (the stage-start or initial values) for the duration of a reference forward; no second model in memory."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]):
+        self.tensors = tensors
+
+    @contextlib.contextmanager
+    def applied(self, policy):
+        params = dict(policy.named_parameters())
+        names = list(self.tensors)
+        live = [params[n] for n in names]
+        with torch.no_grad():
+            kept = [p.detach().clone() for p in live]
+            torch._foreach_copy_(live, [self.tensors[n].to(p.device, p.dtype) for n, p in zip(names, live)])
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(live, kept)
 
 
 # ------------------------------------------------------------------------------------------------- reward

@@ -1,10 +1,10 @@
 """What a PPO stage sets up before its first iteration: the reward scorer, the reference policy and the critic.
 
-Reference: with LoRA, the policy with its adapters disabled (peft ``disable_adapter()``), i.e. the model before
-any training: no second copy. Without LoRA, a frozen copy of the policy taken at the stage start
-(``reference: stage_start``; a resumed stage reloads it from the previous stage's ``end.safetensors``) or loaded
-from ``stages/start.safetensors`` (``reference: initial``), on the policy's device: one more set of weights in
-memory, no gradients or optimizer state.
+Reference: the policy at the stage start (``reference: stage_start``; a resumed stage reloads it from the previous
+stage's ``end.safetensors``) or at the run's start (``reference: initial``, ``stages/start.safetensors``), so the KL
+term is 0 at a stage's first iteration, with LoRA as without. With LoRA only the adapter tensors are kept and swapped
+in for the reference forward (:class:`~tandem.objectives.ppo.rollout.AdapterReference`); without LoRA it is a frozen
+copy of the policy on its device (one more set of weights, no gradients or optimizer state).
 
 Critic: a fresh one (first PPO stage of the run) or the one saved by the latest earlier PPO stage
 (``critic.safetensors``), whose ``ppo.json`` also carries the adaptive KL coefficient over.
@@ -19,9 +19,11 @@ from pathlib import Path
 
 from tandem.io.weights import load_trainable_file
 import torch
+from safetensors.torch import load_file
 
-from tandem.objectives.ppo.critic import CRITIC_FILE, build_critic, critic_state, load_critic_state, previous_critic
-from tandem.objectives.ppo.rollout import FunctionReward, ModelReward
+from tandem.models.sampling import eos_ids
+from tandem.objectives.ppo.critic import CRITIC_FILE, ValueHeadCritic, build_critic, critic_state, load_critic_state, previous_critic
+from tandem.objectives.ppo.rollout import AdapterReference, FunctionReward, ModelReward, collect
 
 STATE_FILE = "ppo.json"
 BEST_FILE = "best-policy.safetensors"
@@ -45,22 +47,26 @@ def reward_scorer(ppo, device, batch_fn):
 
 
 def reference_policy(policy, stages_dir: Path, stage_index: int, mode: str, resumed: bool):
-    """None (LoRA: adapters disabled) or a frozen copy of the policy at the stage start (module docstring)."""
+    """The reference of a PPO stage (module docstring): the policy at the stage start (``stage_start``) or at the
+    run's start (``initial``). LoRA: an :class:`AdapterReference` of the adapter tensors (no second model); full
+    fine-tuning: a frozen copy of the policy."""
     from peft import PeftModel
 
-    if isinstance(policy, PeftModel):
-        return None
-    ref = copy.deepcopy(policy)
     source = None
     if mode == "initial":
         source = stages_dir / "start.safetensors"
     elif resumed:
         prev = sorted(stages_dir.glob(f"{stage_index:02d}-*/end.safetensors")) if stage_index else []
         source = prev[0] if prev else stages_dir / "start.safetensors"
+    if source is not None and not source.exists():
+        raise FileNotFoundError(f"ppo reference: {source} is missing; a PPO stage that is resumed or uses "
+                                "hbat.reference 'initial' needs checkpoint.stage_weights: true")
+    if isinstance(policy, PeftModel):
+        tensors = load_file(str(source)) if source is not None else {
+            n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+        return AdapterReference(tensors)
+    ref = copy.deepcopy(policy)
     if source is not None:
-        if not source.exists():
-            raise FileNotFoundError(f"ppo reference: {source} is missing; a PPO stage without LoRA that is resumed "
-                                    "or uses hbat.reference 'initial' needs checkpoint.stage_weights: true")
         load_trainable_file(ref, source)
     ref.eval()
     for p in ref.parameters():
@@ -113,3 +119,22 @@ def write_stage_files(stage_dir: Path, critic_state_dict: dict, info: dict) -> N
     (stage_dir / BEST_FILE).unlink(missing_ok=True)
     for old in stage_dir.glob("ppo-resume-step*.pt"):
         old.unlink(missing_ok=True)
+
+
+@torch.no_grad()
+def validate_prompts(ppo, policy, prompts: list[dict], batch_fn, seed: int, stages_dir: Path, reduce) -> dict[str, float]:
+    """Validation of a PPO stage on held-out prompts (this process's share): the mean reward of one seeded sampled
+    reply per prompt and its KL to the run's initial policy (``stages/start.safetensors``; omitted without it).
+    ``reduce`` sums a list of floats over processes."""
+    tok = ppo.tokenizer
+    device = next(policy.parameters()).device
+    initial = (stages_dir / "start.safetensors").exists()
+    reference = reference_policy(policy, stages_dir, 0, "initial", False) if initial else policy
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    ro = collect(policy, tok, prompts, batch_fn=batch_fn, critic=ValueHeadCritic(policy.config.hidden_size).to(device),
+                 reference=reference, reward=reward_scorer(ppo, device, batch_fn), temperature=ppo.temperature,
+                 top_p=ppo.top_p, max_new_tokens=ppo.max_new_tokens, seed=seed * 7_919 + 17, pad_id=pad_id,
+                 eos=eos_ids(policy, tok))
+    kl = (ro.logp - ro.ref_logp).mul(ro.mask).sum(1)
+    s, k, n = reduce([float(ro.score.sum()), float(kl.sum()), float(len(prompts))])
+    return {"reward_mean": s / n, **({"kl": k / n} if initial else {})}
