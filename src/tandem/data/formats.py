@@ -184,8 +184,6 @@ def examples_from_rows(rows: Iterable[tuple[dict, int | None]], source: str, for
     for i, (rec, line) in enumerate(rows, start=1):
         if i <= skip:
             continue
-        if limit is not None and len(out) >= limit:
-            break
         where = _where(source, i, line)
         if not isinstance(rec, dict):
             raise DataError(f"{where}: expected an object, got {type(rec).__name__}")
@@ -214,6 +212,8 @@ def examples_from_rows(rows: Iterable[tuple[dict, int | None]], source: str, for
         ex.meta.update({k: v for k, v in rec.items() if k not in _CONTENT_KEYS and isinstance(v, (str, int, float, bool))})
         ex.meta.update({"source": source, "row": i})
         out.append(ex)
+        if limit is not None and len(out) >= limit:
+            break  # the next row is not even read
     if report.rows == 0 and (not declared or role is not None):
         raise DataError(f"{source}: no records" + (f" after the first {skip} rows (skip: {skip})" if skip else ""))
     report.kept = len(out)
