@@ -36,7 +36,8 @@ TRACKERS = ("tensorboard", "wandb", "mlflow")
 TRACKER_PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
 # coordinates and bookkeeping of a row: not logged as metrics
 NOT_METRICS = {"step", "stage_step", "stage_index", "epoch"}
-STAGE_LABEL_ROLES = {"sft": "sft", "pref": "preference", "preference": "preference", "reward": "reward", "ppo": "ppo"}
+STAGE_LABEL_ROLES = {"sft": "sft", "pref": "preference", "preference": "preference", "dpo": "preference",
+                     "reward": "reward", "ppo": "ppo"}
 _STAGE_NAME = re.compile(r"^\d+-([a-z]+)")
 
 

@@ -47,48 +47,81 @@ def pick_under_budget(points: Sequence[Point], tax_budget: float) -> int | None:
     return min(ok, key=lambda t: (-t[1], t[2], t[0]))[0]
 
 
+TAX_LABELS = {
+    "perplexity": "alignment tax: held-out perplexity increase over θ₀ (ppl / ppl₀ − 1)",
+    "mc": "alignment tax: multiple-choice accuracy drop from θ₀ (acc₀ − acc)",
+}
+KIND_STYLE = {  # kind -> (marker, colour, size, legend label)
+    "group": ("^", "tab:gray", 30, "per-group ratios (optuna)"),
+    "adaptive": ("D", "tab:green", 55, "adaptive ratios (learned)"),
+}
+
+
 def plot_pareto(
     global_sweep: Sequence[Mapping],
     group_points: Sequence[Mapping],
     front: Sequence[int],
     path: str | Path,
     title: str = "Reward vs alignment tax",
+    *,
+    tax_metric: str | None = None,
+    budget: float | None = None,
+    pick: int | None = None,
 ) -> Path:
-    """Save a PNG/PDF/SVG (by suffix) of tax (x) against reward (y).
+    """Save a PNG/PDF/SVG (by suffix) of tax (x, lower is better) against reward (y, higher is better).
 
-    ``global_sweep``: dicts with ``alpha``, ``reward``, ``tax`` (drawn as a line, points labelled by alpha);
-    ``group_points``: dicts with ``reward``, ``tax`` (per-group candidates, drawn as dots);
-    ``front``: indices into ``list(global_sweep) + list(group_points)`` (e.g. ``pareto_front`` of that
-    list), highlighted and joined in tax order.
+    ``global_sweep``: dicts with ``alpha``, ``reward``, ``tax`` (the Wise-FT line, points labelled by alpha, θ₀ at
+    alpha 0 and θ₁ at alpha 1); ``group_points``: dicts with ``reward``, ``tax`` and ``kind`` (``group``: per-group
+    candidates, ``adaptive``: learned ratios; distinct markers); ``front``: indices into
+    ``list(global_sweep) + list(group_points)`` (e.g. ``pareto_front`` of that list), joined in tax order.
+    ``tax_metric`` (``perplexity`` / ``mc``; default: read from the points) names what the tax axis measures;
+    ``budget`` draws the budget line and shades the allowed side; ``pick`` (default: the point with
+    ``picked: true``) is drawn as a star.
     """
-    from matplotlib.figure import Figure  # no pyplot: no global backend/state
+    from tandem.io.figures import plt, save_figure
 
     allp = list(global_sweep) + list(group_points)
-    fig = Figure(figsize=(6.4, 4.8))
-    ax = fig.subplots()
+    if tax_metric is None:
+        tax_metric = next((m for m in TAX_LABELS if any(m in p for p in allp)), None)
+    if pick is None:
+        pick = next((i for i, p in enumerate(allp) if p.get("picked")), None)
+    fig, ax = plt.subplots(figsize=(7.4, 5.2))
+    if budget is not None:
+        ax.axvline(budget, color="tab:red", linestyle=":", linewidth=1.5, label=f"tax budget ({budget:g})")
+        ax.axvspan(ax.get_xlim()[0] if not allp else min(min(p["tax"] for p in allp), budget) - 1e9, budget,
+                   color="tab:red", alpha=0.05, zorder=0)
     if global_sweep:
         gs = sorted(global_sweep, key=lambda d: d.get("alpha", 0.0))
-        ax.plot([d["tax"] for d in gs], [d["reward"] for d in gs], "-o", color="tab:blue", ms=4,
-                label="global alpha (Wise-FT)")
+        ax.plot([d["tax"] for d in gs], [d["reward"] for d in gs], "-o", color="tab:blue", ms=5,
+                label="global α (Wise-FT sweep)")
         for d in gs:
             if "alpha" in d:
-                ax.annotate(f"{d['alpha']:.2g}", (d["tax"], d["reward"]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7, color="tab:blue")
-    if group_points:
-        ax.scatter([d["tax"] for d in group_points], [d["reward"] for d in group_points], s=14, color="tab:gray",
-                   alpha=0.7, label="per-group candidates")
+                a = d["alpha"]
+                text = "θ₀" if a == 0 else "θ₁" if a == 1 else f"α={a:.2g}"
+                ax.annotate(text, (d["tax"], d["reward"]), textcoords="offset points", xytext=(5, -11), fontsize=8,
+                            color="tab:blue")
+    for kind, (marker, color, size, label) in KIND_STYLE.items():
+        pts = [d for d in group_points if d.get("kind", "group") == kind]
+        if pts:
+            ax.scatter([d["tax"] for d in pts], [d["reward"] for d in pts], marker=marker, s=size, color=color,
+                       alpha=0.8, label=label, zorder=3)
     if front:
         fp = sorted((allp[i] for i in front), key=lambda d: d["tax"])
-        ax.plot([d["tax"] for d in fp], [d["reward"] for d in fp], "--", color="tab:red", lw=1)
-        ax.scatter([d["tax"] for d in fp], [d["reward"] for d in fp], s=50, facecolors="none",
-                   edgecolors="tab:red", linewidths=1.5, label="Pareto front")
-    ax.set_xlabel("alignment tax (lower is better)")
-    ax.set_ylabel("reward (higher is better)")
-    ax.set_title(title)
+        ax.plot([d["tax"] for d in fp], [d["reward"] for d in fp], "--", color="tab:red", lw=1, zorder=2)
+        ax.scatter([d["tax"] for d in fp], [d["reward"] for d in fp], s=110, facecolors="none",
+                   edgecolors="tab:red", linewidths=1.3, label="Pareto front", zorder=4)
+    if pick is not None:
+        p = allp[pick]
+        ax.scatter([p["tax"]], [p["reward"]], marker="*", s=320, color="gold", edgecolors="black", linewidths=0.8,
+                   label="picked (highest reward under budget)", zorder=5)
+    if budget is not None and allp:
+        lo = min(min(p["tax"] for p in allp), budget)
+        hi = max(max(p["tax"] for p in allp), budget)
+        pad = 0.08 * (hi - lo or 1.0)
+        ax.set_xlim(lo - pad, hi + pad)
+    ax.set_xlabel(f"{TAX_LABELS.get(tax_metric, 'alignment tax')}\n(lower is better ←)")
+    ax.set_ylabel("reward: mean reward-model score of replies\n(higher is better ↑)")
+    ax.set_title(title, fontsize=11)
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    return path
+    return save_figure(fig, path)

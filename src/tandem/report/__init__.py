@@ -1,6 +1,8 @@
 """Reports: markdown + PNG plots for a run dir (training curves) or a compare dir (methods over seeds)."""
 
-from tandem.report.build import summarize, write_report
-from tandem.report.plots import plot_method_scatter, plot_temperature_sweep, plot_training_curves
+from tandem.report.build import write_report, write_runs_report
+from tandem.report.compare import console_table, plot_method_scatter, summarize
+from tandem.report.plots import plot_temperature_sweep, plot_training_curves
 
-__all__ = ["plot_method_scatter", "plot_temperature_sweep", "plot_training_curves", "summarize", "write_report"]
+__all__ = ["console_table", "plot_method_scatter", "plot_temperature_sweep", "plot_training_curves", "summarize",
+           "write_report", "write_runs_report"]

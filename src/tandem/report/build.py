@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import math
-import statistics
 from pathlib import Path
 
+from tandem.io.metrics import role_of
 from tandem.report import plots as P
+from tandem.report.compare import X_CANDIDATES, Y_CANDIDATES, pick_axes, plot_method_scatter, summarize
 
-X_CANDIDATES = ("instruction_following", "ifeval", "if_score", "rougeL", "rouge/rougeL", "rouge1", "mc_accuracy", "acc")
-Y_CANDIDATES = ("judge_win_rate", "reward_win_rate", "win_rate", "reward", "rewards/accuracy", "preference_accuracy")
+__all__ = ["X_CANDIDATES", "Y_CANDIDATES", "read_jsonl", "summarize", "write_report", "write_runs_report"]
 
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -54,41 +54,18 @@ def _fmt(v) -> str:
     return str(v)
 
 
-def summarize(table: list[dict], metrics: list[str] | None = None) -> dict[str, dict[str, dict]]:
-    """``{method: {metric: {"mean", "std", "n"}}}`` over the rows (seeds) of each method, in first-seen order;
-    ``std`` is the sample standard deviation (0 for one seed)."""
-    if not isinstance(table, list) or not all(isinstance(r, dict) and "method" in r for r in table):
-        raise ValueError("table.json must be a list of objects, each with a 'method' field")
-    keys = metrics or sorted({k for r in table for k, v in r.items() if k not in ("method", "seed") and P.is_finite_number(v)})
-    out: dict[str, dict[str, dict]] = {}
-    for method in dict.fromkeys(str(r["method"]) for r in table):
-        rows = [r for r in table if str(r["method"]) == method]
-        out[method] = {}
-        for k in keys:
-            vals = [float(r[k]) for r in rows if P.is_finite_number(r.get(k))]
-            if vals:
-                out[method][k] = {
-                    "mean": statistics.fmean(vals),
-                    "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
-                    "n": len(vals),
-                }
-    return out
-
-
-def _pick(keys: list[str], wanted: str | None, candidates, avoid: str | None = None) -> str | None:
-    if wanted is not None:
-        if wanted not in keys:
-            raise ValueError(f"metric {wanted!r} is not in table.json (have: {', '.join(keys)})")
-        return wanted
-    for c in candidates:
-        if c in keys and c != avoid:
-            return c
-    rest = [k for k in keys if k != avoid]
-    return rest[0] if rest else None
-
-
 def _rel(path: Path | None, base: Path) -> str | None:
     return None if path is None else str(path.relative_to(base)) if path.is_relative_to(base) else str(path)
+
+
+def _last_loss(rows: list[dict], stage: str, split: str):
+    """The stage's last logged loss of its own objective (validation rows name it ``<role>/loss``)."""
+    for r in reversed(rows):
+        if r.get("stage") == stage and r.get("split", "train") == split:
+            for key in ("loss", f"{role_of(r)}/loss"):
+                if P.is_finite_number(r.get(key)):
+                    return r[key]
+    return None
 
 
 def _run_section(d: Path, plots_dir: Path, base: Path) -> list[str]:
@@ -98,11 +75,8 @@ def _run_section(d: Path, plots_dir: Path, base: Path) -> list[str]:
     lines = ["## Stages", "", "| # | stage | steps | last train loss | last val loss |", "|---|---|---|---|---|"]
     spans = P.stage_spans(rows)
     for i, (name, lo, hi) in enumerate(spans):
-        def last(split, name=name):
-            vals = [r for r in rows if r.get("stage") == name and r.get("split", "train") == split and P.is_finite_number(r.get("loss"))]
-            return vals[-1]["loss"] if vals else None
-
-        lines.append(f"| {i} | {name} | {lo}–{hi} | {_fmt(last('train'))} | {_fmt(last('val'))} |")
+        lines.append(f"| {i} | {name} | {lo}–{hi} | {_fmt(_last_loss(rows, name, 'train'))} | "
+                     f"{_fmt(_last_loss(rows, name, 'val'))} |")
     png = P.plot_training_curves(rows, plots_dir / "training_curves.png", title=f"Training curves: {d.name}")
     lines += ["", "## Training curves", ""]
     if png is not None:
@@ -145,27 +119,33 @@ def _compare_section(d: Path, plots_dir: Path, base: Path, x_key: str | None, y_
         cells = [f"{_fmt(s[k]['mean'])} ± {_fmt(s[k]['std'])}" if k in s else "—" for k in keys]
         lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
     lines.append("")
-    x = _pick(keys, x_key, X_CANDIDATES)
-    y = _pick(keys, y_key, Y_CANDIDATES, avoid=x)
+    x, y = pick_axes(keys, x_key, y_key)
     if x and y:
-        png = P.plot_method_scatter(summary, x, y, plots_dir / "methods_scatter.png")
+        png = plot_method_scatter(summary, x, y, plots_dir / "methods_scatter.png")
         if png is not None:
             lines += [f"## {y} vs {x}", "", f"![{y} vs {x}]({_rel(png, base)})", ""]
     return lines
 
 
+def sweep_files(d: Path) -> list[Path]:
+    """``*sweep*.json`` in ``d`` or one level below (``RUN/eval/temperature_sweep.json`` from ``tandem eval``)."""
+    return sorted({*d.glob("*sweep*.json"), *d.glob("*/*sweep*.json")})
+
+
 def _sweep_section(d: Path, plots_dir: Path, base: Path) -> list[str]:
     lines = []
-    for f in sorted(d.glob("*sweep*.json")):
+    for f in sweep_files(d):
         try:
             rows = json.loads(f.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{f}: not valid JSON ({e})") from e
         if isinstance(rows, dict):
             rows = rows.get("rows", [])
-        png = P.plot_temperature_sweep(rows, plots_dir / f"{f.stem}.png", title=f"Temperature sweep: {f.stem}")
+        rel = f.relative_to(d)
+        stem = "_".join(rel.with_suffix("").parts)  # eval/temperature_sweep -> eval_temperature_sweep
+        png = P.plot_temperature_sweep(rows, plots_dir / f"{stem}.png", title=f"Temperature sweep: {rel}")
         if png is not None:
-            lines += [f"## Temperature sweep (`{f.name}`)", "", f"![{f.stem}]({_rel(png, base)})", ""]
+            lines += [f"## Temperature sweep (`{rel}`)", "", f"![{stem}]({_rel(png, base)})", ""]
     return lines
 
 
@@ -204,7 +184,7 @@ def write_report(run_or_compare_dir: str | Path, out: str | Path | None = None, 
     if not d.is_dir():
         raise FileNotFoundError(f"{d}: not a directory")
     is_run, is_compare = (d / "metrics.jsonl").is_file(), (d / "table.json").is_file()
-    sweeps = list(d.glob("*sweep*.json"))
+    sweeps = sweep_files(d)
     if not (is_run or is_compare or sweeps):
         raise FileNotFoundError(f"{d}: neither a run dir (metrics.jsonl) nor a compare dir (table.json), and no *sweep*.json")
     out = Path(out) if out is not None else d / "report.md"

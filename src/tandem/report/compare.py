@@ -1,0 +1,174 @@
+"""``tandem compare`` at a glance: which way each metric is better, the default axes of the method scatter
+(instruction-following quality against preference quality), the scatter itself with arrows toward "better", and
+a console table that fits 100 columns (the full table stays in the markdown report)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+from tandem.io.figures import plt, save_figure
+
+# instruction-following quality, best first: evaluation metrics, then the SFT validation loss every run has
+X_CANDIDATES = ("instruction_following", "ifeval", "if_score", "rouge/rougeL", "rougeL", "rouge/rouge1", "rouge1",
+                "bartscore/mean", "exact_match/exact_match", "mc_accuracy/acc", "mc_accuracy", "acc", "sft/loss",
+                "perplexity/perplexity", "perplexity", "sft/ppl")
+# preference quality, best first: judge and reward-model win rates, reward, then DPO validation accuracy / margin
+Y_CANDIDATES = ("judge_win_rate/win_rate", "judge_win_rate", "reward_win_rate/win_rate", "reward_win_rate",
+                "win_rate", "reward/mean", "reward", "preference/rewards/accuracy", "rewards/accuracy",
+                "preference_accuracy", "preference/rewards/margin", "reward/accuracy")
+LOWER_IS_BETTER = ("loss", "nll", "ppl", "perplexity", "tax", "seconds")
+BOOKKEEPING = ("seed", "steps", "seconds")
+COUNT_SUFFIXES = ("/n", "/n_tokens", "/wins", "/losses", "/ties", "/baseline_mean")
+SHORT = {"sft/loss": "sft loss", "sft/ppl": "sft ppl", "preference/loss": "pref loss",
+         "preference/rewards/accuracy": "pref acc", "preference/rewards/margin": "pref margin",
+         "perplexity/perplexity": "ppl", "rouge/rougeL": "ROUGE-L", "rouge/rouge1": "ROUGE-1",
+         "judge_win_rate/win_rate": "judge win", "reward_win_rate/win_rate": "RM win", "reward/mean": "reward",
+         "bartscore/mean": "BARTScore", "mc_accuracy/acc": "MC acc", "reward/accuracy": "RM acc"}
+WIDTH = 100
+
+
+def lower_is_better(key: str) -> bool:
+    return key.split("/")[-1] in LOWER_IS_BETTER or key.endswith("perplexity")
+
+
+def is_score(key: str) -> bool:
+    """A metric of quality (not a seed, step count, time or sample count)."""
+    return key not in BOOKKEEPING and not key.endswith(COUNT_SUFFIXES)
+
+
+def pick_axes(keys: list[str], x_key: str | None = None, y_key: str | None = None) -> tuple[str | None, str | None]:
+    """The scatter's x (instruction following) and y (preference) metrics: the given ones (a missing one is a
+    ``ValueError`` listing what there is), else the first of :data:`X_CANDIDATES` / :data:`Y_CANDIDATES` present,
+    else the first quality metrics (never a count)."""
+    def pick(wanted, candidates, avoid):
+        if wanted is not None:
+            if wanted not in keys:
+                raise ValueError(f"metric {wanted!r} is not in table.json (have: {', '.join(keys)})")
+            return wanted
+        rest = [k for k in keys if is_score(k) and k != avoid]
+        return next((c for c in candidates if c in rest), rest[0] if rest else None)
+
+    x = pick(x_key, X_CANDIDATES, None)
+    return x, pick(y_key, Y_CANDIDATES, x)
+
+
+def axis_label(key: str, axis: str) -> str:
+    """``key`` with which way is better; a lower-is-better axis is drawn reversed, so better is always right / up."""
+    arrow = "→" if axis == "x" else "↑"
+    how = f"lower is better; axis reversed, better {arrow}" if lower_is_better(key) else f"higher is better {arrow}"
+    return f"{role_name(key)}\n{key}  ({how})".strip()
+
+
+def role_name(key: str) -> str:
+    if key in X_CANDIDATES:
+        return "instruction following"
+    if key in Y_CANDIDATES:
+        return "preference"
+    return ""
+
+
+def plot_method_scatter(summary: dict[str, dict], x_key: str, y_key: str, out_png: str | Path,
+                        title: str | None = None) -> Path | None:
+    """One point per method at the mean of ``x_key`` and ``y_key`` over seeds, with ±std error bars; axis labels
+    and an arrow say which way is better. ``summary`` is ``{method: {metric: {"mean", "std", "n"}}}`` (see
+    :func:`tandem.report.build.summarize`)."""
+    pts = [(m, s[x_key], s[y_key]) for m, s in summary.items() if x_key in s and y_key in s]
+    if not pts:
+        return None
+    fig, ax = plt.subplots(figsize=(7.0, 5.2))
+    cmap = plt.get_cmap("tab10")
+    markers = "osD^vP*Xh<>"
+    for i, (method, x, y) in enumerate(pts):
+        ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt=markers[i % len(markers)], markersize=8,
+                    capsize=4, color=cmap(i % 10), label=f"{method} (n={min(x['n'], y['n'])})")
+        ax.annotate(method, (x["mean"], y["mean"]), textcoords="offset points", xytext=(7, 7), fontsize=9)
+    ax.margins(0.2)
+    ax.set_xlabel(axis_label(x_key, "x"))
+    ax.set_ylabel(axis_label(y_key, "y"))
+    if lower_is_better(x_key):
+        ax.invert_xaxis()  # better is always to the right
+    if lower_is_better(y_key):
+        ax.invert_yaxis()  # and up
+    ax.annotate("better", xy=(0.97, 0.97), xytext=(0.80, 0.80), xycoords="axes fraction", textcoords="axes fraction",
+                fontsize=9, color="0.35", ha="center", va="center",
+                arrowprops=dict(arrowstyle="-|>", color="0.35", lw=1.5))
+    ax.set_title(title or "Instruction following vs preference (mean ± std over seeds)", fontsize=11)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return save_figure(fig, out_png)
+
+
+def summarize(table: list[dict], metrics: list[str] | None = None) -> dict[str, dict[str, dict]]:
+    """``{method: {metric: {"mean", "std", "n"}}}`` over the rows (seeds) of each method, in first-seen order;
+    ``std`` is the sample standard deviation (0 for one seed)."""
+    if not isinstance(table, list) or not all(isinstance(r, dict) and "method" in r for r in table):
+        raise ValueError("table.json must be a list of objects, each with a 'method' field")
+    keys = metrics or sorted({k for r in table for k, v in r.items() if k not in ("method", "seed") and _finite(v)})
+    out: dict[str, dict[str, dict]] = {}
+    for method in dict.fromkeys(str(r["method"]) for r in table):
+        rows = [r for r in table if str(r["method"]) == method]
+        out[method] = {}
+        for k in keys:
+            vals = [float(r[k]) for r in rows if _finite(r.get(k))]
+            if vals:
+                out[method][k] = {"mean": statistics.fmean(vals), "n": len(vals),
+                                  "std": statistics.stdev(vals) if len(vals) > 1 else 0.0}
+    return out
+
+
+def _finite(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _num(v: float) -> str:
+    if not math.isfinite(v):
+        return str(v)
+    if v != 0 and (abs(v) < 1e-2 or abs(v) >= 1e4):
+        return f"{v:.2g}"
+    return f"{v:.3f}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def _short(key: str) -> str:
+    if key in SHORT:
+        return SHORT[key]
+    name = key.replace("preference/", "pref ").replace("rewards/", "").replace("/", " ")
+    return name if len(name) <= 16 else name[:15] + "…"
+
+
+def console_table(rows: list[dict], keys: list[str] | None = None, width: int = WIDTH) -> str:
+    """Mean ± std per method over seeds, as plain text no wider than ``width``: the scatter's two metrics first,
+    then the other quality metrics while they fit; a last line names what was left out (it is in
+    ``table.md`` / ``report.md``). Headers say which way is better (↑ / ↓)."""
+    summary = summarize(rows)
+    seeds = {m: len({r.get("seed") for r in rows if str(r["method"]) == m}) for m in summary}
+    have = sorted({k for s in summary.values() for k in s if is_score(k)})
+    x, y = pick_axes(have)
+    known = [c for c in (*X_CANDIDATES, *Y_CANDIDATES) if c in have]
+    order = keys or [k for k in dict.fromkeys([x, y, *known, *[k for k in have if k.endswith("/loss")], *have]) if k]
+    cell = {m: {k: f"{_num(s[k]['mean'])}±{s[k]['std']:.2g}" if s[k]["n"] > 1 else _num(s[k]["mean"])
+                for k in s} for m, s in summary.items()}
+    name_w = min(22, max(len("method"), *(len(m) for m in summary)))
+    cols: list[tuple[str, str, int]] = []  # (key, header, width)
+    used = name_w + 2 + len("seeds")
+    left = []
+    for k in order:
+        head = f"{_short(k)} {'↓' if lower_is_better(k) else '↑'}"
+        w = max(len(head), *(len(cell[m].get(k, "—")) for m in summary))
+        if used + 2 + w <= width:
+            cols.append((k, head, w))
+            used += 2 + w
+        else:
+            left.append(k)
+    clip = lambda m: m if len(m) <= name_w else m[: name_w - 1] + "…"  # noqa: E731
+    lines = ["  ".join([f"{'method':<{name_w}}", "seeds", *(f"{h:>{w}}" for _, h, w in cols)])]
+    lines.append("-" * len(lines[0]))
+    for m in summary:
+        lines.append("  ".join([f"{clip(m):<{name_w}}", f"{seeds[m]:>5}",
+                                *(f"{cell[m].get(k, '—'):>{w}}" for k, _, w in cols)]))
+    if left:
+        more = f"+ {len(left)} more metric{'s' if len(left) > 1 else ''} in table.md / report.md: " + ", ".join(left)
+        lines.append(more if len(more) <= width else more[: width - 1] + "…")
+    return "\n".join(lines)
