@@ -1,0 +1,92 @@
+"""The recipe blocks that say what a run reads: ``model`` (with LoRA and the training options) and ``data``
+(its sources, lengths and chat template)."""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from tandem.config.base import Strict
+
+
+class LoraConfig(Strict):
+    r: int = Field(default=16, ge=1)
+    alpha: int = Field(default=32, ge=1)
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+
+
+#: ``model.attn_implementation`` values transformers knows, besides a Hub kernel ``org/name[@rev][:fn]``.
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention", "paged|eager")
+_HUB_KERNEL = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w.-]+)?(:[\w-]+)?$")
+
+
+class ModelConfig(Strict):
+    name_or_path: str
+    gguf_file: str | None = None
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "float32"
+    trust_remote_code: bool = False
+    revision: str | None = None
+    lora: LoraConfig | None = None
+    gradient_checkpointing: bool = Field(default=False, description="recompute activations in the backward pass (less memory, ~30% slower)")
+    attn_implementation: str | None = Field(default=None, description="eager, sdpa, flash_attention_2, ...; null = transformers' default")
+    quantization: Literal["4bit", "8bit"] | None = Field(default=None, description="QLoRA: load the base quantized with bitsandbytes (CUDA only; needs lora)")
+
+    @field_validator("attn_implementation")
+    @classmethod
+    def _attn_known(cls, v: str | None) -> str | None:
+        if v is not None and v not in ATTN_IMPLEMENTATIONS and not _HUB_KERNEL.match(v):
+            raise ValueError(f"unknown attention implementation {v!r}; choose one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
+                             "a Hub kernel (org/name), or null for transformers' default")
+        return v
+
+    @model_validator(mode="after")
+    def _quantization_needs_lora(self) -> "ModelConfig":
+        if self.quantization is not None and self.lora is None:
+            raise ValueError(f"quantization: {self.quantization} (QLoRA) trains LoRA adapters on a frozen quantized "
+                             "base: add a model.lora block, or remove model.quantization")
+        if self.quantization is not None and self.gguf_file is not None:
+            raise ValueError("quantization and gguf_file cannot be combined: a GGUF file is dequantised to dense "
+                             "weights on load; remove one of them")
+        return self
+
+
+class SourceConfig(Strict):
+    source: str
+    format: str | None = None
+    split: str = "train"
+    limit: int | None = Field(default=None, ge=1)
+    skip: int = Field(default=0, ge=0, description="rows left out at the start (e.g. rows another source trains on)")
+    columns: dict[str, str] | None = Field(default=None, description="tandem field -> column of the source, e.g. {prompt: question, response: answer}")
+    loss_on: Literal["last", "all_assistant"] = Field(default="last", description="SFT: label the last reply only, or every assistant turn")
+    streaming: bool = Field(default=False, description="read a datasets source (Hub, CSV, Parquet) lazily, without a cached copy")
+
+    @field_validator("columns")
+    @classmethod
+    def _columns_known(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v:
+            from tandem.data.columns import check_columns  # imported only when a map is given (tandem.data loads torch)
+
+            check_columns(v)
+        return v
+
+
+class DataConfig(Strict):
+    sft: SourceConfig | None = None
+    preference: SourceConfig | None = None
+    pretrain: SourceConfig | None = Field(default=None, description="plain text (LM loss) for rlhf+pt / ppo+pt: a text "
+                                          "file (paragraphs) or JSONL with a 'text' field")
+    max_length: int = Field(default=512, ge=8)
+    overlong: Literal["truncate", "drop"] = "truncate"
+    val_size: int = Field(default=0, ge=0)
+    max_record_mb: float = Field(default=10.0, gt=0, description="largest JSON Lines record (line) read, in MiB")
+    chat_template: str | None = Field(default=None, description="chatml, llama3, zephyr or a Jinja file; replaces the tokenizer's template")
+
+    @model_validator(mode="after")
+    def _loss_on_is_sft_only(self) -> "DataConfig":
+        if self.preference is not None and self.preference.loss_on != "last":
+            raise ValueError("preference.loss_on: a preference pair is labelled on its two final replies; "
+                             "loss_on: all_assistant applies to data.sft only")
+        return self
