@@ -227,3 +227,21 @@ def test_column_map_errors_name_the_field_or_column(tmp_path):
         load_examples(str(p), columns={"prompt": "question", "response": "answr"})
     with pytest.raises(DataError, match=r"d\.jsonl: row 2: format 'prompt_response' needs field 'response' or 'completion'"):
         load_examples(str(p), columns={"prompt": "question", "response": "answer"})
+
+
+def test_load_source_reads_a_recipe_source_block(tmp_path):
+    from tandem.config.inputs import SourceConfig
+    from tandem.data import load_source
+
+    p = _jsonl(tmp_path, [{"q": f"q{i}", "a": f"a{i}"} for i in range(1, 6)])
+    src = SourceConfig(source=str(p), skip=1, limit=2, columns={"prompt": "q", "response": "a"})
+    ex, rep = load_source(src, role="sft")
+    assert [e.response for e in ex] == ["a2", "a3"] and rep.format == "prompt_response"
+    assert len(load_source(src, role="sft", limit=4)[0]) == 4
+
+
+def test_inspect_reads_rows_lazily_with_a_column_map():
+    from tandem.data.inspect import inspect_source
+
+    info = inspect_source(str(FIX / "data_qa.tsv"), columns={"prompt": "question", "response": "answer"})
+    assert (info["format"], info["rows"], info["kept"]) == ("prompt_response", 2, 2)

@@ -6,7 +6,7 @@ See docs/architecture.md for the contracts (examples, features, batches).
 from tandem.data.collate import batches, collate
 from tandem.data.encode import EncodeStats, encode_all, encode_preference, encode_sft
 from tandem.data.errors import DataError, DataFileNotFound
-from tandem.data.formats import FORMATS, LoadReport, detect_format, examples_from_rows, load_examples
+from tandem.data.formats import FORMATS, LoadReport, detect_format, examples_from_rows, load_examples, load_source
 from tandem.data.readers import MAX_RECORD_BYTES, iter_records, read_records
 from tandem.data.templates import NAMED_TEMPLATES, resolve_chat_template, set_chat_template
 from tandem.data.roles import ROLE_FORMATS, no_usable_message
@@ -33,6 +33,7 @@ __all__ = [
     "examples_from_rows",
     "iter_records",
     "load_examples",
+    "load_source",
     "no_usable_message",
     "read_records",
     "resolve_chat_template",

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tandem.data.columns import FIELDS, apply_columns, check_columns
 from tandem.data.converters import (  # noqa: F401 - re-exported: tandem.data.formats is the public place
@@ -72,6 +73,9 @@ from tandem.data.readers import MAX_RECORD_BYTES, iter_records
 from tandem.data.roles import all_filtered_message, check_format_fits, check_role, check_unpaired, role_skip
 from tandem.data.roles import where as _where
 from tandem.data.types import PreferenceExample, SFTExample
+
+if TYPE_CHECKING:
+    from tandem.config.inputs import SourceConfig
 
 FORMATS: dict[str, str] = {
     "prompt_response": "prompt, response|completion",
@@ -245,3 +249,11 @@ def load_examples(
     """
     rows = iter_records(source, split=split, max_record_bytes=max_record_bytes, streaming=streaming)
     return examples_from_rows(rows, source, format=format, limit=limit, role=role, columns=columns, skip=skip)
+
+
+def load_source(src: SourceConfig, role: str | None = None, max_record_bytes: int = MAX_RECORD_BYTES,
+                limit: int | None = None) -> tuple[list[SFTExample | PreferenceExample], LoadReport]:
+    """:func:`load_examples` of a recipe's data source block (``source``, ``format``, ``split``, ``limit``, ``skip``,
+    ``columns``, ``streaming``); ``limit`` overrides the block's."""
+    return load_examples(src.source, format=src.format, split=src.split, limit=limit or src.limit, role=role,
+                         max_record_bytes=max_record_bytes, columns=src.columns, streaming=src.streaming, skip=src.skip)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from tandem.data.formats import examples_from_records
-from tandem.data.readers import read_records
+from tandem.data.formats import examples_from_rows
+from tandem.data.readers import iter_records
 from tandem.data.types import PreferenceExample
 
 
@@ -31,10 +31,11 @@ def _measure(tokenizer):
     return (lambda msgs: len(prompt_ids(tokenizer, msgs))), (lambda text: len(_ids(tokenizer, text)))
 
 
-def inspect_source(source: str, tokenizer=None, format: str | None = None, split: str = "train") -> dict:
-    """Detected format, row/kept/skipped counts, length percentiles and one sample of ``source``."""
-    records = read_records(source, split=split)
-    examples, report = examples_from_records(records, source, format=format)
+def inspect_source(source: str, tokenizer=None, format: str | None = None, split: str = "train",
+                   columns: dict[str, str] | None = None) -> dict:
+    """Detected format, row/kept/skipped counts, length percentiles and one sample of ``source`` (rows read one at
+    a time; ``columns``: a column map, see :mod:`tandem.data.columns`)."""
+    examples, report = examples_from_rows(iter_records(source, split=split), source, format=format, columns=columns)
     prompt_len, text_len = _measure(tokenizer)
     kind = "preference" if examples and isinstance(examples[0], PreferenceExample) else "sft"
     lengths: dict[str, list[int]] = {"prompt": [prompt_len(e.prompt) for e in examples]}
