@@ -85,3 +85,12 @@ def test_flash_attention_without_cuda_is_refused_and_the_rest_passes():
 def test_quantization_on_this_cpu_machine_is_refused_by_default():
     with pytest.raises(ModelOptionError, match="needs a CUDA GPU"):
         check_model_options(quantization="4bit")
+
+
+def test_pretrained_options_carry_the_quantization_config_and_device_map():
+    from tandem.models.load import pretrained_options
+
+    assert pretrained_options("float32", None, None, None) == {}
+    kw = pretrained_options("bfloat16", "sdpa", "4bit", "cuda:1")
+    assert kw["attn_implementation"] == "sdpa" and kw["device_map"] == {"": "cuda:1"}
+    assert kw["quantization_config"].load_in_4bit and kw["quantization_config"].bnb_4bit_compute_dtype == torch.bfloat16

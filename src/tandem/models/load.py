@@ -44,7 +44,7 @@ log = logging.getLogger("tandem")
 
 __all__ = ["DTYPES", "ModelOptionError", "NoSafetensorsError", "check_model_options", "load_any", "load_policy",
            "load_reward_model", "load_saved", "load_seq2seq", "load_tokenizer", "load_value_model",
-           "quantization_config"]
+           "pretrained_options", "quantization_config"]
 
 
 class ModelOptionError(ValueError):
@@ -91,7 +91,7 @@ def quantization_config(quantization: str, dtype: str = "auto"):
                               bnb_4bit_compute_dtype=compute)
 
 
-def _options(dtype, attn_implementation: str | None, quantization: str | None, device) -> dict:
+def pretrained_options(dtype, attn_implementation: str | None, quantization: str | None, device) -> dict:
     """``from_pretrained`` keyword arguments of the training options (empty when none is set)."""
     kw: dict = {}
     if attn_implementation is not None:
@@ -207,7 +207,7 @@ def load_policy(name_or_path: str, gguf_file: str | None = None, dtype: str = "a
 
     path = resolve_model_path(name_or_path, "model")
     model = _from_pretrained(AutoModelForCausalLM, path, gguf_file, dtype, trust_remote_code, revision,
-                             **_options(dtype, attn_implementation, quantization, device))
+                             **pretrained_options(dtype, attn_implementation, quantization, device))
     tok = load_tokenizer(path, gguf_file, trust_remote_code, revision)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tok.pad_token_id
@@ -235,7 +235,7 @@ def load_reward_model(name_or_path: str, gguf_file: str | None = None, dtype: st
         model = _load_adapter(path, dtype, reward=True, merge=True)
     else:
         model = _from_pretrained(AutoModelForSequenceClassification, path, gguf_file, dtype, trust_remote_code,
-                                 revision, num_labels=1, **_options(dtype, attn_implementation, quantization, device))
+                                 revision, num_labels=1, **pretrained_options(dtype, attn_implementation, quantization, device))
     tok = load_tokenizer(path, gguf_file, trust_remote_code, revision)
     model.config.pad_token_id = tok.pad_token_id
     return (model.to(device) if device is not None and quantization is None else model), tok
