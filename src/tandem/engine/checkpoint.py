@@ -38,8 +38,8 @@ def assert_finite(model, what: str, ckpt_root: Path | None = None) -> None:
     if not bad:
         return
     last = last_finite_checkpoint(ckpt_root)
-    todo = (f"the last finite checkpoint is {last} (global step {read_state(last)['global_step']}): lower the learning "
-            "rate or check the data, then continue from it with --resume" if last else
+    todo = (f"the last finite checkpoint is {last} (global step {read_state(last)['global_step']}): --resume continues "
+            "from it with the same recipe; or lower the learning rate and start again with --overwrite" if last else
             "no finite checkpoint exists: lower the learning rate or check the data and start again with --overwrite")
     raise TrainingDiverged(f"non-finite weights in {len(bad)} of {len(named)} trainable tensors (e.g. "
                            f"{', '.join(bad[:3])}): {what} was not written; {todo}")

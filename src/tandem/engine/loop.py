@@ -58,7 +58,7 @@ def apply_step(ctx: StageContext, optimizer) -> dict[str, float]:
 def diverged(stage_name: str, step: int, what: str = "loss") -> TrainingDiverged:
     return TrainingDiverged(
         f"non-finite {what} in stage {stage_name} at stage step {step}; the step was not applied. Lower the "
-        "learning rate or check the data, then continue with --resume."
+        "learning rate (a new run: --overwrite) or check the data; --resume retries with the same recipe."
     )
 
 

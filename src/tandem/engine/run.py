@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections import Counter
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -18,8 +18,8 @@ from accelerate.utils import set_seed
 from tandem.engine import checkpoint as ckpt
 from tandem.engine.context import AuxTerm, BatchFn, LoopConfig, Runner, StageContext
 from tandem.engine.loop import make_optimizer, reduce_sum, run_stage
-from tandem.io.metrics import MetricsLog, progress_bar
 from tandem.engine.ppo_loop import run_ppo_stage
+from tandem.io.metrics import MetricsLog, progress_bar
 from tandem.io.prepared import load_prepared, save_prepared
 from tandem.io.weights import load_trainable_file, save_trainable
 from tandem.objectives.base import evaluate_objective
@@ -28,8 +28,6 @@ from tandem.regularizers.base import StageData
 from tandem.schedules.steps import Alternation, allocate, plan_steps, select_stage
 
 log = logging.getLogger("tandem")
-
-Loop = Literal["offline", "ppo"]
 
 
 @dataclass
@@ -42,7 +40,7 @@ class RunPlan:
     name: str
     method: str
     stages: list  # [tandem.schedules.Stage]
-    loops: dict[int, Loop]  # stage index -> which loop runs it (from the method table)
+    loops: dict[int, Literal["offline", "ppo"]]  # stage index -> which loop runs it (from the method table)
     objectives: dict[str, object]  # role -> objective (PPO for PPO roles)
     parts: dict[str, list[list[dict]]]  # role -> data parts
     train: dict[str, list[dict]]  # role -> all training features (auxiliary terms draw from these)
@@ -67,6 +65,7 @@ class Checkpointer:
              ctx: StageContext | None = None) -> None:
         acc = self.plan.accelerator
         acc.wait_for_everyone()
+        ckpt.assert_finite(self.plan.model, f"the checkpoint after global step {global_step}", self.root)  # every process
         if acc.is_main_process:
             state = {"stage_index": stage.index, "stage_name": stage.name, "stage_step": stage_step,
                      "global_step": global_step, "stage_done": done,
@@ -157,6 +156,7 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
                 global_step = run_ppo_stage(ctx, plan.objectives[plan.ppo_role], optimizer, scheduler, first, total)
             else:
                 global_step = run_stage(ctx, optimizer, scheduler, first, total)
+            ckpt.assert_finite(model, f"stage {stage.name}", saver.root)
             if plan.regularizer is not None:
                 plan.regularizer.after_stage(model, stage, StageData.of(feats, plan.batch_fn))
             v = validate(plan, val, cfg)

@@ -229,6 +229,7 @@ def clean_stale_tmp(run_dir: str | Path) -> list[str]:
         return done
     for dirpath, dirnames, filenames in os.walk(root):
         here = Path(dirpath)
+        dirnames[:] = [d for d in dirnames if not (here / d / MARKER).exists()]  # nested runs (tax/, eval/) are theirs
         for name in list(dirnames) + filenames:
             entry = here / name
             rel = entry.relative_to(root).as_posix()

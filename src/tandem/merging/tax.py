@@ -94,8 +94,24 @@ def make_scorer(tokenizer, prompts, reward_model, reward_tokenizer, metric: str,
     return score
 
 
+def make_fit(tokenizer, prompts, reward_model, reward_tokenizer, max_new_tokens: int = 48, temperature: float = 0.0,
+             batch_size: int = 8, seed: int = 0) -> Callable:
+    """``fit(model) -> {"outputs", "rewards"}``: the replies to the adaptive ratios' fit prompts and their rewards."""
+    from tandem.evaluation import metrics as M
+    from tandem.evaluation.generation import generate
+
+    def fit(model) -> dict:
+        model.eval()
+        outs = generate(model, tokenizer, prompts, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed,
+                        batch_size=batch_size)
+        return {"outputs": outs, "rewards": M.reward_scores(reward_model, reward_tokenizer, prompts, outs,
+                                                            batch_size=batch_size)}
+
+    return fit
+
+
 def run_tax_search(model, merger, score: Callable, cfg, out: Path, resume: bool = False, tokenizer=None,
-                   prompts=None, progress=None) -> dict:
+                   prompts=None, progress=None, fit: Callable | None = None, fit_prompts=None) -> dict:
     """Score the global sweep, the optuna per-group search and the adaptive ratios; write the outputs.
 
     ``model`` receives every candidate's weights in place; ``cfg`` is a :class:`tandem.config.recipe.TaxConfig`.
@@ -139,7 +155,10 @@ def run_tax_search(model, merger, score: Callable, cfg, out: Path, resume: bool 
         p["kind"] = "group"
     adaptive = []
     if cfg.adaptive.enabled:
-        ratios, history = learn_adaptive(model, merger, cfg, scored, tokenizer, prompts, n_groups)
+        if fit is None or not fit_prompts:
+            raise ValueError("tax.adaptive: the ratios are fitted on prompts disjoint from the scoring prompts; give "
+                             "fit prompts (tax.adaptive.prompts, or a tax.adaptive.fit_fraction of the prompts)")
+        ratios, history = learn_adaptive(model, merger, cfg, fit, tokenizer, fit_prompts, n_groups)
         p = evaluator("adaptive")(ratios)
         adaptive = [{"kind": "adaptive", "alphas": ratios, "loss_history": history, **p}]
     for p in sweep:
@@ -158,6 +177,7 @@ def run_tax_search(model, merger, score: Callable, cfg, out: Path, resume: bool 
         "groups": cfg.groups, "group_layers": describe_groups(names, cfg.groups), "tax_metric": cfg.tax_metric,
         f"base_{cfg.tax_metric}": base_raw, "base_reward": base["reward"], "budget": cfg.budget,
         "points": points, "front": front, "pick": pick, "seconds": time.perf_counter() - t_start,
+        "score_prompts": len(prompts or []), "fit_prompts": len(fit_prompts or []) if cfg.adaptive.enabled else 0,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     (out / "table.md").write_text(table_markdown(summary))
@@ -166,13 +186,16 @@ def run_tax_search(model, merger, score: Callable, cfg, out: Path, resume: bool 
     return summary
 
 
-def learn_adaptive(model, merger, cfg, scored, tokenizer, prompts, n_groups: int) -> tuple[list[float], list[float]]:
-    """Learned group ratios on the ``top_k`` highest-reward replies of theta_1 (the alpha = 1 candidate)."""
+def learn_adaptive(model, merger, cfg, fit: Callable, tokenizer, prompts, n_groups: int) -> tuple[list[float], list[float]]:
+    """Learned group ratios on the ``top_k`` highest-reward replies of theta_1 to the FIT prompts (disjoint from the
+    prompts the candidates are scored on); ``fit(model) -> {"outputs", "rewards"}`` on those prompts."""
     from tandem.data import collate, encode_all
     from tandem.data.types import SFTExample
+    from tandem.merging.groups import tensor_alphas
     from tandem.merging.search import learn_group_ratios
 
-    tuned = scored("global", [1.0] * n_groups, count=False)
+    merger.merge_into(model, tensor_alphas(merger.names, cfg.groups, [1.0] * n_groups, cfg.head_alpha))
+    tuned = fit(model)
     order = sorted(range(len(prompts)), key=lambda i: -tuned["rewards"][i])[: cfg.adaptive.top_k]
     examples = [SFTExample(prompt=prompts[i], response=tuned["outputs"][i]) for i in order if tuned["outputs"][i].strip()]
     if not examples:

@@ -31,24 +31,11 @@ def run_recipe(recipe_path: Path, method: str, seed: int, run_dir: Path, overrid
 
 
 def check_recipe(r) -> None:
-    """What ``train`` would refuse, checked without writing anything: method, objectives, regularizer, model and
-    data paths (a comparison must not stop at its third run on a typo)."""
-    from tandem.data.errors import DataFileNotFound
-    from tandem.data.readers import looks_local
-    from tandem.models import check_exists
-    from tandem.pipelines.train import build_objectives, build_regularizer
-    from tandem.schedules import get_method
+    """What ``train`` would refuse, checked without writing anything (a comparison must not stop at its third run on
+    a typo)."""
+    from tandem.pipelines.train import check_recipe as check
 
-    roles = build_objectives(r)
-    build_regularizer(r, get_method(r.schedule.method))
-    check_exists(r.model.name_or_path, "model.name_or_path")
-    for role in roles:
-        key = "data.sft" if role == "sft" else "data.preference"
-        src = r.data.sft if role == "sft" else r.data.preference
-        if src is None:
-            raise ValueError(f"the schedule trains a '{role}' stage but the recipe has no {key}")
-        if looks_local(src.source) and not Path(src.source).expanduser().exists():
-            raise DataFileNotFound(f"data file not found: {src.source} ({key}.source)")
+    check(r)
 
 
 def run_one(recipe_path: Path, method: str, seed: int, run_dir: Path, overrides: list[str], resume: bool) -> dict:

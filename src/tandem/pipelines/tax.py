@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from tandem.merging.tax import make_scorer, run_tax_search
+from tandem.merging.tax import make_fit, make_scorer, run_tax_search
 
 
 def run_tax(recipe, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> dict:
@@ -44,24 +44,47 @@ def run_tax(recipe, resume: bool = False, overwrite: bool = False, show_progress
         prompts = eval_inputs(recipe.eval).get("prompts")
     if not prompts:
         raise ValueError("tax.prompts (or eval.data) is needed for the reward side")
+    prompts, fit_prompts = adaptive_split(cfg, prompts)
     heldout = read_texts(cfg.heldout_text or recipe.eval.heldout_text) if (cfg.heldout_text or recipe.eval.heldout_text) else None
     if heldout and cfg.heldout_limit:
         heldout = heldout[: cfg.heldout_limit]
     mc_path = cfg.mc or recipe.eval.mc
     mc_rows = load_mc_rows(mc_path) if mc_path else None
     with open_run_dir(out, resume=resume, overwrite=overwrite, command="tax"):
-        return _search(recipe, out, resume, show_progress, base_path, tuned_path, reward_path, prompts, heldout, mc_rows)
+        return _search(recipe, out, resume, show_progress, base_path, tuned_path, reward_path, prompts, heldout, mc_rows,
+                       fit_prompts)
+
+
+def adaptive_split(cfg, prompts: list) -> tuple[list, list]:
+    """(scoring prompts, fit prompts of the adaptive ratios): ``tax.adaptive.prompts`` when given, else a seeded
+    ``fit_fraction`` of the prompts held out from scoring, so the ratios are never fitted on the scored prompts."""
+    import random
+
+    from tandem.data import load_examples
+
+    a = cfg.adaptive
+    if not a.enabled:
+        return prompts, []
+    if a.prompts is not None:
+        examples, _ = load_examples(a.prompts.source, format=a.prompts.format, split=a.prompts.split, limit=a.prompts.limit)
+        return prompts, [e.prompt for e in examples]
+    idx = list(range(len(prompts)))
+    random.Random(cfg.seed).shuffle(idx)
+    n_fit = max(1, round(a.fit_fraction * len(prompts)))
+    if n_fit >= len(prompts):
+        raise ValueError(f"tax.adaptive.fit_fraction {a.fit_fraction}: {len(prompts)} prompts leave none to score; "
+                         "give more prompts or tax.adaptive.prompts")
+    fit = set(idx[:n_fit])
+    return [p for i, p in enumerate(prompts) if i not in fit], [p for i, p in enumerate(prompts) if i in fit]
 
 
 def _search(recipe, out: Path, resume: bool, show_progress: bool, base_path: str, tuned_path: str, reward_path: str,
-            prompts: list, heldout: list[str] | None, mc_rows: list[dict] | None) -> dict:
+            prompts: list, heldout: list[str] | None, mc_rows: list[dict] | None, fit_prompts: list) -> dict:
     """Load theta_0 / theta_1 and the reward model, score the candidates into ``out``, save the pick."""
     from rich.progress import Progress
 
-    from tandem.evaluation.run import load_reward_model
     from tandem.merging.lerp import Merger
-    from tandem.merging.loading import load_full_weights
-    from tandem.models import load_tokenizer, save_model
+    from tandem.models import load_full_weights, load_reward_model, load_tokenizer, save_model
 
     cfg = recipe.tax
     dtype = torch.float32
@@ -76,8 +99,9 @@ def _search(recipe, out: Path, resume: bool, show_progress: bool, base_path: str
     total = 1 + len(cfg.sweep) + cfg.trials + (1 if cfg.adaptive.enabled else 0)
     with Progress(disable=not show_progress) as prog:
         task = prog.add_task("scoring merge candidates", total=total)
+        fit = make_fit(tok, fit_prompts, rm, rtok, cfg.max_new_tokens, cfg.temperature, cfg.batch_size, cfg.seed)
         summary = run_tax_search(model, merger, score, cfg, out, resume=resume, tokenizer=tok, prompts=prompts,
-                                 progress=lambda: prog.advance(task))
+                                 progress=lambda: prog.advance(task), fit=fit, fit_prompts=fit_prompts)
     if summary["pick"] is not None:
         save_model(model, tok, out / "picked")
         summary["picked_dir"] = str(out / "picked")

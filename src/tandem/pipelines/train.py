@@ -178,8 +178,21 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer) -> RunPlan:
 
 def check_source(source: str) -> None:
     """A data source that names a local file must exist (checked before anything is written)."""
-    if looks_local(source) and not Path(source).expanduser().exists():
+    if source and looks_local(source) and not Path(source).expanduser().exists():
         raise DataFileNotFound(f"data file not found: {source}")
+
+
+def check_recipe(recipe: Recipe) -> tuple[dict, object]:
+    """Everything ``train`` would refuse, checked without writing anything (method, objectives, regularizer, model
+    and data paths); returns the built objectives and regularizer."""
+    from tandem.models import check_exists
+
+    objectives = build_objectives(recipe)
+    regularizer = build_regularizer(recipe, get_method(recipe.schedule.method))
+    check_exists(recipe.model.name_or_path, "model.name_or_path")
+    for role in objectives:
+        check_source(data_source(recipe, role).source)
+    return objectives, regularizer
 
 
 def build_objectives(recipe: Recipe) -> dict:
@@ -202,10 +215,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    objectives = build_objectives(recipe)  # validates method, objectives and regularizer before touching the disk
-    regularizer = build_regularizer(recipe, get_method(recipe.schedule.method))
-    for role in objectives:
-        check_source(data_source(recipe, role).source)
+    objectives, regularizer = check_recipe(recipe)
     run_dir = Path(recipe.output_dir)
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if resume:

@@ -17,12 +17,19 @@ import json
 import os
 from pathlib import Path
 
-from tandem.io.weights import load_trainable_file
 import torch
 from safetensors.torch import load_file
 
+from tandem.io.weights import load_trainable_file
 from tandem.models.sampling import eos_ids
-from tandem.objectives.ppo.critic import CRITIC_FILE, ValueHeadCritic, build_critic, critic_state, load_critic_state, previous_critic
+from tandem.objectives.ppo.critic import (
+    CRITIC_FILE,
+    ValueHeadCritic,
+    build_critic,
+    critic_state,
+    load_critic_state,
+    previous_critic,
+)
 from tandem.objectives.ppo.rollout import AdapterReference, FunctionReward, ModelReward, collect
 
 STATE_FILE = "ppo.json"
