@@ -67,6 +67,8 @@ def test_rows_are_one_per_method_and_seed_scored_from_each_run(compared):
         summary = json.loads((run / "summary.json").read_text())
         assert summary["method"] == row["method"]
         assert row["steps"] == summary["global_steps"] == STAGES[row["method"]]
+        # the examples each objective trained on (the budget) are in the table
+        assert summary["budget"] and {f"budget/{k}": v for k, v in summary["budget"].items()}.items() <= row.items()
         # the score is the run's final validation, measured the same way for every method
         for k, v in summary["final_val"].items():
             assert row[k] == v

@@ -53,6 +53,7 @@ def _build(out: Path, n_sft: int, n_pref: int, n_eval: int, seed: int) -> Path:
     raw["model"]["name_or_path"] = str(out / "model")
     raw["data"]["sft"]["source"] = str(out / "data" / "sft.jsonl")
     raw["data"]["preference"]["source"] = str(out / "data" / "preference.jsonl")
+    raw["data"]["pretrain"]["source"] = str(out / "data" / "sft.jsonl")
     raw["eval"]["data"]["source"] = str(out / "data" / "eval_tasks.jsonl")
     raw["output_dir"] = str(out / "run")
     recipe = out / "recipe.yaml"

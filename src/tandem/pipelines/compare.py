@@ -49,7 +49,9 @@ def run_one(recipe_path: Path, method: str, seed: int, run_dir: Path, overrides:
     else:  # an unfinished run continues from its last checkpoint
         summary = train(r, resume=resume and is_run_dir(run_dir), overwrite=False, progress=True)
     row = {"method": method, "seed": seed, "run": str(run_dir), "steps": summary["global_steps"],
-           "seconds": round(summary["seconds"], 1), **numeric(summary.get("final_val", {}))}
+           "seconds": round(summary["seconds"], 1),
+           **{f"budget/{role}": n for role, n in sorted(summary.get("budget", {}).items())},
+           **numeric(summary.get("final_val", {}))}
     if r.eval.metrics:
         res = run_eval(run_dir / "final", r.eval, run_dir / "eval", r.eval.metrics, [])
         row.update(numeric(res["metrics"]))
