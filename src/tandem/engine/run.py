@@ -65,7 +65,7 @@ class Checkpointer:
              ctx: StageContext | None = None) -> None:
         acc = self.plan.accelerator
         acc.wait_for_everyone()
-        ckpt.assert_finite(self.plan.model, f"the checkpoint after global step {global_step}", self.root)  # every process
+        ckpt.assert_finite(self.plan.model, f"checkpoint stage{stage.index:02d}-step{global_step:06d}", self.root)
         if acc.is_main_process:
             state = {"stage_index": stage.index, "stage_name": stage.name, "stage_step": stage_step,
                      "global_step": global_step, "stage_done": done,
