@@ -236,6 +236,10 @@ def test_saved_final_has_the_card_readme(tmp_path, tiny_model_dir):
     card = ModelCard.load(tmp_path / "final" / "README.md")
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and "## Recipe" in card.text
     model, tok = load_policy(str(tiny_model_dir))
+    save_model(apply_lora(model, r=4, alpha=8), tok, tmp_path / "lm", merged=True, card=card_info(RECIPE, SUMMARY))
+    merged = ModelCard.load(tmp_path / "lm" / "merged" / "README.md")
+    assert merged.data.library_name == "transformers" and "AutoModelForCausalLM.from_pretrained" in merged.text
+    model, tok = load_policy(str(tiny_model_dir))
     save_model(model, tok, tmp_path / "full")  # no card info: what the files say
     card = ModelCard.load(tmp_path / "full" / "README.md")
     assert card.data.library_name == "transformers" and str(tiny_model_dir) in card.text

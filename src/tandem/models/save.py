@@ -85,9 +85,11 @@ def save_model(model, tokenizer, out_dir: str | Path, merged: bool = False,
             if tokenizer is not None:
                 tokenizer.save_pretrained(tmp / "merged")
         base_name = original_base if is_peft else base_model.config.name_or_path
-        reward = reward_adapter or _saved_as_seq_cls(tmp)
-        render_card(info, kind="reward" if reward else "causal-lm", adapter=is_peft,
-                    base_model=portable_base(base_name) if base_name else None).save(tmp / "README.md")
+        base_name = portable_base(base_name) if base_name else None
+        kind = "reward" if reward_adapter or _saved_as_seq_cls(tmp) else "causal-lm"
+        render_card(info, kind=kind, adapter=is_peft, base_model=base_name).save(tmp / "README.md")
+        if is_peft and merged:  # the merged copy is pushable on its own: it gets its card too
+            render_card(info, kind=kind, adapter=False, base_model=base_name).save(tmp / "merged" / "README.md")
     return out_dir
 
 
