@@ -27,6 +27,7 @@ import warnings
 
 import torch
 
+from tandem.distributed.tensors import local, whole_sums
 from tandem.regularizers.base import (
     PenaltyValue,
     Snapshot,
@@ -97,12 +98,12 @@ class Anchor(PenaltyValue):
         parts = []
         with torch.no_grad():
             for ps, anchors in self._terms(model):
-                diff = torch._foreach_sub([p.detach() for p in ps], anchors)
+                diff = torch._foreach_sub([local(p).detach() for p in ps], anchors)
                 if self.norm == "l2":
-                    sq = norms(diff, 2) ** 2
+                    sq = whole_sums(ps, norms(diff, 2) ** 2)
                     parts.append(0.5 * self.lam * sq.sum())
                 else:
-                    parts.append(self.lam * norms(diff, 1).sum())
+                    parts.append(self.lam * whole_sums(ps, norms(diff, 1)).sum())
                     torch._foreach_sign_(diff)
                 torch._foreach_add_(ensure_grads(ps), diff, alpha=self.lam)
         self._last = lazy_sum(parts)
@@ -111,11 +112,11 @@ class Anchor(PenaltyValue):
         total = 0.0
         with torch.no_grad():
             for ps, anchors in self._terms(model):
-                diff = torch._foreach_sub([p.detach() for p in ps], anchors)
+                diff = torch._foreach_sub([local(p).detach() for p in ps], anchors)
                 if self.norm == "l2":
-                    total += 0.5 * self.lam * sum(x * x for x in norms(diff, 2).double().cpu().tolist())
+                    total += 0.5 * self.lam * sum(whole_sums(ps, norms(diff, 2).double() ** 2).cpu().tolist())
                 else:
-                    total += self.lam * sum(norms(diff, 1).double().cpu().tolist())
+                    total += self.lam * sum(whole_sums(ps, norms(diff, 1).double()).cpu().tolist())
         return total
 
     def report(self) -> None:

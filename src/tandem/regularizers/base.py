@@ -16,6 +16,10 @@ Conventions used by every regularizer in this package:
   ``None`` when it has none.
 - ``state_dict()`` holds only tensors, strings, numbers, lists and dicts, so it loads with
   ``torch.load(..., weights_only=True)``.
+- Sharded parameters (FSDP2 ``DTensor``): snapshots hold this process's slice only (memory per process falls with
+  the number of processes), elementwise terms are computed on the local slices, and per-tensor sums (``C_i``,
+  norms, penalties) are reduced over the shards with ``tandem.distributed.tensors.whole_sums``; nothing is
+  gathered. ``state_dict()`` then holds this process's slices (a checkpoint keeps one file per process).
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Protocol, runtime_checkable
 
 import torch
+
+from tandem.distributed.tensors import local
 
 KINDS = ("ifa", "hpa")
 
@@ -130,17 +136,19 @@ def lookup(model, names: Iterable[str]) -> dict[str, torch.nn.Parameter]:
 
 
 def ensure_grads(params: list[torch.Tensor]) -> list[torch.Tensor]:
-    """The ``.grad`` of each parameter, creating zeros where it is ``None``."""
+    """The ``.grad`` of each parameter (its local slice for a sharded parameter), creating zeros where it is
+    ``None``; in-place ops on the result change the gradient."""
     out = []
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-        out.append(p.grad)
+        out.append(local(p.grad))
     return out
 
 
 class Snapshot:
-    """A copy of named tensors, stored as one flat buffer per (device, dtype) group.
+    """A copy of named tensors, stored as one flat buffer per (device, dtype) group; of a sharded tensor (DTensor)
+    only this process's slice is copied, and its views have the slice's shape.
 
     ``storage="same"`` keeps each buffer on its tensors' device; ``"cpu"`` keeps it in host memory (pinned when
     CUDA is available) and :meth:`groups` copies each buffer to the device in **one** transfer per group per call,
@@ -156,6 +164,7 @@ class Snapshot:
     def take(cls, params: dict[str, torch.Tensor], storage: str = "same", dtype: torch.dtype | None = None) -> "Snapshot":
         if storage not in ("same", "cpu"):
             raise ValueError(f"anchor_device: {storage!r} is not 'same' or 'cpu'")
+        params = {n: local(p) for n, p in params.items()}
         by_key: dict[tuple[str, torch.dtype], list[str]] = {}
         for n, p in params.items():
             by_key.setdefault((str(p.device), p.dtype), []).append(n)
@@ -178,6 +187,11 @@ class Snapshot:
         for g in snap._groups:
             g["flat"].zero_()
         return snap
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the buffers (this process's slices for sharded tensors)."""
+        return sum(g["flat"].numel() * g["flat"].element_size() for g in self._groups)
 
     @property
     def names(self) -> list[str]:

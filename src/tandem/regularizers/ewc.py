@@ -65,6 +65,7 @@ from typing import Iterable, Mapping
 
 import torch
 
+from tandem.distributed.tensors import local, whole_sums
 from tandem.regularizers.base import (
     KINDS,
     PenaltyValue,
@@ -89,7 +90,9 @@ def tensor_change(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.
     """``C_i = mean((before_i - after_i)^2)`` for every name of ``before``.
 
     The difference is taken in the parameter dtype and its sum of squares accumulated in float64: a float32 sum
-    over a tensor of 1.5M elements is off by about 4e-5 relative, which the z-score normalisation amplifies."""
+    over a tensor of 1.5M elements is off by about 4e-5 relative, which the z-score normalisation amplifies.
+    A sharded ``after_i`` (DTensor) pairs with ``before_i`` holding this process's slice: the local sums of squares
+    are summed over the shards and divided by the whole tensor's size (a collective: every process calls it)."""
     missing = [n for n in before if n not in after]
     if missing:
         raise KeyError(f"tensor_change: 'after' lacks tensor(s) {missing[:5]}")
@@ -97,18 +100,18 @@ def tensor_change(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.
     groups: dict[tuple, list[str]] = {}
     for n, b in before.items():
         a = after[n]
-        if a.shape != b.shape:
+        if local(a).shape != b.shape:
             raise ValueError(f"tensor_change: tensor {n!r} has shape {tuple(b.shape)} before and {tuple(a.shape)} after")
-        groups.setdefault((str(a.device), a.dtype), []).append(n)
+        groups.setdefault((str(local(a).device), a.dtype), []).append(n)
     with torch.no_grad():
         for names in groups.values():
-            dev = after[names[0]].device
-            aft = [after[n].detach() for n in names]
+            dev = local(after[names[0]]).device
+            aft = [local(after[n]).detach() for n in names]
             bef = [before[n].detach().to(device=dev, dtype=after[n].dtype) for n in names]
             diff = torch._foreach_sub(aft, bef)
-            nrms = norms(diff, 2, dtype=torch.float64).cpu().tolist()
-            for n, nrm, a in zip(names, nrms, aft):
-                out[n] = (nrm * nrm) / max(a.numel(), 1)
+            sq = whole_sums([after[n] for n in names], norms(diff, 2, dtype=torch.float64) ** 2).cpu().tolist()
+            for n, s in zip(names, sq):
+                out[n] = s / max(after[n].numel(), 1)
     return {n: out[n] for n in before}
 
 
@@ -319,8 +322,8 @@ class ModifiedEWC(PenaltyValue):
         parts = []
         with torch.no_grad():
             for ps, anchors, f in self._terms(model):
-                diff = torch._foreach_sub([p.detach() for p in ps], anchors)
-                sq = norms(diff, 2) ** 2
+                diff = torch._foreach_sub([local(p).detach() for p in ps], anchors)
+                sq = whole_sums(ps, norms(diff, 2) ** 2)
                 parts.append(0.5 * self.lam * (sq * torch.tensor(f, dtype=sq.dtype, device=sq.device)).sum())
                 torch._foreach_mul_(diff, [self.lam * x for x in f])
                 torch._foreach_add_(ensure_grads(ps), diff)
@@ -331,9 +334,9 @@ class ModifiedEWC(PenaltyValue):
         total = 0.0
         with torch.no_grad():
             for ps, anchors, f in self._terms(model):
-                diff = torch._foreach_sub([p.detach() for p in ps], anchors)
-                nrms = norms(diff, 2).double().cpu().tolist()
-                total += 0.5 * self.lam * sum(fi * nrm * nrm for fi, nrm in zip(f, nrms))
+                diff = torch._foreach_sub([local(p).detach() for p in ps], anchors)
+                sq = whole_sums(ps, norms(diff, 2).double() ** 2).cpu().tolist()
+                total += 0.5 * self.lam * sum(fi * s for fi, s in zip(f, sq))
         return total
 
     def report(self) -> dict:

@@ -37,6 +37,7 @@ from typing import Callable, Iterable
 
 import torch
 
+from tandem.distributed.tensors import local, whole_sums
 from tandem.regularizers.base import (
     PenaltyValue,
     Snapshot,
@@ -58,10 +59,13 @@ def _default_logp(model, batch) -> torch.Tensor:
 
 
 def empirical_fisher(model, batches: Iterable, logp_fn: Callable, samples: int, names: list[str]) -> tuple[dict, int]:
-    """``({name: mean of squared per-example gradients (float64)}, n examples used)``; leaves ``.grad`` as None."""
+    """``({name: mean of squared per-example gradients (float64)}, n examples used)``; leaves ``.grad`` as None.
+
+    Sharded parameters: every process runs the same examples (so the averaged gradient of each backward is the
+    example's own) and keeps the Fisher of its slice."""
     params = lookup(model, names)
     plist = [params[n] for n in names]
-    acc = [torch.zeros_like(p, dtype=torch.float64) for p in plist]
+    acc = [torch.zeros_like(local(p), dtype=torch.float64) for p in plist]
     was_training = model.training
     model.eval()
     n = 0
@@ -73,7 +77,8 @@ def empirical_fisher(model, batches: Iterable, logp_fn: Callable, samples: int, 
             if logp.dim() != 0:
                 raise ValueError(f"fisher: logp_fn must return a scalar (one example), got shape {tuple(logp.shape)}")
             logp.backward()
-            grads = [p.grad.to(torch.float64) if p.grad is not None else torch.zeros_like(a) for p, a in zip(plist, acc)]
+            grads = [local(p.grad).to(torch.float64) if p.grad is not None else torch.zeros_like(a)
+                     for p, a in zip(plist, acc)]
             torch._foreach_addcmul_(acc, grads, grads)
             n += 1
     finally:
@@ -150,17 +155,17 @@ class FisherEWC(PenaltyValue):
             keep = [i for i, n in enumerate(names) if params[n].requires_grad]
             if keep:
                 yield ([params[names[i]] for i in keep], [anchors[i] for i in keep],
-                       [f_all[names[i]].to(params[names[i]].device) for i in keep])
+                       [f_all[names[i]].to(local(params[names[i]]).device) for i in keep])
 
     def grad_term(self, model) -> None:
         """``grad += lambda * F^o * (theta - theta^o)`` (fused); stores the penalty for ``last_penalty``."""
         parts = []
         with torch.no_grad():
             for ps, anchors, f in self._terms(model):
-                diff = torch._foreach_sub([p.detach() for p in ps], anchors)
+                diff = torch._foreach_sub([local(p).detach() for p in ps], anchors)
                 fd = torch._foreach_mul(diff, f)
                 sums = torch._foreach_mul(fd, diff)
-                parts.append(0.5 * self.lam * torch.stack([s.float().sum() for s in sums]).sum())
+                parts.append(0.5 * self.lam * whole_sums(ps, torch.stack([s.float().sum() for s in sums])).sum())
                 torch._foreach_add_(ensure_grads(ps), fd, alpha=self.lam)
         self._last = lazy_sum(parts)
 
@@ -168,9 +173,11 @@ class FisherEWC(PenaltyValue):
         total = 0.0
         with torch.no_grad():
             for ps, anchors, f in self._terms(model):
+                local_sums = []
                 for p, a, fi in zip(ps, anchors, f):
-                    d = p.detach().double() - a.double()
-                    total += 0.5 * self.lam * float((fi.double() * d * d).sum())
+                    d = local(p).detach().double() - a.double()
+                    local_sums.append((fi.double() * d * d).sum())
+                total += 0.5 * self.lam * float(whole_sums(ps, torch.stack(local_sums)).sum())
         return total
 
     def report(self) -> None:
