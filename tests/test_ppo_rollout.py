@@ -9,6 +9,7 @@ from helpers_objectives import IGNORE, make_batch, tiny_llama, tiny_reward_model
 from tandem.objectives import build
 from tandem.objectives.ppo.critic import RewardModelCritic, ValueHeadCritic, previous_critic
 from tandem.objectives.ppo.rollout import (
+    AdapterReference,
     FunctionReward,
     ModelReward,
     reference_token_logps,
@@ -65,34 +66,38 @@ def test_packed_token_logps_match_full_logits_per_sequence(temperature):
     assert h.shape == (6, 32) and ent.shape == (6,) and bool((ent > 0).all())
 
 
-def test_lora_reference_is_the_policy_with_adapters_disabled():
+def test_lora_reference_is_the_policy_with_the_stage_start_adapters():
+    """Issue 16: the LoRA reference is the stage-start policy (its adapter tensors swapped in for the reference
+    forward), not the base model with adapters disabled; the live adapters are back afterwards."""
     peft = pytest.importorskip("peft")
-    base = tiny_llama(0).eval()
     policy = peft.get_peft_model(tiny_llama(0), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"]))
     policy.eval()
     batch, idx = packed()
     with torch.no_grad():
-        expected = token_stats(base, batch, idx)[0]
-        torch.testing.assert_close(token_stats(policy, batch, idx)[0], expected)  # B = 0: adapted == base
         for n, p in policy.named_parameters():
             if "lora_B" in n:
-                p.normal_(0, 0.5)
+                p.normal_(0, 0.5)  # the adapters after SFT: the stage starts here
+        start = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+        expected = token_stats(policy, batch, idx)[0]
+        with policy.disable_adapter():
+            base = token_stats(policy, batch, idx)[0]
+        for n, p in policy.named_parameters():
+            if "lora_B" in n:
+                p.add_(0.3)  # the policy moves during the stage
         adapted = token_stats(policy, batch, idx)[0]
-    ref = reference_token_logps(policy, None, batch, idx)
+    ref = reference_token_logps(policy, AdapterReference(start), batch, idx)
     torch.testing.assert_close(ref, expected)
+    assert (ref - base).abs().max() > 1e-3  # not the base model
     assert (adapted - expected).abs().max() > 1e-3
-    # the adapters are active again after the reference pass
-    with torch.no_grad():
+    with torch.no_grad():  # the adapters are the live ones again after the reference pass
         torch.testing.assert_close(token_stats(policy, batch, idx)[0], adapted)
 
 
-def test_reference_copy_and_missing_adapters():
+def test_reference_copy():
     policy, ref = tiny_llama(0).eval(), tiny_llama(1).eval()
     batch, idx = packed()
     with torch.no_grad():
         torch.testing.assert_close(reference_token_logps(policy, ref, batch, idx), token_stats(ref, batch, idx)[0])
-    with pytest.raises(TypeError, match="no LoRA adapters"):
-        reference_token_logps(policy, None, batch, idx)
 
 
 def test_sample_stops_at_eos_and_respects_max_new_tokens():

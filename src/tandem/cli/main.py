@@ -136,9 +136,11 @@ def compare(
     with user_errors(out):
         from tandem.pipelines.compare import compare as run_compare
 
-        run_compare(recipe, method_list, seed_list, out, list(set_), resume, x_key, y_key, overwrite=overwrite)
-    console.print((out / "table.md").read_text())
-    console.print(f"wrote {out}/table.json, table.md, report.md")
+        from tandem.report import console_table
+
+        rows = run_compare(recipe, method_list, seed_list, out, list(set_), resume, x_key, y_key, overwrite=overwrite)
+    typer.echo(console_table(rows))
+    console.print(f"wrote {out}/table.json, table.md (every metric, mean ± std), report.md")
 
 
 @app.command()

@@ -54,7 +54,8 @@ class LoopConfig:
     probe_pairs: int = 8
     probe_params: str = "all"
     progress: bool = True
-    tensorboard: bool = True
+    report_to: tuple[str, ...] = ("tensorboard",)  # trackers (tandem.io.metrics)
+    project: str = "tandem"
 
 
 @dataclass(frozen=True)

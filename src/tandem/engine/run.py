@@ -20,9 +20,8 @@ from tandem.engine.context import AuxTerm, BatchFn, LoopConfig, Runner, StageCon
 from tandem.engine.loop import make_optimizer, reduce_sum, run_stage
 from tandem.engine.ppo_loop import run_ppo_stage
 from tandem.io.metrics import MetricsLog, progress_bar
-from tandem.io.prepared import load_prepared, save_prepared
 from tandem.io.weights import load_trainable_file, save_trainable
-from tandem.objectives.base import evaluate_objective
+from tandem.objectives.base import evaluate_objective, prepare
 from tandem.objectives.ppo.setup import validate_prompts
 from tandem.regularizers.base import StageData
 from tandem.schedules.steps import Alternation, allocate, plan_steps, select_stage
@@ -52,7 +51,7 @@ class RunPlan:
     regularizer: object | None
     batch_fn: BatchFn
     save_merged: bool
-
+    meta: dict  # the resolved recipe as plain data: tracker hyperparameters and the model card
 
 class Checkpointer:
     """Atomic checkpoints of the run (``checkpoints/``); every process calls ``save``, the main one writes."""
@@ -102,7 +101,8 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
     val = {role: prepare(acc, model, plan.objectives[role], f, plan.batch_fn, run_dir / f"val-{role}.pt", reuse=True)
            if f and role != plan.ppo_role else f for role, f in plan.val.items()}
     runner = acc.prepare(Runner(model))
-    metrics = MetricsLog(run_dir, tensorboard=cfg.tensorboard, enabled=main)
+    metrics = MetricsLog(run_dir, enabled=main, report_to=cfg.report_to, project=cfg.project, run_name=run_dir.name,
+                         config=plan.meta)
     saver = Checkpointer(plan, cfg, metrics)
     start_stage, start_step, global_step, resume_from = 0, 0, 0, None
     if resume:
@@ -192,8 +192,10 @@ def _finish(plan: RunPlan, cfg: LoopConfig, summaries: list[dict], global_step: 
         log.info("final model = stage %s (best %s)", chosen["name"], cfg.select_metric)
     if plan.accelerator.is_main_process:
         from tandem.models import save_model
+        from tandem.models.card import card_info
 
-        save_model(plan.model, plan.tokenizer, run_dir / "final", merged=plan.save_merged)
+        save_model(plan.model, plan.tokenizer, run_dir / "final", merged=plan.save_merged,
+                   card=card_info(plan.meta, summary))
         summary["final"] = str(run_dir / "final")
         summary["final_val"] = (chosen or next((s for s in reversed(summaries) if s["val"]), {"val": {}}))["val"]
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -231,26 +233,4 @@ def validate(plan: RunPlan, val: dict[str, list[dict]], cfg: LoopConfig) -> dict
         else:
             v = evaluate_objective(plan.model, plan.objectives[role], feats, plan.batch_fn, cfg.batch_size)
         out.update({f"{role}/{k}": x for k, x in v.items()})
-    return out
-
-
-def prepare(acc, model, objective, feats: list[dict], batch_fn, cache: Path, reuse: bool) -> list[dict]:
-    """Run the objective's one-off pass (e.g. DPO reference log-probs) and store its results in ``cache``.
-
-    With ``reuse`` and a stored cache, the stored values are used (on resume the model is no longer where they were
-    computed). Each process computes its shard; the results are gathered in the original order.
-    """
-    if reuse and cache.exists():
-        return load_prepared(cache, feats)
-    P = acc.num_processes
-    with acc.autocast():
-        out = objective.prepare(model, feats[acc.process_index :: P], batch_fn)
-    if P > 1:
-        gathered = [None] * P
-        torch.distributed.all_gather_object(gathered, out)
-        out = [None] * len(feats)
-        for p in range(P):
-            out[p::P] = gathered[p]
-    if acc.is_main_process:
-        save_prepared(cache, out)
     return out

@@ -43,6 +43,7 @@ class EvalContext:
     perplexity_max_length: int = 1024
     mc_rows: list[dict] | None = None
     lm_eval_tasks: list[str] | None = None
+    bartscore_model: str | Path | None = None
     device: str = "cpu"
     _rewards: tuple[list[float], list[float] | None] | None = field(default=None, repr=False)
 

@@ -29,7 +29,6 @@ from tandem.models.sampling import eos_ids, sample_ids, strip_eos
 
 GENERATION_FORMAT = 1
 
-_eos_ids = eos_ids  # old private name, kept for callers outside evaluation until they use tandem.models.sampling
 
 
 def _check_prompts(prompts) -> None:

@@ -20,13 +20,13 @@ def read_texts(path: str) -> list[str]:
 
 def eval_inputs(cfg) -> dict:
     """Prompts, references, baseline, held-out texts and MC rows named by a recipe's eval block."""
-    from tandem.data import load_examples
+    from tandem.data.formats import load_source
     from tandem.data.types import SFTExample
     from tandem.evaluation.metrics import load_mc_rows
 
     out: dict = {}
     if cfg.data is not None:
-        examples, _ = load_examples(cfg.data.source, format=cfg.data.format, split=cfg.data.split, limit=cfg.data.limit)
+        examples, _ = load_source(cfg.data)
         out["prompts"] = [e.prompt for e in examples]
         out["references"] = [e.response if isinstance(e, SFTExample) else e.chosen for e in examples]
     if cfg.baseline:

@@ -12,6 +12,7 @@ Metric names (``metrics=``):
 ``perplexity``     held-out perplexity on ``heldout_texts`` (alignment tax)
 ``mc_accuracy``    multiple-choice accuracy on ``mc_rows`` (alignment tax)
 ``lm_eval``        lm-evaluation-harness ``lm_eval_tasks`` (optional extra)
+``bartscore``      mean source -> output BARTScore under ``bartscore_model`` (summarisation)
 =================  ==========================================================================================
 
 Each metric is a function of one :class:`~tandem.evaluation.context.EvalContext` registered in
@@ -33,11 +34,9 @@ from tandem.evaluation.context import EvalContext, GenerationSettings
 from tandem.evaluation.generation import generate_to_file, model_identity
 from tandem.evaluation.judge import JudgeConfig
 from tandem.evaluation.registry import METRIC_TABLE, METRICS, NEEDS_GENERATION, check_metrics
-from tandem.models.load import load_reward_model  # noqa: F401  (old name here, kept until callers use tandem.models)
 from tandem.models.merged import load_merged
 from tandem.models.resolve import resolve_model_path
 
-load_model_and_tokenizer = load_merged  # old name, kept until callers use tandem.models.merged.load_merged
 
 
 def _flatten(prefix: str, value, out: dict) -> None:
@@ -81,6 +80,7 @@ def evaluate(
     reward_model=None,
     reward_tokenizer=None,
     reward_fn=None,
+    bartscore_model: str | Path | None = None,
 ) -> dict:
     """Evaluate one model and write ``out_dir/results.json`` and ``out_dir/results.md``; returns the results.
 
@@ -95,6 +95,7 @@ def evaluate(
         references=references, baseline=baseline, reward_model_path=reward_model_path, reward_model=reward_model,
         reward_tokenizer=reward_tokenizer, reward_fn=reward_fn, judge=judge, heldout_texts=heldout_texts,
         perplexity_max_length=perplexity_max_length, mc_rows=mc_rows, lm_eval_tasks=lm_eval_tasks, device=device,
+        bartscore_model=bartscore_model,
     )
     chosen = check_metrics(metrics, ctx)
     if model is None and any(METRIC_TABLE[m].loads_model for m in chosen):
@@ -123,5 +124,4 @@ def evaluate(
     return results
 
 
-__all__ = ["GenerationSettings", "METRICS", "NEEDS_GENERATION", "evaluate", "load_model_and_tokenizer",
-           "load_reward_model", "results_markdown"]
+__all__ = ["GenerationSettings", "METRICS", "NEEDS_GENERATION", "evaluate", "results_markdown"]

@@ -6,7 +6,7 @@ the starting model. (Some tools/papers use the opposite; convert with ``1 - alph
 
 - :mod:`~tandem.merging.lerp`: :class:`Merger`, fused in-place merges into a live model;
 - :mod:`~tandem.merging.groups`: block discovery, group specs, :func:`tensor_alphas`;
-- :mod:`~tandem.merging.loading`: :func:`load_full_weights` (full model or LoRA adapter dir);
+- :mod:`~tandem.merging.loading`: :func:`merge_checkpoints` (``tandem merge``; loading is :mod:`tandem.models`);
 - :mod:`~tandem.merging.mergekit`: equivalent mergekit YAML;
 - :mod:`~tandem.merging.pareto`: Pareto front, budget pick, plot;
 - :mod:`~tandem.merging.search`: global sweep, optuna per-group search, learned group ratios.
@@ -14,14 +14,14 @@ the starting model. (Some tools/papers use the opposite; convert with ``1 - alph
 
 from tandem.merging.groups import GroupSpecError, find_blocks, parse_group_spec, tensor_alphas
 from tandem.merging.lerp import Merger, merge_into, merge_names
-from tandem.merging.loading import load_full_weights
+from tandem.merging.loading import merge_checkpoints
 from tandem.merging.pareto import pareto_front, pick_under_budget, plot_pareto
 
 __all__ = [
     "GroupSpecError",
     "Merger",
     "find_blocks",
-    "load_full_weights",
+    "merge_checkpoints",
     "merge_into",
     "merge_names",
     "pareto_front",

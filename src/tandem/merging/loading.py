@@ -1,7 +1,7 @@
 """Merge two checkpoints into a normal HF model (``merge_checkpoints``).
 
 Loading the full weights of a run's output (a full model dir / Hub id, or a LoRA adapter dir merged into its
-base) lives in :mod:`tandem.models.merged`; ``load_full_weights`` is re-exported here for old callers.
+base) lives in :mod:`tandem.models.merged`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 from tandem.models.merged import load_full_weights
 from tandem.models.resolve import tokenizer_source
 
-__all__ = ["load_full_weights", "merge_checkpoints"]
+__all__ = ["merge_checkpoints"]
 
 
 def _copy_tokenizer(sources: list[str], out: Path) -> str | None:

@@ -171,7 +171,8 @@ def run_tax_search(model, merger, score: Callable, cfg, out: Path, resume: bool 
         p["on_front"] = i in front
         p["picked"] = i == pick
     plot_pareto(sweep, group + adaptive, front, out / "pareto.png",
-                title=f"Reward vs alignment tax ({cfg.tax_metric}; groups {cfg.groups})")
+                title=f"Reward vs alignment tax ({cfg.tax_metric}; groups {cfg.groups})",
+                tax_metric=cfg.tax_metric, budget=cfg.budget, pick=pick)
     summary = {
         "convention": "theta = (1 - alpha) * theta_0 + alpha * theta_1 (alpha = 1: tuned model)",
         "groups": cfg.groups, "group_layers": describe_groups(names, cfg.groups), "tax_metric": cfg.tax_metric,

@@ -14,9 +14,12 @@ PPO is not an objective in this sense: its loop lives in the engine (``tandem.en
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable, Literal, Protocol, runtime_checkable
 
 import torch
+
+from tandem.io.prepared import load_prepared, save_prepared
 
 DataKind = Literal["sft", "preference"]
 Unit = Literal["tokens", "examples"]
@@ -56,3 +59,25 @@ def evaluate_objective(model, objective, features: list[dict], batch_fn, batch_s
         total += u
     model.train(was_training)
     return {k: v / total for k, v in sums.items()} if total else {}
+
+
+def prepare(acc, model, objective, feats: list[dict], batch_fn, cache: Path, reuse: bool) -> list[dict]:
+    """Run the objective's one-off pass (e.g. DPO reference log-probs) and store its results in ``cache``.
+
+    With ``reuse`` and a stored cache, the stored values are used (on resume the model is no longer where they were
+    computed). Each process computes its shard; the results are gathered in the original order.
+    """
+    if reuse and cache.exists():
+        return load_prepared(cache, feats)
+    P = acc.num_processes
+    with acc.autocast():
+        out = objective.prepare(model, feats[acc.process_index :: P], batch_fn)
+    if P > 1:
+        gathered = [None] * P
+        torch.distributed.all_gather_object(gathered, out)
+        out = [None] * len(feats)
+        for p in range(P):
+            out[p::P] = gathered[p]
+    if acc.is_main_process:
+        save_prepared(cache, out)
+    return out

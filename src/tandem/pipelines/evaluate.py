@@ -34,15 +34,16 @@ def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatur
     from tandem.evaluation.inputs import eval_inputs
     from tandem.evaluation.judge import JudgeConfig
     from tandem.evaluation.metrics import temperature_sweep
+    from tandem.models import load_merged
 
     check_metric_names(metrics)
     inputs = eval_inputs(cfg)
     judge = JudgeConfig(**cfg.judge.model_dump()) if cfg.judge else None
     settings = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                     batch_size=cfg.batch_size)
-    model, tok = E.load_model_and_tokenizer(model_dir)
+    model, tok = load_merged(model_dir)
     common = dict(metrics=metrics, judge=judge, reward_model_path=cfg.reward_model, reward_fn=cfg.reward_fn, model=model,
-                  tokenizer=tok, **inputs)
+                  tokenizer=tok, bartscore_model=cfg.bartscore_model, **inputs)
     results = E.evaluate(model_dir, out_dir, settings=settings, **common)
     if temperatures:
         gen_metrics = [m for m in metrics if m in E.NEEDS_GENERATION]

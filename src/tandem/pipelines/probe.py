@@ -36,28 +36,12 @@ class ProbeSettings:
     chunk_numel: int = 1 << 27
 
 
-def load_probe_model(model: str, dtype: str = "float32"):
-    """``(model, tokenizer)`` from a run dir (its ``final/``), a LoRA adapter dir, a full model dir, a ``.gguf``
-    file or a Hub id."""
-    from tandem.models import load_policy, load_saved
-
-    p = Path(model)
-    if p.is_dir() and not (p / "config.json").exists() and not (p / "adapter_config.json").exists() and (p / "final").is_dir():
-        p = p / "final"
-    if str(p).endswith(".gguf"):
-        return load_policy(str(p), dtype=dtype)
-    if p.is_dir():
-        if not (p / "config.json").exists() and not (p / "adapter_config.json").exists():
-            raise ValueError(f"{p}: not a model dir (no config.json or adapter_config.json) nor a run dir with final/")
-        return load_saved(p, dtype=dtype)
-    return load_policy(model, dtype=dtype)
-
-
 def entanglement(s: ProbeSettings, progress) -> dict:
     """Run the probe; ``progress`` is a rich ``Progress``. Returns the summary (also ``summary.json``)."""
     import torch
 
     from tandem.data import DataError, PreferenceExample, collate, encode_all, load_examples
+    from tandem.models import load_any
     from tandem.io.rundir import check_run_dir, is_run_dir, open_run_dir
     from tandem.probes.entanglement import select_params
 
@@ -74,7 +58,7 @@ def entanglement(s: ProbeSettings, progress) -> dict:
     if not prefs:
         raise ProbeInputError(f"--data {s.data}: no preference pairs (expected chosen/rejected records)")
     try:
-        m, tok = load_probe_model(s.model, dtype=s.dtype)
+        m, tok = load_any(s.model, dtype=s.dtype)
     except (OSError, ValueError) as e:
         raise ProbeInputError(f"--model {s.model}: {e}") from None
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if s.device == "auto" else s.device)

@@ -14,7 +14,8 @@ from tandem.config.recipe import Recipe, dump_recipe
 from tandem.io.rundir import RunDirError
 
 #: fields (or prefixes, ending with '.') that do not change what the finished steps computed
-SAFE_CHANGES = ("schedule.max_steps", "schedule.max_steps_per_stage", "logging.", "checkpoint.every", "checkpoint.keep", "eval.", "tax.", "probe.")
+SAFE_CHANGES = ("schedule.max_steps", "schedule.max_steps_per_stage", "model.gradient_checkpointing",
+                "model.attn_implementation", "logging.", "checkpoint.every", "checkpoint.keep", "eval.", "tax.", "probe.")
 IGNORED = ("output_dir",)  # where the run is, not what it does
 
 

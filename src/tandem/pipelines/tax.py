@@ -18,7 +18,7 @@ from tandem.merging.tax import make_fit, make_scorer, run_tax_search
 
 def run_tax(recipe, resume: bool = False, overwrite: bool = False, show_progress: bool = True) -> dict:
     """Everything ``tandem tax RECIPE`` does: load theta_0 / theta_1, score the candidates, save the pick."""
-    from tandem.data import load_examples
+    from tandem.data.formats import load_source
     from tandem.evaluation.inputs import eval_inputs, read_texts
     from tandem.evaluation.metrics import load_mc_rows
     from tandem.io.rundir import check_run_dir, open_run_dir
@@ -37,8 +37,7 @@ def run_tax(recipe, resume: bool = False, overwrite: bool = False, show_progress
         raise ValueError("tax.reward_model (or eval.reward_model) is needed for the reward side")
     check_exists(reward_path, "tax.reward_model (or eval.reward_model)")
     if cfg.prompts is not None:
-        examples, _ = load_examples(cfg.prompts.source, format=cfg.prompts.format, split=cfg.prompts.split,
-                                    limit=cfg.prompts.limit)
+        examples, _ = load_source(cfg.prompts)
         prompts = [e.prompt for e in examples]
     else:
         prompts = eval_inputs(recipe.eval).get("prompts")
@@ -60,13 +59,13 @@ def adaptive_split(cfg, prompts: list) -> tuple[list, list]:
     ``fit_fraction`` of the prompts held out from scoring, so the ratios are never fitted on the scored prompts."""
     import random
 
-    from tandem.data import load_examples
+    from tandem.data.formats import load_source
 
     a = cfg.adaptive
     if not a.enabled:
         return prompts, []
     if a.prompts is not None:
-        examples, _ = load_examples(a.prompts.source, format=a.prompts.format, split=a.prompts.split, limit=a.prompts.limit)
+        examples, _ = load_source(a.prompts)
         return prompts, [e.prompt for e in examples]
     idx = list(range(len(prompts)))
     random.Random(cfg.seed).shuffle(idx)

@@ -15,8 +15,9 @@ from pathlib import Path
 import torch
 
 from tandem.config.recipe import Recipe, dump_recipe
-from tandem.data import collate, encode_all, load_examples, split_parts, train_val_split
+from tandem.data import collate, encode_all, split_parts, train_val_split
 from tandem.data.errors import DataError, DataFileNotFound
+from tandem.data.formats import load_source
 from tandem.data.readers import looks_local
 from tandem.data.roles import no_usable_message
 from tandem.engine.context import LoopConfig
@@ -45,16 +46,23 @@ def loop_config(recipe: Recipe, progress: bool | None = None) -> LoopConfig:
         max_grad_norm=o.max_grad_norm, log_every=recipe.logging.every, checkpoint_every=c.every,
         checkpoint_keep=c.keep, stage_weights=c.stage_weights, reference=h.reference, select_metric=h.select_metric,
         select_mode=h.select_mode, final=h.final, probe_every=p.every, probe_pairs=p.pairs, probe_params=p.params,
-        progress=recipe.logging.progress if progress is None else progress, tensorboard=recipe.logging.tensorboard,
+        progress=recipe.logging.progress if progress is None else progress,
+        report_to=tuple(recipe.logging.report_to), project=recipe.logging.project or recipe.name,
     )
 
 
-def load_model(recipe: Recipe, reward: bool):
+def load_model(recipe: Recipe, reward: bool, device=None):
+    from tandem.data.templates import set_chat_template
     from tandem.models import apply_lora, load_policy, load_reward_model
+    from tandem.models.lora import prepare_for_training
 
     m = recipe.model
-    kw = dict(gguf_file=m.gguf_file, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision)
+    kw = dict(gguf_file=m.gguf_file, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision,
+              attn_implementation=m.attn_implementation, quantization=m.quantization, device=device)
     model, tok = (load_reward_model if reward else load_policy)(m.name_or_path, **kw)
+    set_chat_template(tok, recipe.data.chat_template)
+    model = prepare_for_training(model, gradient_checkpointing=m.gradient_checkpointing,
+                                 quantized=m.quantization is not None, lora=m.lora is not None)
     if m.lora is not None:
         model = apply_lora(model, r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
                            target_modules=m.lora.target_modules, task_type="SEQ_CLS" if reward else "CAUSAL_LM")
@@ -125,9 +133,11 @@ def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None, data_
     kind = data_kind or ("sft" if role in ("sft", "pretrain") else "preference")
     if src.format == "sft":
         src = src.model_copy(update={"format": None})  # SFT examples, format detected
-    examples, report = load_examples(src.source, format=src.format, split=src.split, limit=src.limit, role=kind,
-                                     max_record_bytes=int(recipe.data.max_record_mb * 2**20))
-    feats, stats = (encoder or encode_all)(tokenizer, examples, recipe.data.max_length, recipe.data.overlong)
+    examples, report = load_source(src, role=kind, max_record_bytes=int(recipe.data.max_record_mb * 2**20))
+    if encoder is not None:
+        feats, stats = encoder(tokenizer, examples, recipe.data.max_length, recipe.data.overlong)
+    else:
+        feats, stats = encode_all(tokenizer, examples, recipe.data.max_length, recipe.data.overlong, loss_on=src.loss_on)
     if not feats:
         raise DataError(no_usable_message(src.source, report, stats, recipe.data.max_length, recipe.data.overlong))
     if recipe.data.val_size:
@@ -147,8 +157,9 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer) -> RunPlan:
     method = get_method(recipe.schedule.method)
     stages = build_stages(recipe.schedule.method, recipe.schedule.parts)
     run_dir = Path(recipe.output_dir)
-    model, tok = load_model(recipe, reward=any(s.role == "reward" for s in stages))
-    model.to(acc.device)
+    model, tok = load_model(recipe, reward=any(s.role == "reward" for s in stages), device=acc.device)
+    if recipe.model.quantization is None:  # quantized models are placed on their device when loaded
+        model.to(acc.device)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     bc = recipe.batching
 
@@ -173,7 +184,8 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer) -> RunPlan:
                    train=train, val=val, aux_role=method.aux_role, aux_weight=recipe.hbat.mix_gamma,
                    aux_in=set(method.aux_in) if method.aux_in else None,
                    ppo_role=method.ppo_role, regularizer=regularizer, batch_fn=batch_fn,
-                   save_merged=recipe.save_merged and recipe.model.lora is not None)
+                   save_merged=recipe.save_merged and recipe.model.lora is not None,
+                   meta=recipe.model_dump(mode="json"))
 
 
 def check_source(source: str) -> None:
@@ -185,11 +197,16 @@ def check_source(source: str) -> None:
 def check_recipe(recipe: Recipe) -> tuple[dict, object]:
     """Everything ``train`` would refuse, checked without writing anything (method, objectives, regularizer, model
     and data paths); returns the built objectives and regularizer."""
+    from tandem.data.templates import resolve_chat_template
     from tandem.models import check_exists
+    from tandem.models.load import check_model_options
 
     objectives = build_objectives(recipe)
     regularizer = build_regularizer(recipe, get_method(recipe.schedule.method))
     check_exists(recipe.model.name_or_path, "model.name_or_path")
+    check_model_options(recipe.model.quantization, recipe.model.attn_implementation)
+    if recipe.data.chat_template:
+        resolve_chat_template(recipe.data.chat_template)
     for role in objectives:
         check_source(data_source(recipe, role).source)
     return objectives, regularizer

@@ -35,13 +35,11 @@ from tandem.data.encode import prompt_ids as render_prompt_ids
 from tandem.data.encode import response_ids as render_response_ids
 from tandem.data.messages import prompt_text
 from tandem.io.callables import resolve_function
-from tandem.models.sampling import eos_ids, sample_ids
+from tandem.models.sampling import sample_ids
 from tandem.objectives.logprobs import IGNORE, _forward_hidden
 
-# re-exported for the PPO objective: ``eos_ids`` (tandem.models.sampling), ``prompt_text`` (tandem.data.messages)
-# and ``resolve_function`` (tandem.io.callables)
-__all__ = ["FunctionReward", "ModelReward", "Rollout", "TokenIndex", "collect", "eos_ids", "gather_hidden",
-           "prompt_text", "reference_token_logps", "resolve_function", "response_features", "sample", "token_index",
+__all__ = ["FunctionReward", "ModelReward", "Rollout", "TokenIndex", "collect", "gather_hidden",
+           "reference_token_logps", "response_features", "sample", "token_index",
            "token_logps_from_hidden", "token_stats"]
 
 # ---------------------------------------------------------------------------------------------- sampling
