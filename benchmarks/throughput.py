@@ -1,25 +1,38 @@
-"""Training throughput: tandem's SFT and DPO against TRL's SFTTrainer and DPOTrainer, same run.
+"""Training throughput of what users run: ``tandem train`` (the engine's stage loop) against TRL at its fastest
+settings, and both against a bare-PyTorch ceiling, in one run.
 
-Same model, data (HH-RLHF pairs from ../shared/data), batch size, max length and precision for every
-configuration. Each configuration runs in its own subprocess, so peak memory is its own (CPU: peak RSS;
-GPU: torch.cuda.max_memory_allocated). Tokens/s counts real (non-padding) prompt+response tokens, chosen
-and rejected both for DPO, over the timed steps (after warm-up steps).
+Every configuration trains the same model (random weights of a named shape, or ``--model DIR``), on the same data
+(HH-RLHF helpful-online pairs from ``../shared/data``; SFT trains on prompt + chosen response), with the same batch
+(``--batch`` examples or pairs per optimizer step), max length and precision, each in its own subprocess (peak
+memory = its peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU). Tokens/s counts real tokens (prompt +
+response, chosen and rejected for DPO, no padding) over the timed steps, after ``--warmup`` steps.
 
-    python benchmarks/throughput.py                        # CPU defaults: small llama shape, fp32
-    python benchmarks/throughput.py --shape smollm2 --precision bf16 --batch 8 --max-length 512   # GPU
+* ``tandem``: ``tandem.pipelines.train.train`` on a recipe (method sft or dpo, batching ``pack`` as the recipe
+  default, logging every step with TensorBoard on, checkpoints off, no validation). Time = the stage's wall time
+  (``stages/NN/stage.json``: the loop, its logging and progress bar) minus the warm-up steps' time; the DPO
+  reference pass runs before the stage loop and is not timed (as TRL's precompute).
+* ``trl``: SFT with ``SFTTrainer(padding_free=True)`` on tandem's tokenized examples (the same token ids and
+  labels; each batch is one row without padding: TRL's fastest SFT setting that keeps the batch at ``--batch``
+  examples), DPO with ``DPOTrainer(precompute_ref_log_probs=True)`` (TRL 1.16 disables ``padding_free`` for DPO).
+  The model is loaded in the benchmark's dtype (bf16 weights for ``--precision bf16``, TRL's fastest: no master
+  weights). Time = between ``on_step_end`` callbacks; tokens are counted from TRL's own collated batches.
+* ``ceiling``: bare PyTorch on tandem's collated rows (built before timing: no data pipeline, no metrics, no
+  logging): forward, the loss on labelled positions, backward, ``torch.optim.AdamW(foreach=True)`` on the model's
+  weights (pure bf16 for bf16: no master weights). Time = median step.
 
-TRL is a benchmark-only dependency: pip install -e ".[bench]".
-Baselines: TRL SFTTrainer (padding) and TRL DPOTrainer with precompute_ref_log_probs=True (its fastest
-setting; the reference pass is excluded from the timed steps for both tools).
+    python benchmarks/throughput.py --shape tiny --precision fp32 --steps 4 --warmup 1
+    python benchmarks/throughput.py --shape smollm2 --precision bf16 --batch 8 --max-length 512 --steps 3 --warmup 1
+
+TRL is a benchmark-only dependency: pip install -e ".[bench]" (or pip install trl).
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -35,18 +48,16 @@ SHAPES = {
     "smollm2": (576, 30, 9, 3, 1536, 49152),
     "llama1b": (2048, 16, 32, 8, 8192, 128256),
 }
+CONFIGS = ("tandem-sft", "trl-sft", "ceiling-sft", "tandem-dpo", "trl-dpo", "ceiling-dpo")
 
 
 def build_model_dir(shape: str, out: Path) -> Path:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if (out / "config.json").exists():
         return out
     h, n, heads, kv, inter, vocab = SHAPES[shape]
-    tok_dir = os.environ.get("TANDEM_BENCH_TOKENIZER", "models/smollm2-135m-instruct")
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    tok = AutoTokenizer.from_pretrained(os.environ.get("TANDEM_BENCH_TOKENIZER", "models/smollm2-135m-instruct"))
     cfg = LlamaConfig(
         vocab_size=max(vocab, len(tok)), hidden_size=h, num_hidden_layers=n, num_attention_heads=heads,
         num_key_value_heads=kv, intermediate_size=inter, max_position_embeddings=2048, tie_word_embeddings=True,
@@ -58,11 +69,24 @@ def build_model_dir(shape: str, out: Path) -> Path:
     return out
 
 
+def n_examples(args) -> int:
+    return args.batch * (args.steps + args.warmup)
+
+
 def load_pairs(n: int):
     from tandem.data import load_examples
 
     examples, _ = load_examples(str(DATA), limit=n * 2)
     return examples[:n]
+
+
+def sft_file(args) -> Path:
+    """HH-RLHF prompt + chosen response as an SFT JSON Lines file (the tandem side reads it)."""
+    path = Path(args.workdir) / f"sft-{n_examples(args)}.jsonl"
+    if not path.exists():
+        rows = [{"prompt": p.prompt, "response": p.chosen} for p in load_pairs(n_examples(args))]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def peak_memory_mb() -> float:
@@ -75,58 +99,96 @@ def dtype_of(precision: str):
     return {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
 
 
-# ---------------------------------------------------------------- tandem
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+# ---------------------------------------------------------------- tandem: the real train pipeline
+
+
+def recipe_for(kind: str, args, out: Path):
+    from tandem.config.recipe import parse_recipe
+
+    data = {"sft": {"source": str(sft_file(args))}} if kind == "sft" else {
+        "preference": {"source": str(DATA), "limit": n_examples(args) * 2}}
+    return parse_recipe({
+        "name": f"bench-{kind}", "output_dir": str(out), "seed": 0, "precision": args.precision,
+        "model": {"name_or_path": args.model, "dtype": "float32"},
+        "data": {**data, "max_length": args.max_length, "val_size": 0},
+        "batching": {"mode": "pack", "batch_size": args.batch},
+        "optimizer": {"lr": 1e-6, "scheduler": "constant"},
+        "schedule": {"method": kind, "epochs": 1, "max_steps": args.steps + args.warmup},
+        "objectives": {"sft": {"name": "sft"}, "preference": {"name": "dpo", "beta": 0.1}},
+        "checkpoint": {"every": 0, "stage_weights": False},
+        "logging": {"every": 1, "tensorboard": True, "progress": True},
+    })
 
 
 def run_tandem(kind: str, args) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tandem.pipelines.train import train
 
+    out = Path(args.workdir) / f"tandem-{kind}"
+    summary = train(recipe_for(kind, args, out), overwrite=True)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if r.get("split") == "train"]
+    stage_s = summary["stages"][0]["seconds"]
+    warm_s = sum(r["tokens"] / r["tokens_per_s"] for r in rows[: args.warmup])
+    timed = rows[args.warmup :]
+    return {"tokens_per_s": sum(r["tokens"] for r in timed) / (stage_s - warm_s), "peak_mem_mb": peak_memory_mb(),
+            "steps": len(timed), "loop_tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed)}
+
+
+# ---------------------------------------------------------------- bare-PyTorch ceiling
+
+
+def tandem_batches(kind: str, args, tok):
+    """tandem's collated batches (pack mode, as the recipe default) for every step, on the device."""
     from tandem.data import collate, encode_all
     from tandem.data.types import SFTExample
+
+    pairs = load_pairs(n_examples(args))
+    exs = [SFTExample(prompt=p.prompt, response=p.chosen) for p in pairs] if kind == "sft" else pairs
+    feats, _ = encode_all(tok, exs, args.max_length, "truncate")
+    if kind == "dpo":
+        feats = [{**f, "ref_chosen_logp": -100.0, "ref_rejected_logp": -100.0} for f in feats]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    out = []
+    for s in range(0, len(feats) - args.batch + 1, args.batch):
+        b = collate(feats[s : s + args.batch], mode="pack", pad_id=tok.pad_token_id, max_tokens_per_row=1024)
+        out.append({k: v.to(dev) for k, v in b.items()})
+    return out
+
+
+def run_ceiling(kind: str, args) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from tandem.objectives import build
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype_of(args.precision)).to(dev)
-    model.config.use_cache = False
-    pairs = load_pairs(args.batch * (args.steps + args.warmup))
-    if kind == "sft":
-        examples = [SFTExample(prompt=p.prompt, response=p.chosen) for p in pairs]
-        objective = build("sft")
-    else:
-        examples = pairs
-        objective = build("dpo", beta=0.1)
-    feats, _ = encode_all(tok, examples, args.max_length, "truncate")
-
-    def batch_fn(fs):
-        b = collate(fs, mode="pack", pad_id=tok.pad_token_id)
-        return {k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()}
-
-    if kind == "dpo":
-        feats = objective.prepare(model, feats, batch_fn)  # reference pass, not timed (as TRL precompute)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    batches = tandem_batches(kind, args, tok)
+    objective = build(kind, **({"beta": 0.1} if kind == "dpo" else {}))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, foreach=True)
     model.train()
-    tokens, t0 = 0, None
-    for step in range(args.steps + args.warmup):
-        if step == args.warmup:
-            if dev == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-        fs = feats[step * args.batch : (step + 1) * args.batch]
-        batch = batch_fn(fs)
+    times, tokens = [], []
+    for step, batch in enumerate(batches):
+        sync()
+        t0 = time.perf_counter()
         loss, _ = objective(model, batch)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        sync()
         if step >= args.warmup:
-            tokens += int((batch["seq_ids"] >= 0).sum())
-    if dev == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t0
-    return {"tokens_per_s": tokens / dt, "peak_mem_mb": peak_memory_mb(), "steps": args.steps}
+            times.append(time.perf_counter() - t0)
+            tokens.append(int((batch["seq_ids"] >= 0).sum()))
+    return {"tokens_per_s": sum(tokens) / sum(times), "peak_mem_mb": peak_memory_mb(), "steps": len(times),
+            "median_step_s": statistics.median(times)}
 
 
-# ---------------------------------------------------------------- TRL
+# ---------------------------------------------------------------- TRL at its fastest settings
 
 
 def run_trl(kind: str, args) -> dict:
@@ -136,51 +198,54 @@ def run_trl(kind: str, args) -> dict:
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     tok = AutoTokenizer.from_pretrained(args.model)
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype_of(args.precision))
-    pairs = load_pairs(args.batch * (args.steps + args.warmup))
     times: list[float] = []
+    counts: list[int] = []
 
     class Clock(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
-            if dev == "cuda":
-                torch.cuda.synchronize()
+            sync()
             times.append(time.perf_counter())
 
     common = dict(
         output_dir=str(Path(args.workdir) / f"trl-{kind}"), per_device_train_batch_size=args.batch,
-        max_steps=args.steps + args.warmup, learning_rate=1e-6, logging_steps=10_000, save_strategy="no",
+        max_steps=args.steps + args.warmup, learning_rate=1e-6, logging_steps=1, save_strategy="no",
         report_to=[], bf16=args.precision == "bf16", use_cpu=dev == "cpu", gradient_checkpointing=False,
-        dataloader_num_workers=0, seed=0,
+        dataloader_num_workers=0, seed=0, lr_scheduler_type="constant",
     )
+    pairs = load_pairs(n_examples(args))
     if kind == "sft":
         from trl import SFTConfig, SFTTrainer
 
-        ds = Dataset.from_list([{"prompt": p.prompt, "completion": [{"role": "assistant", "content": p.chosen}]} for p in pairs])
-        cfg = SFTConfig(max_length=args.max_length, completion_only_loss=True, **common)
+        from tandem.data import encode_all
+        from tandem.data.types import SFTExample
+
+        feats, _ = encode_all(tok, [SFTExample(prompt=p.prompt, response=p.chosen) for p in pairs], args.max_length,
+                              "truncate")
+        ds = Dataset.from_list([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in feats])
+        cfg = SFTConfig(max_length=None, padding_free=True, **common)
         trainer = SFTTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
     else:
         from trl import DPOConfig, DPOTrainer
 
-        ds = Dataset.from_list(
-            [
-                {"prompt": p.prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
-                 "rejected": [{"role": "assistant", "content": p.rejected}]}
-                for p in pairs
-            ]
-        )
+        ds = Dataset.from_list([
+            {"prompt": p.prompt, "chosen": [{"role": "assistant", "content": p.chosen}],
+             "rejected": [{"role": "assistant", "content": p.rejected}]} for p in pairs])
         cfg = DPOConfig(max_length=args.max_length, precompute_ref_log_probs=True, beta=0.1, **common)
         trainer = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok, callbacks=[Clock()])
-    # tokens per example, counted the same way as for tandem (tandem's encoder, same chat template)
-    from tandem.data import encode_all
-    from tandem.data.types import SFTExample
+    collate = trainer.data_collator
 
-    exs = [SFTExample(prompt=p.prompt, response=p.chosen) for p in pairs] if kind == "sft" else pairs
-    feats, _ = encode_all(tok, exs, args.max_length, "truncate")
-    per_ex = sum(len(f.get("input_ids", [])) + len(f.get("chosen_input_ids", [])) + len(f.get("rejected_input_ids", [])) for f in feats) / len(feats)
+    def counting(examples):
+        b = collate(examples)
+        counts.append(int(b["attention_mask"].sum()) if "attention_mask" in b else int(b["input_ids"].numel()))
+        return b
+
+    trainer.data_collator = counting
     trainer.train()
+    counts = counts[-len(times):]  # the precompute pass collates too (DPO): keep the training batches
     timed = times[args.warmup - 1 :] if args.warmup > 0 else times
-    dt = timed[-1] - timed[0]
     steps = len(timed) - 1
-    return {"tokens_per_s": per_ex * args.batch * steps / dt, "peak_mem_mb": peak_memory_mb(), "steps": steps}
+    tokens = sum(counts[len(times) - steps :])
+    return {"tokens_per_s": tokens / (timed[-1] - timed[0]), "peak_mem_mb": peak_memory_mb(), "steps": steps}
 
 
 # ---------------------------------------------------------------- driver
@@ -188,8 +253,19 @@ def run_trl(kind: str, args) -> dict:
 
 def one(args) -> None:
     tool, kind = args.one.split("-")
-    res = (run_tandem if tool == "tandem" else run_trl)(kind, args)
+    res = {"tandem": run_tandem, "trl": run_trl, "ceiling": run_ceiling}[tool](kind, args)
     print("RESULT " + json.dumps(res))
+
+
+def table(results: dict) -> str:
+    lines = ["| config | tokens/s | peak memory (MB) | vs TRL | vs ceiling |", "|---|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        kind = name.split("-")[1]
+        trl, ceil = results.get(f"trl-{kind}"), results.get(f"ceiling-{kind}")
+        vs_trl = f"{r['tokens_per_s'] / trl['tokens_per_s']:.2f}x" if trl else "-"
+        vs_ceil = f"{r['tokens_per_s'] / ceil['tokens_per_s']:.0%}" if ceil else "-"
+        lines.append(f"| {name} | {r['tokens_per_s']:.0f} | {r['peak_mem_mb']:.0f} | {vs_trl} | {vs_ceil} |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -199,38 +275,37 @@ def main() -> None:
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--max-length", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--workdir", default="runs/bench-throughput")
-    ap.add_argument("--only", default="tandem-sft,trl-sft,tandem-dpo,trl-dpo")
+    ap.add_argument("--only", default=",".join(CONFIGS))
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.shape == "llama1b" and not torch.cuda.is_available() and not args.one:
+        sys.exit("shape llama1b is for GPUs (it would take hours per step on a CPU)")
     if args.one:
         return one(args)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    model = args.model or str(build_model_dir(args.shape, Path(args.workdir) / f"model-{args.shape}"))
+    args.model = args.model or str(build_model_dir(args.shape, Path(args.workdir) / f"model-{args.shape}"))
     results = {}
     for name in args.only.split(","):
-        cmd = [sys.executable, __file__, "--one", name, "--model", model, "--precision", args.precision,
+        cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--precision", args.precision,
                "--batch", str(args.batch), "--max-length", str(args.max_length), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--workdir", args.workdir]
         out = subprocess.run(cmd, capture_output=True, text=True)
-        line = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode != 0 or not line:
             print(f"{name}: FAILED\n{out.stderr[-3000:]}")
             continue
         results[name] = json.loads(line[0][7:])
         print(f"{name}: {results[name]}", flush=True)
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
-    print(f"\nshape={args.model or args.shape} precision={args.precision} batch={args.batch} max_length={args.max_length} device={dev}")
-    print("| config | tokens/s | peak memory (MB) | tokens/s vs TRL |")
-    print("|---|---|---|---|")
-    for name, r in results.items():
-        kind = name.split("-")[1]
-        base = results.get(f"trl-{kind}")
-        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}x" if base else "-"
-        print(f"| {name} | {r['tokens_per_s']:.0f} | {r['peak_mem_mb']:.0f} | {ratio} |")
-    (Path(args.workdir) / "results.json").write_text(json.dumps({"args": vars(args), "device": dev, "results": results}, indent=2))
+    print(f"\nshape={args.model if args.model else args.shape} precision={args.precision} batch={args.batch} "
+          f"max_length={args.max_length} steps={args.steps} warmup={args.warmup} device={dev} "
+          f"load={os.getloadavg()[0]:.1f}")
+    print(table(results))
+    (Path(args.workdir) / "results.json").write_text(
+        json.dumps({"args": vars(args), "device": dev, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The model computes with its bf16 weights; the optimizer keeps an fp32 copy of each of them (the master weights)
 and fp32 state (``exp_avg``, ``exp_avg_sq``). A step copies the bf16 gradients into persistent fp32 buffers, runs
-torch's AdamW on the masters (``foreach``: a handful of multi-tensor kernels, no per-tensor Python arithmetic),
+torch's AdamW on the masters (``fused`` on CPU/CUDA, else ``foreach``: no per-tensor Python arithmetic),
 then copies the masters back into the bf16 weights. Both copies are ``torch._foreach_copy_`` calls. So an update
 smaller than bf16's resolution (8 bits of mantissa: lr 1e-6 on a weight of 0.02) accumulates in the master and
 reaches the bf16 weight once it is large enough; a plain bf16 AdamW would round it away at every step.
@@ -25,7 +25,7 @@ def is_low_precision(p: torch.Tensor) -> bool:
 
 
 class MasterAdamW(torch.optim.AdamW):
-    """``torch.optim.AdamW`` (foreach) over fp32 masters of ``params``; ``step`` writes them back (module docstring)."""
+    """``torch.optim.AdamW`` (fused) over fp32 masters of ``params``; ``step`` writes them back (module docstring)."""
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
@@ -36,7 +36,9 @@ class MasterAdamW(torch.optim.AdamW):
         self._bufs = [torch.zeros_like(m) for m in self._masters]  # fp32 gradients of the low-precision params
         it = iter(self._masters)
         masters = [next(it) if is_low_precision(p) else p for p in self.model_params]
-        super().__init__(masters, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, foreach=True)
+        fused = all(p.device.type in ("cpu", "cuda") for p in self.model_params)
+        kernel = {"fused": True} if fused and self.model_params else {"foreach": True}
+        super().__init__(masters, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kernel)
 
     @torch.no_grad()
     def step(self, closure=None):
