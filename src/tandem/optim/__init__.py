@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import torch
 
+from tandem.optim.kernels import kernel
 from tandem.optim.master import MasterAdamW, is_low_precision
 from tandem.optim.scaling import GradScaling
 
-__all__ = ["GradScaling", "MasterAdamW", "adamw", "is_low_precision"]
+__all__ = ["GradScaling", "MasterAdamW", "adamw", "is_low_precision", "kernel"]
 
 
 def adamw(params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -27,9 +28,3 @@ def adamw(params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: flo
         return MasterAdamW(params, **kw)
     return torch.optim.AdamW(params, **kw, **kernel(params))
 
-
-def kernel(params) -> dict[str, bool]:
-    """``fused=True`` when every parameter is on a CPU or CUDA device (torch's fused AdamW kernels: 4x faster than
-    ``foreach`` on a 2-core CPU, one kernel per tensor group on GPU), else ``foreach=True``."""
-    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
-    return {"fused": True} if fused else {"foreach": True}

@@ -36,9 +36,9 @@ class MasterAdamW(torch.optim.AdamW):
         self._bufs = [torch.zeros_like(m) for m in self._masters]  # fp32 gradients of the low-precision params
         it = iter(self._masters)
         masters = [next(it) if is_low_precision(p) else p for p in self.model_params]
-        fused = all(p.device.type in ("cpu", "cuda") for p in self.model_params)
-        kernel = {"fused": True} if fused and self.model_params else {"foreach": True}
-        super().__init__(masters, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kernel)
+        from tandem.optim.kernels import kernel
+
+        super().__init__(masters, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **kernel(self.model_params))
 
     @torch.no_grad()
     def step(self, closure=None):
