@@ -150,7 +150,6 @@ def run_stage(ctx: StageContext, optimizer, scheduler, start_step: int, total_st
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
             ctx.on_checkpoint(step + 1, optimizer, scheduler)
         fault_hook(ctx.global_step)
-    ctx.progress.remove_task(task)
     return ctx.global_step
 
 

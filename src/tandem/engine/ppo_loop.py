@@ -164,7 +164,6 @@ def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int,
                 save_resume_state(stage_dir, step + 1, critic, critic_opt, kl_ctl.value, fresh, best, info, cfg.checkpoint_keep)
             ctx.on_checkpoint(step + 1, optimizer, scheduler)
         fault_hook(ctx.global_step)
-    ctx.progress.remove_task(task)
     _finish_stage(ctx, ppo, critic, kl_ctl.value, best, info, total, fresh)
     return ctx.global_step
 

@@ -19,7 +19,7 @@ from tandem.engine import checkpoint as ckpt
 from tandem.engine.context import AuxTerm, BatchFn, LoopConfig, Runner, StageContext
 from tandem.engine.loop import make_optimizer, reduce_sum, run_stage
 from tandem.engine.ppo_loop import run_ppo_stage
-from tandem.io.metrics import MetricsLog, progress_bar
+from tandem.io.metrics import MetricsLog, progress_bar, tracked
 from tandem.io.weights import load_trainable_file, save_trainable
 from tandem.objectives.base import evaluate_objective, prepare
 from tandem.objectives.ppo.setup import validate_prompts
@@ -93,13 +93,16 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
     """Train every stage of ``plan`` into ``cfg.output_dir``; returns the summary (also ``summary.json``)."""
     acc, model, run_dir = plan.accelerator, plan.model, Path(cfg.output_dir)
     main = acc.is_main_process
+    prog = progress_bar(cfg.progress and main)
+    prog.start()  # stopped when the stages are done (the ``with`` below)
     if cfg.reference == "initial":  # DPO reference = the initial model for every stage
-        plan.parts = {role: [prepare(acc, model, plan.objectives[role], p, plan.batch_fn,
-                                     run_dir / f"ref-initial-{role}-{i}.pt", reuse=True) for i, p in enumerate(ps)]
+        plan.parts = {role: [prepare(acc, model, plan.objectives[role], p, plan.batch_fn, run_dir / f"ref-initial-{role}-{i}.pt",
+                                     True, tracked(prog, f"reference {role}-{i + 1}", len(p))) for i, p in enumerate(ps)]
                       for role, ps in plan.parts.items()}
     # Validation references come from the initial model, so margins are comparable across stages.
-    val = {role: prepare(acc, model, plan.objectives[role], f, plan.batch_fn, run_dir / f"val-{role}.pt", reuse=True)
-           if f and role != plan.ppo_role else f for role, f in plan.val.items()}
+    val = {role: prepare(acc, model, plan.objectives[role], f, plan.batch_fn, run_dir / f"val-{role}.pt", True,
+                         tracked(prog, f"reference val {role}", len(f))) if f and role != plan.ppo_role else f
+           for role, f in plan.val.items()}
     runner = acc.prepare(Runner(model))
     metrics = MetricsLog(run_dir, enabled=main, report_to=cfg.report_to, project=cfg.project, run_name=run_dir.name,
                          config=plan.meta)
@@ -110,7 +113,6 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
     elif cfg.stage_weights and main:
         save_trainable(model, run_dir / "stages" / "start.safetensors")
     steps = stage_steps(plan, cfg)
-    prog = progress_bar(cfg.progress and main)
     t_start = time.perf_counter()
     summaries = [json.loads((run_dir / "stages" / s.name / "stage.json").read_text())
                  for s in plan.stages if s.index < start_stage]
@@ -123,8 +125,9 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
             if plan.regularizer is not None and not mid:
                 plan.regularizer.before_stage(model, stage)
             objective = plan.objectives[stage.role]
-            feats = prepare(acc, model, objective, plan.parts[stage.role][stage.part], plan.batch_fn,
-                            stage_dir / "prepared.pt", reuse=mid)
+            part = plan.parts[stage.role][stage.part]
+            feats = prepare(acc, model, objective, part, plan.batch_fn, stage_dir / "prepared.pt", mid,
+                            tracked(prog, f"{stage.name} reference", len(part)))
             aux = []
             if has_aux(plan, stage):
                 aux_obj = plan.objectives[plan.aux_role]
@@ -159,7 +162,7 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
             ckpt.assert_finite(model, f"stage {stage.name}", saver.root)
             if plan.regularizer is not None:
                 plan.regularizer.after_stage(model, stage, StageData.of(feats, plan.batch_fn))
-            v = validate(plan, val, cfg)
+            v = validate(plan, val, cfg, prog)
             if v and main:
                 metrics.write({"split": "val", "stage": stage.name, "stage_index": stage.index, "step": global_step, **v})
             info = {**stage.to_dict(), "examples": len(feats), "steps": total, "seen": ctx.seen,
@@ -173,14 +176,14 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
                 if report is not None:
                     (stage_dir / "importance.json").write_text(json.dumps(report, indent=2))
             saver.save(stage, total, global_step, True)
-    acc.wait_for_everyone()
-    summary = _finish(plan, cfg, summaries, global_step, time.perf_counter() - t_start)
+        acc.wait_for_everyone()
+        summary = _finish(plan, cfg, summaries, global_step, time.perf_counter() - t_start, tracked(prog, "save final/", 1))
     metrics.close()
     acc.wait_for_everyone()
     return summary
 
 
-def _finish(plan: RunPlan, cfg: LoopConfig, summaries: list[dict], global_step: int, seconds: float) -> dict:
+def _finish(plan: RunPlan, cfg: LoopConfig, summaries: list[dict], global_step: int, seconds: float, advance) -> dict:
     run_dir = Path(cfg.output_dir)
     budget = dict(sum((Counter(info.get("seen", {})) for info in summaries), Counter()))
     summary = {"name": plan.name, "method": plan.method, "global_steps": global_step, "seconds": seconds,
@@ -196,6 +199,7 @@ def _finish(plan: RunPlan, cfg: LoopConfig, summaries: list[dict], global_step: 
 
         save_model(plan.model, plan.tokenizer, run_dir / "final", merged=plan.save_merged,
                    card=card_info(plan.meta, summary))
+        advance(1)
         summary["final"] = str(run_dir / "final")
         summary["final_val"] = (chosen or next((s for s in reversed(summaries) if s["val"]), {"val": {}}))["val"]
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -221,7 +225,7 @@ def _resume(acc, ckpt_root, model, regularizer, metrics):
     return stage, step, st["global_step"], path
 
 
-def validate(plan: RunPlan, val: dict[str, list[dict]], cfg: LoopConfig) -> dict[str, float]:
+def validate(plan: RunPlan, val: dict[str, list[dict]], cfg: LoopConfig, prog) -> dict[str, float]:
     """Validation metrics per role: each objective's loss and metrics; PPO: reward and KL of sampled replies."""
     out, acc = {}, plan.accelerator
     for role, feats in val.items():
@@ -231,6 +235,7 @@ def validate(plan: RunPlan, val: dict[str, list[dict]], cfg: LoopConfig) -> dict
             v = validate_prompts(plan.objectives[role], plan.model, feats[acc.process_index :: acc.num_processes],
                                  plan.batch_fn, cfg.seed, Path(cfg.output_dir) / "stages", lambda x: reduce_sum(acc, x))
         else:
-            v = evaluate_objective(plan.model, plan.objectives[role], feats, plan.batch_fn, cfg.batch_size)
+            v = evaluate_objective(plan.model, plan.objectives[role], feats, plan.batch_fn, cfg.batch_size,
+                                   tracked(prog, f"validate {role}", len(feats)))
         out.update({f"{role}/{k}": x for k, x in v.items()})
     return out

@@ -47,8 +47,9 @@ def generate(
     seed: int = 0,
     batch_size: int = 8,
     max_prompt_length: int | None = None,
+    advance=None,
 ) -> list[str]:
-    """One completion per prompt (see the module docstring for the conventions).
+    """One completion per prompt (see the module docstring for the conventions); ``advance(n)`` after each batch.
 
     Args:
         model: a causal LM (``PreTrainedModel`` or peft model) in eval mode.
@@ -72,7 +73,7 @@ def generate(
     if max_prompt_length is not None:
         encoded = [ids[-max_prompt_length:] for ids in encoded]
     new = sample_ids(model, encoded, pad_id=pad, eos=eos, temperature=temperature, top_p=top_p,
-                     max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+                     max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size, advance=advance)
     return [tokenizer.decode(strip_eos(ids, eos), skip_special_tokens=True) for ids in new]
 
 
@@ -156,10 +157,16 @@ def generate_to_file(
     cached = _read_cached(path, key, len(prompts))
     if cached is not None:
         return cached
-    outputs = generate(
-        model, tokenizer, prompts, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-        seed=seed, batch_size=batch_size, max_prompt_length=max_prompt_length,
-    )
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as prog:
+        task = prog.add_task(f"generate (t={temperature:g})", total=len(prompts))
+        outputs = generate(
+            model, tokenizer, prompts, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+            seed=seed, batch_size=batch_size, max_prompt_length=max_prompt_length,
+            advance=lambda n: prog.update(task, advance=n),
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     name = mid.get("name") if isinstance(mid, dict) else str(mid)

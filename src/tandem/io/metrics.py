@@ -173,6 +173,13 @@ class MetricsLog:
         self.trackers = []
 
 
+def tracked(progress: Progress, label: str, total: int):
+    """A new task ``label`` of ``total`` items on ``progress``; returns ``advance(n)``. The task stays on screen
+    when complete, so every phase of a run is visible at its end."""
+    task = progress.add_task(label, total=max(total, 1), loss="-", tps="-")
+    return lambda n: progress.update(task, advance=n)
+
+
 def progress_bar(enabled: bool) -> Progress:
     return Progress(
         TextColumn("[bold]{task.description}"),

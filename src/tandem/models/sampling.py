@@ -58,7 +58,8 @@ def _cut_after_eos(row: list[int], eos: set[int]) -> list[int]:
 
 @torch.no_grad()
 def sample_ids(model, prompts: list[list[int]], *, pad_id: int, eos: list[int], temperature: float, top_p: float,
-               max_new_tokens: int, seed: int, batch_size: int | None = None, use_cache: bool = True) -> list[list[int]]:
+               max_new_tokens: int, seed: int, batch_size: int | None = None, use_cache: bool = True,
+               advance=None) -> list[list[int]]:
     """One continuation per prompt (new token ids, ending with the first EOS when one came); see the module
     docstring. ``batch_size=None`` samples all prompts in one batch."""
     if temperature < 0:
@@ -87,6 +88,8 @@ def sample_ids(model, prompts: list[list[int]], *, pad_id: int, eos: list[int], 
                 ids, mask = left_pad(prompts[start:start + step], pad_id)
                 gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
                 out += [_cut_after_eos(row, eos_set) for row in gen[:, ids.shape[1]:].tolist()]
+                if advance is not None:  # progress: ``advance(n)`` after each batch of n prompts
+                    advance(len(prompts[start:start + step]))
     finally:
         model.train(was_training)
     return out

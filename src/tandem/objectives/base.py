@@ -44,8 +44,10 @@ def units(objective, feats: list[dict]) -> float:
 
 
 @torch.no_grad()
-def evaluate_objective(model, objective, features: list[dict], batch_fn, batch_size: int) -> dict[str, float]:
-    """Unit-weighted mean of an objective's loss and metrics over ``features`` (no grad)."""
+def evaluate_objective(model, objective, features: list[dict], batch_fn, batch_size: int,
+                       advance: Callable[[int], None] | None = None) -> dict[str, float]:
+    """Unit-weighted mean of an objective's loss and metrics over ``features`` (no grad); ``advance(n)`` after each
+    batch of ``n`` examples (a progress bar)."""
     was_training = model.training
     model.eval()
     sums: dict[str, float] = {}
@@ -57,21 +59,31 @@ def evaluate_objective(model, objective, features: list[dict], batch_fn, batch_s
         for k, v in {**metrics, "loss": loss}.items():
             sums[k] = sums.get(k, 0.0) + float(v) * u
         total += u
+        if advance is not None:
+            advance(len(feats))
     model.train(was_training)
     return {k: v / total for k, v in sums.items()} if total else {}
 
 
-def prepare(acc, model, objective, feats: list[dict], batch_fn, cache: Path, reuse: bool) -> list[dict]:
+def prepare(acc, model, objective, feats: list[dict], batch_fn, cache: Path, reuse: bool,
+            advance: Callable[[int], None] | None = None, chunk: int = 64) -> list[dict]:
     """Run the objective's one-off pass (e.g. DPO reference log-probs) and store its results in ``cache``.
 
     With ``reuse`` and a stored cache, the stored values are used (on resume the model is no longer where they were
-    computed). Each process computes its shard; the results are gathered in the original order.
+    computed). Each process computes its shard, ``chunk`` examples at a time (``advance(n)`` after each: a progress
+    bar); the results are gathered in the original order.
     """
     if reuse and cache.exists():
+        if advance is not None:
+            advance(len(feats))
         return load_prepared(cache, feats)
     P = acc.num_processes
+    shard, out = feats[acc.process_index :: P], []
     with acc.autocast():
-        out = objective.prepare(model, feats[acc.process_index :: P], batch_fn)
+        for i in range(0, len(shard), chunk):
+            out += objective.prepare(model, shard[i : i + chunk], batch_fn)
+            if advance is not None:
+                advance(len(shard[i : i + chunk]) * P)
     if P > 1:
         gathered = [None] * P
         torch.distributed.all_gather_object(gathered, out)

@@ -24,9 +24,9 @@ class ProbeSettings:
     data: str
     out: Path
     params: str = "all"
-    pairs: int = 64
-    heatmap_pairs: int = 3
-    heatmap_tokens: int = 32
+    pairs: int = 16
+    heatmap_pairs: int = 1
+    heatmap_tokens: int = 16
     max_length: int = 512
     ratio: float = 1.0
     format: str | None = None
@@ -86,8 +86,15 @@ def _write(s: ProbeSettings, m, tok, feats, stats, selected, batch_fn, dev, out:
 
     t0 = time.perf_counter()
     task = progress.add_task("pairs", total=len(feats))
-    rows = entanglement_stats(m, feats, batch_fn, params=s.params, ratio=s.ratio, chunk_numel=s.chunk_numel,
-                              on_pair=lambda i: progress.advance(task))
+    with open(out / "pairs.jsonl", "w") as live:  # written pair by pair: a long probe keeps what it measured
+
+        def on_pair(i: int, row: dict) -> None:
+            live.write(json.dumps(row) + "\n")
+            live.flush()
+            progress.advance(task)
+
+        rows = entanglement_stats(m, feats, batch_fn, params=s.params, ratio=s.ratio, chunk_numel=s.chunk_numel,
+                                  on_pair=on_pair)
     heatmaps = []
     n_heat = min(s.heatmap_pairs, len(feats))
     if n_heat:

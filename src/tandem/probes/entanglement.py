@@ -155,7 +155,8 @@ def entanglement_stats(model, features: list[dict], batch_fn, params: str = "all
     ``norm_l``, ``cosine``, ``chosen_falls``, ``rejected_rises``, ``logp_w``, ``logp_l``, token counts.
 
     ``batch_fn`` turns a list of one-sequence features ``{"input_ids", "labels"}`` into a batch on the model's
-    device (e.g. :func:`tandem.data.collate`). ``on_pair(i)`` is called after each pair (progress bars).
+    device (e.g. :func:`tandem.data.collate`). ``on_pair(i, row)`` is called after each pair (progress bars, writing
+    rows as they come).
     """
     if chunk_numel < 1:
         raise ValueError(f"chunk_numel must be >= 1, got {chunk_numel}")
@@ -170,7 +171,7 @@ def entanglement_stats(model, features: list[dict], batch_fn, params: str = "all
         for i, f in enumerate(feats):
             rows.append({"index": i, **pair_row(pair_inner_products(model, f, batch_fn, tensors, chunk_numel), ratio)})
             if on_pair is not None:
-                on_pair(i)
+                on_pair(i, rows[-1])
     return rows
 
 
