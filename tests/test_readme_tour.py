@@ -329,7 +329,7 @@ def _invoke(argv: list[str]):
         return CliRunner().invoke(app, [a.replace("{hub}", hub.url).replace("{token}", TOKEN) for a in argv])
 
 
-@pytest.mark.parametrize("cmd", readme_commands())
+@pytest.mark.parametrize("cmd", readme_commands(), ids=lambda c: c[:80])
 def test_readme_command_runs(cmd, in_sandbox):
     entry = _entry(cmd) if cmd in TOUR else pytest.fail(f"{cmd}: no TOUR entry (see test_every_readme_command_is_mapped)")
     if isinstance(entry, Skip):
