@@ -166,7 +166,7 @@ TOUR: dict[str, Run | Launch | Skip] = {
     "--mergekit-config merged/hma.yaml": Run(expect=("merged/hma/config.json", "merged/hma.yaml")),
     "tandem tax recipes/tax.yaml": Run(expect=("runs/dpo/tax/table.md", "runs/dpo/tax/pareto.png")),
     "tandem probe entanglement --model runs/dpo --data ../shared/data/hh-rlhf/helpful-online/test.jsonl.gz --pairs 16 "
-    "-o runs/probe": Run(("--heatmap-pairs", "1"), ("runs/probe/summary.json",)),
+    "-o runs/probe": Run(expect=("runs/probe/summary.json", "runs/probe/pairs.jsonl")),
     "tandem push runs/dpo/final/merged me/smollm2-dpo --private":
         Run(("--endpoint", "{hub}", "--token", "{token}"), output=r"pushed \d+ files to http://127\.0\.0\.1:\d+/me/smollm2-dpo"),
     "accelerate launch --num_processes 2 -m tandem.cli.main train recipes/sft.yaml -o runs/sft-ddp":
