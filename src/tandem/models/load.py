@@ -171,7 +171,7 @@ def _from_pretrained(auto_cls, name_or_path: str, gguf_file: str | None, dtype, 
     if want != "auto":
         kw["dtype"] = want
     model = auto_cls.from_pretrained(name_or_path, **kw)
-    if gguf_file and model.hf_quantizer is not None:
+    if gguf_file and model.is_quantized:  # transformers sets hf_quantizer only for a quantised load
         model.hf_quantizer.remove_quantization_config(model)  # dense now: a normal, trainable, saveable model
     if gguf_file and want != "auto":
         model = model.to(want)  # GGUF weights are dequantised to float32
