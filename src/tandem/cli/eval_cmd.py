@@ -16,7 +16,7 @@ app = make_app()
 def eval_command(
     target: Path = typer.Argument(..., help="A recipe (its output_dir/final is evaluated) or a run/model directory."),
     recipe: Optional[Path] = typer.Option(None, "--recipe", help="Recipe whose eval block to use when TARGET is a directory."),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list: exact_match,rouge,reward,reward_win_rate,judge_win_rate,perplexity,mc_accuracy,lm_eval."),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="Comma list: exact_match,rouge,reward,reward_win_rate,reward_fn,judge_win_rate,perplexity,mc_accuracy,lm_eval,bartscore."),
     temperatures: Optional[str] = typer.Option(None, "--temperatures", help="Comma list, e.g. 0,0.5,0.75,1.0: sweep the generation metrics."),
     set_: list[str] = typer.Option([], "--set", help="Override a recipe field, e.g. --set eval.max_new_tokens=64."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output dir (default: RUN/eval)."),
