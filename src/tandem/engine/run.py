@@ -20,9 +20,11 @@ from tandem.engine.context import AuxTerm, BatchFn, LoopConfig, Runner, StageCon
 from tandem.engine.loop import make_optimizer, reduce_sum, run_stage
 from tandem.engine.ppo_loop import run_ppo_stage
 from tandem.io.metrics import MetricsLog, progress_bar, tracked
+from tandem.distributed import checkpoint as sharded, is_sharded, save_final
 from tandem.io.weights import load_trainable_file, save_trainable
 from tandem.objectives.base import evaluate_objective, prepare
 from tandem.objectives.ppo.setup import validate_prompts
+from tandem.optim import GradScaling
 from tandem.regularizers.base import StageData
 from tandem.schedules.steps import Alternation, allocate, plan_steps, select_stage
 
@@ -65,13 +67,13 @@ class Checkpointer:
         acc = self.plan.accelerator
         acc.wait_for_everyone()
         ckpt.assert_finite(self.plan.model, f"checkpoint stage{stage.index:02d}-step{global_step:06d}", self.root)
-        if acc.is_main_process:
-            state = {"stage_index": stage.index, "stage_name": stage.name, "stage_step": stage_step,
-                     "global_step": global_step, "stage_done": done,
-                     "metrics_offset": self.metrics.offset(), "seen": dict(ctx.seen) if ctx else {},
-                     "alternation": ctx.alternation.state_dict() if ctx and ctx.alternation else None}
-            ckpt.save_checkpoint(self.root, self.plan.model, optimizer, scheduler, self.plan.regularizer, state,
-                                 keep=self.cfg.checkpoint_keep)
+        state = {"stage_index": stage.index, "stage_name": stage.name, "stage_step": stage_step,
+                 "global_step": global_step, "stage_done": done,
+                 "metrics_offset": self.metrics.offset(), "seen": dict(ctx.seen) if ctx else {},
+                 "alternation": ctx.alternation.state_dict() if ctx and ctx.alternation else None}
+        if is_sharded(self.plan.model) or acc.is_main_process:  # a sharded model: every process writes its shards
+            (sharded.save_sharded if is_sharded(self.plan.model) else ckpt.save_checkpoint)(
+                self.root, self.plan.model, optimizer, scheduler, self.plan.regularizer, state, keep=self.cfg.checkpoint_keep)
         acc.wait_for_everyone()
 
 
@@ -103,14 +105,15 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
     val = {role: prepare(acc, model, plan.objectives[role], f, plan.batch_fn, run_dir / f"val-{role}.pt", True,
                          tracked(prog, f"reference val {role}", len(f))) if f and role != plan.ppo_role else f
            for role, f in plan.val.items()}
-    runner = acc.prepare(Runner(model))
+    runner = Runner(model) if is_sharded(model) else acc.prepare(Runner(model))  # FSDP2 reduces the gradients
     metrics = MetricsLog(run_dir, enabled=main, report_to=cfg.report_to, project=cfg.project, run_name=run_dir.name,
                          config=plan.meta)
     saver = Checkpointer(plan, cfg, metrics)
+    scaling = GradScaling(cfg.loss_scaling, acc.device.type)  # one loss scale for the whole run (fp16)
     start_stage, start_step, global_step, resume_from = 0, 0, 0, None
     if resume:
         start_stage, start_step, global_step, resume_from = _resume(acc, saver.root, model, plan.regularizer, metrics)
-    elif cfg.stage_weights and main:
+    elif cfg.stage_weights:  # every process (a sharded model is gathered), the main one writes
         save_trainable(model, run_dir / "stages" / "start.safetensors")
     steps = stage_steps(plan, cfg)
     t_start = time.perf_counter()
@@ -138,7 +141,8 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
             optimizer, scheduler = make_optimizer(model, cfg, total)
             state = ckpt.read_state(resume_from) if mid else {}
             if mid:
-                ckpt.load_optim(resume_from, optimizer, scheduler, None)
+                (sharded.load_optimizer(resume_from, model, optimizer, scheduler) if is_sharded(model) else
+                 ckpt.load_optim(resume_from, optimizer, scheduler, None))
                 ckpt.load_rng(resume_from)
             else:
                 set_seed(cfg.seed + 1000 * stage.index)
@@ -152,7 +156,7 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
             ctx = StageContext(accelerator=acc, runner=runner, model=model, objective=objective, features=feats,
                                batch_fn=plan.batch_fn, config=cfg, stage=stage, regularizer=plan.regularizer,
                                log=metrics, progress=prog, on_checkpoint=on_checkpoint, global_step=global_step, aux=aux,
-                               alternation=alternation, seen=dict(state.get("seen", {})))
+                               alternation=alternation, seen=dict(state.get("seen", {})), scaling=scaling)
             t0 = time.perf_counter()
             first = start_step if mid else 0
             if plan.loops[stage.index] == "ppo":
@@ -168,9 +172,9 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
             info = {**stage.to_dict(), "examples": len(feats), "steps": total, "seen": ctx.seen,
                     "seconds": time.perf_counter() - t0, "val": v}
             summaries.append(info)
+            if cfg.stage_weights:
+                save_trainable(model, stage_dir / "end.safetensors")
             if main:
-                if cfg.stage_weights:
-                    save_trainable(model, stage_dir / "end.safetensors")
                 (stage_dir / "stage.json").write_text(json.dumps(info, indent=2))
                 report = plan.regularizer.report() if plan.regularizer is not None else None
                 if report is not None:
@@ -193,12 +197,11 @@ def _finish(plan: RunPlan, cfg: LoopConfig, summaries: list[dict], global_step: 
     if chosen is not None and chosen is not summaries[-1]:
         load_trainable_file(plan.model, run_dir / "stages" / chosen["name"] / "end.safetensors")
         log.info("final model = stage %s (best %s)", chosen["name"], cfg.select_metric)
-    if plan.accelerator.is_main_process:
-        from tandem.models import save_model
-        from tandem.models.card import card_info
+    from tandem.models.card import card_info
 
-        save_model(plan.model, plan.tokenizer, run_dir / "final", merged=plan.save_merged,
-                   card=card_info(plan.meta, summary))
+    save_final(plan.model, plan.tokenizer, run_dir / "final", merged=plan.save_merged,
+               card=card_info(plan.meta, summary))  # every process (a sharded model is gathered), process 0 writes
+    if plan.accelerator.is_main_process:
         advance(1)
         summary["final"] = str(run_dir / "final")
         summary["final_val"] = (chosen or next((s for s in reversed(summaries) if s["val"]), {"val": {}}))["val"]
@@ -215,7 +218,8 @@ def _resume(acc, ckpt_root, model, regularizer, metrics):
         return 0, 0, 0, None
     path = found[-1]
     st = ckpt.read_state(path)
-    ckpt.load_trainable(model, path)
+    (sharded.load_model(path, model, regularizer) if sharded.is_sharded_checkpoint(path) else
+     ckpt.load_trainable(model, path))
     if regularizer is not None and (path / "regularizer.pt").exists():
         regularizer.load_state_dict(torch.load(path / "regularizer.pt", weights_only=True))
     if acc.is_main_process:

@@ -20,9 +20,11 @@ from tandem.data.errors import DataError, DataFileNotFound
 from tandem.data.formats import load_source
 from tandem.data.readers import looks_local
 from tandem.data.roles import no_usable_message
+from tandem.distributed.settings import check_supported, read_settings
 from tandem.engine.context import LoopConfig
 from tandem.engine.run import RunPlan, run
 from tandem.io.rundir import RunDirError, check_run_dir, open_run_dir
+from tandem.models.precision import apply_precision, resolve
 from tandem.pipelines.resume import record_changes, resume_changes
 from tandem.schedules import Method, build_stages, get_method
 
@@ -30,9 +32,8 @@ log = logging.getLogger("tandem")
 
 
 def mixed_precision(precision: str) -> str:
-    if precision == "auto":
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[precision]
+    """The resolved precision as accelerate/FSDP name it; ``auto`` follows the hardware (tandem.models.precision)."""
+    return {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}[resolve(precision).name]
 
 
 def loop_config(recipe: Recipe, progress: bool | None = None) -> LoopConfig:
@@ -48,6 +49,7 @@ def loop_config(recipe: Recipe, progress: bool | None = None) -> LoopConfig:
         select_mode=h.select_mode, final=h.final, probe_every=p.every, probe_pairs=p.pairs, probe_params=p.params,
         progress=recipe.logging.progress if progress is None else progress,
         report_to=tuple(recipe.logging.report_to), project=recipe.logging.project or recipe.name,
+        loss_scaling=resolve(recipe.precision).loss_scaling,
     )
 
 
@@ -152,14 +154,23 @@ def _as_dict(x) -> dict:
     return x if isinstance(x, dict) else asdict(x) if is_dataclass(x) else {"value": str(x)}
 
 
-def build_plan(recipe: Recipe, acc, objectives: dict, regularizer) -> RunPlan:
-    """Load the model and the data of every role, split the data into parts: the engine's ``RunPlan``."""
+def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None) -> RunPlan:
+    """Load the model and the data of every role, split the data into parts: the engine's ``RunPlan``. With
+    ``fsdp`` (:class:`tandem.distributed.FSDPSettings`) the model is sharded with FSDP2 after loading."""
     method = get_method(recipe.schedule.method)
     stages = build_stages(recipe.schedule.method, recipe.schedule.parts)
     run_dir = Path(recipe.output_dir)
     model, tok = load_model(recipe, reward=any(s.role == "reward" for s in stages), device=acc.device)
     if recipe.model.quantization is None:  # quantized models are placed on their device when loaded
         model.to(acc.device)
+    if fsdp is not None:
+        from tandem.distributed import shard_model
+
+        model = shard_model(model, fsdp, acc.device.type, mixed_precision(recipe.precision))
+    if recipe.model.quantization is None:  # bf16: bf16 weights, fp32 LoRA adapters (fp32 masters: tandem.optim)
+        apply_precision(model, precision := resolve(recipe.precision), adapters=recipe.model.lora is not None)
+        if acc.is_main_process:
+            log.info("%s", precision.describe())
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     bc = recipe.batching
 
@@ -230,14 +241,20 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
     fields named by ``allow_changes`` (only fields in ``SAFE_CHANGES``); what changed is recorded.
     """
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import GradScalerKwargs, set_seed
 
     objectives, regularizer = check_recipe(recipe)
     run_dir = Path(recipe.output_dir)
     check_run_dir(run_dir, resume=resume, overwrite=overwrite)
     if resume:
         changes = resume_changes(run_dir, recipe, allow_changes or [])
-    acc = Accelerator(mixed_precision=mixed_precision(recipe.precision), cpu=not torch.cuda.is_available())
+    fsdp = read_settings()  # refuses DeepSpeed, FSDP1 and FSDP options tandem does not honour
+    acc = Accelerator(mixed_precision=resolve(recipe.precision).autocast, cpu=not torch.cuda.is_available(),
+                      kwargs_handlers=[GradScalerKwargs(enabled=False)])  # fp16 losses: tandem.optim.GradScaling
+    stages = build_stages(recipe.schedule.method, recipe.schedule.parts)
+    fsdp = check_supported(fsdp, loops={get_method(recipe.schedule.method).loop(s) for s in stages},
+                           probe_every=recipe.probe.every, mixed_precision=mixed_precision(recipe.precision),
+                           num_processes=acc.num_processes)
     with contextlib.ExitStack() as stack:
         if acc.is_main_process:
             stack.enter_context(open_run_dir(run_dir, resume=resume, overwrite=overwrite, command="train"))
@@ -247,7 +264,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
                 (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
         acc.wait_for_everyone()
         set_seed(recipe.seed)
-        plan = build_plan(recipe, acc, objectives, regularizer)
+        plan = build_plan(recipe, acc, objectives, regularizer, fsdp)
         return run(plan, loop_config(recipe, progress), resume=resume)
 
 
