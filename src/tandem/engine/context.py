@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Callable, Literal
 
 import torch
 
+from tandem.optim import GradScaling
+
 if TYPE_CHECKING:
     from accelerate import Accelerator
     from rich.progress import Progress
@@ -56,6 +58,7 @@ class LoopConfig:
     progress: bool = True
     report_to: tuple[str, ...] = ("tensorboard",)  # trackers (tandem.io.metrics)
     project: str = "tandem"
+    loss_scaling: bool = False  # fp16: scale the loss, unscale before the gradients are read (tandem.optim)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class StageContext:  # what a stage loop needs; built by tandem.engine.run for e
     aux: list[AuxTerm] = field(default_factory=list)  # added to every step, or alternated with (``alternation``)
     alternation: "Alternation | None" = None
     seen: dict[str, int] = field(default_factory=dict)  # examples trained on per role (the compare budget)
+    scaling: GradScaling = field(default_factory=GradScaling)  # the run's loss scaling (identity unless fp16)
 
     @property
     def stage_dir(self) -> Path:

@@ -19,6 +19,7 @@ from transformers import get_scheduler
 
 from tandem.engine.context import AuxTerm, LoopConfig, StageContext
 from tandem.objectives.base import units
+from tandem.optim import adamw
 from tandem.schedules.steps import aux_indices, epoch_order, shards
 
 
@@ -44,13 +45,14 @@ def trainable_params(model) -> list[torch.nn.Parameter]:
 def apply_step(ctx: StageContext, optimizer) -> dict[str, float]:
     """Regularizer gradient term, clipping and the optimizer step after ``backward``; returns their metrics."""
     stats: dict[str, float] = {}
+    ctx.scaling.unscale_(optimizer)  # fp16: the regularizer term and clipping read true gradients
     if ctx.regularizer is not None:
         ctx.regularizer.grad_term(ctx.model)
         stats["reg/penalty"] = float(ctx.regularizer.last_penalty)
     if ctx.config.max_grad_norm:
         gn = ctx.accelerator.clip_grad_norm_(trainable_params(ctx.model), ctx.config.max_grad_norm)
         stats["grad_norm"] = float(gn)
-    optimizer.step()
+    ctx.scaling.step(optimizer)
     optimizer.zero_grad(set_to_none=True)
     return stats
 
@@ -70,8 +72,7 @@ def fault_hook(global_step: int) -> None:
 
 
 def make_optimizer(model, cfg: LoopConfig, total_steps: int):
-    opt = torch.optim.AdamW(trainable_params(model), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps,
-                            weight_decay=cfg.weight_decay)
+    opt = adamw(trainable_params(model), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
     sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
                           num_training_steps=total_steps)
     return opt, sched
@@ -122,7 +123,7 @@ def run_stage(ctx: StageContext, optimizer, scheduler, start_step: int, total_st
                     for k, v in aux_m.items():
                         sums[f"aux/{k}"] = sums.get(f"aux/{k}", 0.0) + float(v) / (A * P)
                 finite = finite and bool(torch.isfinite(loss))
-                acc.backward(scaled)
+                acc.backward(ctx.scaling.scale(scaled))
             w = u / total_units
             for k, v in {**metrics, "loss": loss.detach()}.items():
                 sums[k] = sums.get(k, 0.0) + float(v) * w

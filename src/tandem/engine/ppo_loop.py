@@ -212,7 +212,7 @@ def _update(ctx: StageContext, ppo: PPO, optimizer, critic, critic_opt, ro, adv,
                         loss = loss + term.weight * aux_loss
                         m[f"aux/{j}/loss" if j else "aux/loss"] = float(aux_loss.detach())
                 m.update(value_loss=float(vf.detach()), loss=float(loss.detach()), **{k: float(x) for k, x in vst.items()})
-                acc.backward(loss)
+                acc.backward(ctx.scaling.scale(loss))
                 if warm:
                     optimizer.zero_grad(set_to_none=True)
                 else:

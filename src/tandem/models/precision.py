@@ -97,13 +97,16 @@ def resolve(requested: Requested, device: str | None = None, cpuinfo: str | None
 
 def apply_precision(model: torch.nn.Module, precision: Precision, adapters: bool) -> torch.nn.Module:
     """Cast ``model``'s parameters (in place, buffers untouched) to ``precision.weights``; with ``adapters`` (a LoRA
-    model) the trainable parameters are kept in fp32 and only the frozen base takes the low-precision dtype."""
+    model) the trainable parameters are kept in fp32 and only the frozen base takes the low-precision dtype. FSDP
+    shards (DTensor) are left to FSDP's mixed-precision policy."""
+    from torch.distributed.tensor import DTensor
+
     target = precision.weights
     if target is None:
         return model
     with torch.no_grad():
         for p in model.parameters():
             want = torch.float32 if adapters and p.requires_grad else target
-            if p.is_floating_point() and p.dtype != want:
+            if p.is_floating_point() and p.dtype != want and not isinstance(p, DTensor):  # FSDP: its mp policy
                 p.data = p.data.to(want)
     return model
