@@ -73,3 +73,46 @@ def test_auto_without_bf16_leaves_weights_and_fp32_forces():
     assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
     apply_precision(m, resolve("fp32", device="cpu"), adapters=False)
     assert {p.dtype for p in m.parameters()} == {torch.float32}
+
+
+# ---- through tandem train ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_train_bf16_logs_the_choice_and_keeps_fp32_updates(tmp_path, tiny_model_dir, synthetic_files, lora, caplog,
+                                                         monkeypatch):
+    """``precision: bf16``: the run log names it; a full fine-tune trains bf16 weights through fp32 masters (the
+    optimizer), a LoRA run keeps its adapters in fp32 on a bf16 base; the loss stays finite and goes down."""
+    import json
+    from pathlib import Path
+
+    from helpers_recipe import base_raw, with_overrides
+
+    import tandem.engine.run as engine_run
+    from tandem.optim import MasterAdamW
+    from tandem.pipelines.train import train
+
+    over = {"precision": "bf16", "schedule.max_steps": 4, "data.val_size": 0, "optimizer.lr": 3e-3}
+    if lora:
+        over["model.lora"] = {"r": 4, "alpha": 8}
+    r = with_overrides(base_raw(tmp_path, tiny_model_dir, synthetic_files, "sft"), over)
+    seen = {}
+    real = engine_run.make_optimizer
+
+    def spy(model, cfg, total):
+        opt, sched = real(model, cfg, total)
+        seen["opt"] = type(opt)
+        seen["dtypes"] = {(p.requires_grad, p.dtype) for p in model.parameters()}
+        return opt, sched
+
+    monkeypatch.setattr(engine_run, "make_optimizer", spy)
+    with caplog.at_level("INFO", logger="tandem"):
+        train(r)
+    assert "precision bf16: asked for in the recipe" in caplog.text
+    if lora:
+        assert seen["opt"] is torch.optim.AdamW
+        assert seen["dtypes"] == {(True, torch.float32), (False, torch.bfloat16)}
+    else:
+        assert seen["opt"] is MasterAdamW and seen["dtypes"] == {(True, torch.bfloat16)}
+    rows = [json.loads(x) for x in (Path(r.output_dir) / "metrics.jsonl").read_text().splitlines()]
+    losses = [x["loss"] for x in rows if x["split"] == "train"]
+    assert len(losses) == 4 and all(x == x for x in losses) and losses[-1] < losses[0]
