@@ -1,4 +1,5 @@
-"""`accelerate launch --num_processes 2 --cpu` gives the same loss curve as one process (same global batch)."""
+"""`accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 2` (2 CPU processes, gloo) gives the
+same loss curve as one process (same global batch)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import pytest
 from tandem.config.recipe import dump_recipe
 
 from test_engine_train import recipe
+
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "ddp.yaml"
 
 
 def _losses(run: Path) -> list[float]:
@@ -37,7 +41,7 @@ def test_two_cpu_processes_match_one(tmp_path, tiny_model_dir, synthetic_files, 
     assert one.returncode == 0, one.stderr[-3000:]
     accelerate = str(Path(sys.executable).with_name("accelerate"))
     two = subprocess.run(
-        [accelerate, "launch", "--num_processes", "2", "--num_machines", "1", "--cpu", "--mixed_precision", "no",
+        [accelerate, "launch", "--config_file", str(CONFIG), "--num_processes", "2", "--mixed_precision", "no",
          "--dynamo_backend", "no", "-m", "tandem.cli.main", "train", str(paths["two"]), "--no-progress"],
         env=env, capture_output=True, text=True, timeout=300,
     )
@@ -46,3 +50,5 @@ def test_two_cpu_processes_match_one(tmp_path, tiny_model_dir, synthetic_files, 
     assert len(a) == len(b) == 4
     assert a == pytest.approx(b, rel=1e-4, abs=1e-5)
     assert a[0] != a[-1]  # it trained
+    # two processes really ran (accelerate with --cpu would have started one)
+    assert json.loads((tmp_path / "two" / "run" / "summary.json").read_text())["processes"] == 2

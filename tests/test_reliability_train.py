@@ -141,9 +141,10 @@ def _kill_resume_identical(tmp_path, make, kill_after: int, files: list[str]) ->
             assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), f
 
 
-def test_kill_resume_regularized_hbat(tmp_path, tiny_model_dir, synthetic_files):
-    def make(d):
-        return recipe(d, tiny_model_dir, synthetic_files, method="hbat",
+@pytest.mark.parametrize("method", ["hbat", "hbat-freeze"])
+def test_kill_resume_regularized_hbat(tmp_path, tiny_model_dir, synthetic_files, method):
+    def make(d):  # killed in the middle of the first preference stage (the freeze of hbat-freeze is active there)
+        return recipe(d, tiny_model_dir, synthetic_files, method=method,
                       **{"schedule.parts": 2, "schedule.max_steps_per_stage": 3, "checkpoint.every": 2})
 
     _kill_resume_identical(tmp_path, make, kill_after=5,

@@ -25,7 +25,8 @@ from tandem.models.atomic import atomic_dir
 def last_finite_checkpoint(ckpt_root: Path | None) -> Path | None:
     """The newest checkpoint in ``ckpt_root`` whose weights are all finite (None when there is none)."""
     for path in reversed(list_checkpoints(ckpt_root) if ckpt_root is not None else []):
-        if not nonfinite(list(load_file(str(path / "trainable.safetensors")).values())):
+        weights = path / "trainable.safetensors"  # a sharded checkpoint was checked when it was written
+        if not weights.exists() or not nonfinite(list(load_file(str(weights)).values())):
             return path
     return None
 

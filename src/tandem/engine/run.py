@@ -66,7 +66,8 @@ class Checkpointer:
              ctx: StageContext | None = None) -> None:
         acc = self.plan.accelerator
         acc.wait_for_everyone()
-        ckpt.assert_finite(self.plan.model, f"checkpoint stage{stage.index:02d}-step{global_step:06d}", self.root)
+        if not is_sharded(self.plan.model):  # sharded: save_sharded runs a check all processes agree on
+            ckpt.assert_finite(self.plan.model, f"checkpoint stage{stage.index:02d}-step{global_step:06d}", self.root)
         state = {"stage_index": stage.index, "stage_name": stage.name, "stage_step": stage_step,
                  "global_step": global_step, "stage_done": done,
                  "metrics_offset": self.metrics.offset(), "seen": dict(ctx.seen) if ctx else {},
@@ -190,7 +191,8 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
 def _finish(plan: RunPlan, cfg: LoopConfig, summaries: list[dict], global_step: int, seconds: float, advance) -> dict:
     run_dir = Path(cfg.output_dir)
     budget = dict(sum((Counter(info.get("seen", {})) for info in summaries), Counter()))
-    summary = {"name": plan.name, "method": plan.method, "global_steps": global_step, "seconds": seconds,
+    summary = {"name": plan.name, "method": plan.method, "processes": plan.accelerator.num_processes,
+               "global_steps": global_step, "seconds": seconds,
                "budget": budget, "stages": summaries}
     chosen = select_stage(summaries, cfg.final, cfg.select_metric, cfg.select_mode)
     summary["selected_stage"] = chosen["name"] if chosen else (summaries[-1]["name"] if summaries else None)

@@ -77,8 +77,11 @@ def prepare(acc, model, objective, feats: list[dict], batch_fn, cache: Path, reu
         if advance is not None:
             advance(len(feats))
         return load_prepared(cache, feats)
-    P = acc.num_processes
-    shard, out = feats[acc.process_index :: P], []
+    from tandem.distributed import is_sharded
+
+    # FSDP: every process runs every forward (the shards gather collectively), so none is split
+    r, P = (0, 1) if is_sharded(model) else (acc.process_index, acc.num_processes)
+    shard, out = feats[r::P], []
     with acc.autocast():
         for i in range(0, len(shard), chunk):
             out += objective.prepare(model, shard[i : i + chunk], batch_fn)

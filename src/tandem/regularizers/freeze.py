@@ -3,13 +3,13 @@
 Importance is HBAT's (``tandem.regularizers.ewc``): ``F^o = F_max * softmax(normalise(AC^o) / temperature)``
 from the accumulated per-tensor change ``AC^o`` of the other kind ``o``. Before a stage of kind ``k`` whose other
 kind has finished at least one stage, the top ``percent`` % of the tracked tensors by ``F^o`` (that is,
-``round(N * percent / 100)`` tensors, ties broken by parameter order) get ``requires_grad = False``; ``after_stage``
-sets it back to ``True``. The first stage freezes nothing.
+``round(N * percent / 100)`` tensors, ties broken by parameter order) are frozen for that stage. The first stage
+freezes nothing.
 
-Since the engine builds the optimizer after ``before_stage``, frozen tensors are not in it. On a mid-stage
-resume ``before_stage`` is not called again, so ``grad_term`` also enforces the freeze: it sets ``.grad = None``
-on the frozen tensors (optimizers skip those) and clears their ``requires_grad``. Under DDP, freezing after the
-model was wrapped needs ``find_unused_parameters=True``.
+Freezing does not touch ``requires_grad``: ``grad_term`` (after ``backward``, before clipping and the step) sets
+``.grad = None`` on the frozen tensors, and optimizers skip a parameter without a gradient (no update, no weight
+decay). So the frozen tensors stay in the optimizer's parameter groups and in every checkpoint, a mid-stage resume
+rebuilds the same optimizer, and the frozen set (in ``state_dict``) keeps being enforced.
 """
 
 from __future__ import annotations
@@ -42,20 +42,15 @@ class Freeze:
         kind = stage_kind(stage)
         self.tracker.begin(model, stage)
         self.frozen = self.choose(kind)
-        for p in lookup(model, self.frozen).values():
-            p.requires_grad_(False)
+        lookup(model, self.frozen)  # a clear error if a name is gone
 
     def grad_term(self, model) -> None:
         for p in lookup(model, self.frozen).values():
             p.grad = None
-            if p.requires_grad:
-                p.requires_grad_(False)
 
     def after_stage(self, model, stage, data: StageData) -> None:
         """Records ``C`` of the stage and releases the frozen tensors (``data`` is not used)."""
         self.tracker.end(model, stage)
-        for p in lookup(model, self.frozen).values():
-            p.requires_grad_(True)
         self.frozen = []
 
     def penalty(self, model) -> float:
