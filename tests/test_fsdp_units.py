@@ -141,12 +141,15 @@ def run(lora, out):
     def full(t):
         return t.full_tensor() if isinstance(t, DTensor) else t
 
-    def step(m, seed):
-        """The same deterministic weight change on both models (an SGD step on a fixed batch)."""
+    def step(m, seed, freeze=None):
+        """The same deterministic weight change on both models (an SGD step on a fixed batch); ``freeze``'s
+        grad_term takes the frozen tensors' gradients away, as in the engine."""
         g = torch.Generator().manual_seed(seed)
         ids = torch.randint(3, 96, (2, 10), generator=g)
         loss = m(input_ids=ids, labels=ids).loss
         loss.backward()
+        if freeze is not None:
+            freeze.grad_term(m)
         with torch.no_grad():
             for p in m.parameters():
                 if p.grad is not None:
@@ -185,12 +188,12 @@ def run(lora, out):
             reg = regs[m_name]
             for i, st in enumerate((ifa1, hpa1, ifa2)):
                 reg.before_stage(m, st)
-                step(m, 10 + i)
-                step(m, 20 + i)
+                step(m, 10 + i, reg if name == "freeze" else None)
+                step(m, 20 + i, reg if name == "freeze" else None)
                 if i < 2:
                     reg.after_stage(m, st, data)
             seen[m_name] = {"grads": grads_after(reg, m), "penalty": reg.last_penalty, "report": reg.report(),
-                            "pen_fn": reg.penalty(m), "frozen": [n for n, p in m.named_parameters() if not p.requires_grad],
+                            "pen_fn": reg.penalty(m), "frozen": list(reg.frozen) if name == "freeze" else [],
                             "state_bytes": nbytes(reg.state_dict())}
             reg.after_stage(m, ifa2, data)
         a, b = seen["plain"], seen["sharded"]

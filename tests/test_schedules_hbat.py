@@ -95,9 +95,11 @@ OFFLINE = [m for m in METHODS if "ppo" not in m and m != "reward"]
 
 @pytest.mark.parametrize("method", OFFLINE)
 def test_every_method_runs_end_to_end(method, tmp_path, tiny_model_dir, synthetic_files):
+    pretrain = {"data.pretrain": {"source": str(synthetic_files["sft"]), "format": "sft"}} \
+        if METHODS[method].aux_role == "pretrain" else {}  # rlhf+pt: the SFT file stands in for a corpus
     r = recipe(tmp_path, tiny_model_dir, synthetic_files, method=method, **{
         "schedule.parts": 2, "schedule.max_steps_per_stage": 1, "checkpoint.every": 0,
-        "hbat.fisher": {"samples": 4}})
+        "hbat.fisher": {"samples": 4}, **pretrain})
     summary = train(r)
     assert summary["global_steps"] == len(build_stages(method, 2))
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()

@@ -50,10 +50,14 @@ _DISK_FULL = re.compile(r"No space left on device|os error 28|StorageFull|Pytorc
 def setup_logging(verbose: bool = False) -> None:
     from rich.logging import RichHandler
 
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s",
-                        handlers=[RichHandler(console=console, show_path=False, show_time=False)], force=True)
-    for noisy in ("httpx", "urllib3", "filelock", "accelerate"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    noisy = ("httpx", "urllib3", "filelock", "accelerate")
+    handler = RichHandler(console=console, show_path=False, show_time=False)
+    # libraries' chatter below WARNING is dropped at the handler (a library may reset its own logger's level)
+    handler.addFilter(lambda r: r.levelno >= logging.WARNING or not r.name.startswith(noisy))
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", handlers=[handler],
+                        force=True)
+    for name in noisy:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def one_line(msg: str) -> str:

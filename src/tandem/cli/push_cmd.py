@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from tandem.cli.common import console, make_app, user_errors
+from tandem.cli.common import console, make_app, setup_logging, user_errors
 
 app = make_app()
 
@@ -33,6 +33,7 @@ def push(
 
       tandem push runs/reward me/smollm2-rm --branch v1 --endpoint http://127.0.0.1:8080
     """
+    setup_logging(False)  # the Hub client's request lines stay quiet
     with user_errors():
         from tandem.pipelines.push import push as run_push
 
