@@ -2,7 +2,8 @@
 settings, and both against a bare-PyTorch ceiling, in one run.
 
 Every configuration trains the same model (random weights of a named shape, or ``--model DIR``), on the same data
-(HH-RLHF helpful-online pairs from ``../shared/data``; SFT trains on prompt + chosen response), with the same batch
+(HH-RLHF helpful-online pairs from ``../shared/data`` whose sequences fill 90-100% of ``--max-length``, so every
+step has about ``batch x max_length`` tokens; SFT trains on prompt + chosen response), with the same batch
 (``--batch`` examples or pairs per optimizer step), max length and precision, each in its own subprocess (peak
 memory = its peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU). Tokens/s counts real tokens (prompt +
 response, chosen and rejected for DPO, no padding) over the timed steps, after ``--warmup`` steps.
@@ -11,13 +12,13 @@ response, chosen and rejected for DPO, no padding) over the timed steps, after `
   default, logging every step with TensorBoard on, checkpoints off, no validation). Time = the stage's wall time
   (``stages/NN/stage.json``: the loop, its logging and progress bar) minus the warm-up steps' time; the DPO
   reference pass runs before the stage loop and is not timed (as TRL's precompute).
-* ``trl``: SFT with ``SFTTrainer(padding_free=True)`` on tandem's tokenized examples (the same token ids and
+* ``trl`` (``optim="adamw_torch_fused"``): SFT with ``SFTTrainer(padding_free=True)`` on tandem's tokenized examples (the same token ids and
   labels; each batch is one row without padding: TRL's fastest SFT setting that keeps the batch at ``--batch``
   examples), DPO with ``DPOTrainer(precompute_ref_log_probs=True)`` (TRL 1.16 disables ``padding_free`` for DPO).
   The model is loaded in the benchmark's dtype (bf16 weights for ``--precision bf16``, TRL's fastest: no master
   weights). Time = between ``on_step_end`` callbacks; tokens are counted from TRL's own collated batches.
 * ``ceiling``: bare PyTorch on tandem's collated rows (built before timing: no data pipeline, no metrics, no
-  logging): forward, the loss on labelled positions, backward, ``torch.optim.AdamW(foreach=True)`` on the model's
+  logging): forward, the loss on labelled positions, backward, ``torch.optim.AdamW(fused=True)`` on the model's
   weights (pure bf16 for bf16: no master weights). Time = median step.
 
     python benchmarks/throughput.py --shape tiny --precision fp32 --steps 4 --warmup 1
@@ -73,18 +74,48 @@ def n_examples(args) -> int:
     return args.batch * (args.steps + args.warmup)
 
 
-def load_pairs(n: int):
+def pairs_file(args) -> Path:
+    return Path(args.workdir) / f"pairs-{n_examples(args)}-{args.max_length}{'-any' if args.any_length else ''}.jsonl"
+
+
+def select_pairs(args) -> Path:
+    """The benchmark's pairs as a preference JSON Lines file (every tool reads it). By default only pairs whose chosen
+    and rejected sequences both fill >= 90% of ``--max-length`` tokens (truncated at it) and keep >= 32 response
+    tokens, so every step of every tool trains about ``batch x max_length`` tokens (x2 for DPO) whatever the order."""
+    from transformers import AutoTokenizer
+
+    from tandem.data import encode_all, load_examples
+
+    path = pairs_file(args)
+    if path.exists():
+        return path
+    n = n_examples(args)
+    examples, _ = load_examples(str(DATA))
+    if not args.any_length:
+        tok = AutoTokenizer.from_pretrained(args.model)
+        feats, _ = encode_all(tok, examples, args.max_length, "truncate")
+        full = lambda ids, labels: len(ids) >= 0.9 * args.max_length and sum(x != -100 for x in labels) >= 32  # noqa: E731
+        examples = [e for e, f in zip(examples, feats) if full(f["chosen_input_ids"], f["chosen_labels"])
+                    and full(f["rejected_input_ids"], f["rejected_labels"])]
+    if len(examples) < n:
+        sys.exit(f"only {len(examples)} pairs fill {args.max_length} tokens; lower --steps/--batch or pass --any-length")
+    rows = [{"prompt": e.prompt, "chosen": e.chosen, "rejected": e.rejected} for e in examples[:n]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def load_pairs(args):
     from tandem.data import load_examples
 
-    examples, _ = load_examples(str(DATA), limit=n * 2)
-    return examples[:n]
+    examples, _ = load_examples(str(pairs_file(args)))
+    return examples
 
 
 def sft_file(args) -> Path:
-    """HH-RLHF prompt + chosen response as an SFT JSON Lines file (the tandem side reads it)."""
-    path = Path(args.workdir) / f"sft-{n_examples(args)}.jsonl"
+    """Prompt + chosen response of the pairs as an SFT JSON Lines file (the tandem side reads it)."""
+    path = pairs_file(args).with_suffix(".sft.jsonl")
     if not path.exists():
-        rows = [{"prompt": p.prompt, "response": p.chosen} for p in load_pairs(n_examples(args))]
+        rows = [{"prompt": p.prompt, "response": p.chosen} for p in load_pairs(args)]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -111,7 +142,7 @@ def recipe_for(kind: str, args, out: Path):
     from tandem.config.recipe import parse_recipe
 
     data = {"sft": {"source": str(sft_file(args))}} if kind == "sft" else {
-        "preference": {"source": str(DATA), "limit": n_examples(args) * 2}}
+        "preference": {"source": str(pairs_file(args))}}
     return parse_recipe({
         "name": f"bench-{kind}", "output_dir": str(out), "seed": 0, "precision": args.precision,
         "model": {"name_or_path": args.model, "dtype": "float32"},
@@ -147,7 +178,7 @@ def tandem_batches(kind: str, args, tok):
     from tandem.data import collate, encode_all
     from tandem.data.types import SFTExample
 
-    pairs = load_pairs(n_examples(args))
+    pairs = load_pairs(args)
     exs = [SFTExample(prompt=p.prompt, response=p.chosen) for p in pairs] if kind == "sft" else pairs
     feats, _ = encode_all(tok, exs, args.max_length, "truncate")
     if kind == "dpo":
@@ -170,7 +201,7 @@ def run_ceiling(kind: str, args) -> dict:
     model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype_of(args.precision)).to(dev)
     batches = tandem_batches(kind, args, tok)
     objective = build(kind, **({"beta": 0.1} if kind == "dpo" else {}))
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, foreach=True)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True)  # torch's fastest AdamW (pure bf16 for bf16)
     model.train()
     times, tokens = [], []
     for step, batch in enumerate(batches):
@@ -210,9 +241,9 @@ def run_trl(kind: str, args) -> dict:
         output_dir=str(Path(args.workdir) / f"trl-{kind}"), per_device_train_batch_size=args.batch,
         max_steps=args.steps + args.warmup, learning_rate=1e-6, logging_steps=1, save_strategy="no",
         report_to=[], bf16=args.precision == "bf16", use_cpu=dev == "cpu", gradient_checkpointing=False,
-        dataloader_num_workers=0, seed=0, lr_scheduler_type="constant",
+        dataloader_num_workers=0, seed=0, lr_scheduler_type="constant", optim="adamw_torch_fused",
     )
-    pairs = load_pairs(n_examples(args))
+    pairs = load_pairs(args)
     if kind == "sft":
         from trl import SFTConfig, SFTTrainer
 
@@ -279,6 +310,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--workdir", default="runs/bench-throughput")
     ap.add_argument("--only", default=",".join(CONFIGS))
+    ap.add_argument("--any-length", action="store_true", help="the first pairs, whatever their length")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.shape == "llama1b" and not torch.cuda.is_available() and not args.one:
@@ -287,11 +319,12 @@ def main() -> None:
         return one(args)
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     args.model = args.model or str(build_model_dir(args.shape, Path(args.workdir) / f"model-{args.shape}"))
+    select_pairs(args)
     results = {}
     for name in args.only.split(","):
         cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--precision", args.precision,
                "--batch", str(args.batch), "--max-length", str(args.max_length), "--steps", str(args.steps),
-               "--warmup", str(args.warmup), "--workdir", args.workdir]
+               "--warmup", str(args.warmup), "--workdir", args.workdir] + (["--any-length"] if args.any_length else [])
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
         if out.returncode != 0 or not line:

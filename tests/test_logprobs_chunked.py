@@ -1,8 +1,8 @@
 """Chunked log-probs (tandem.objectives.logprobs): the same values and gradients as ``-cross_entropy`` over the full
 ``[tokens, vocab]`` logits (1e-6 in fp32), for trainable and frozen heads, tied or LoRA-wrapped, and the graph never
-saves a ``[tokens, vocab]`` tensor. Values agree to 1e-6 (in fact bit for bit: the same cross-entropy per row);
-gradients to 1e-6 of their largest entry (fp32 rounding of a different summation order: a weight gradient summed
-chunk by chunk, a frozen head's input gradient scaled after its matmul)."""
+saves a ``[tokens, vocab]`` tensor. Values and gradients agree to 1e-6 of their largest entry (:func:`close`): what
+differs is fp32 rounding (``logit - logsumexp`` instead of cross-entropy's log-softmax, a weight gradient summed chunk
+by chunk, a frozen head's input gradient scaled after its matmul)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def test_values_and_gradients_match_full_logits(chunk):
     h.grad = w.grad = None
     got = chunked_logps(h, w, t, chunk)
     (got * up).sum().backward()
-    assert torch.allclose(got, ref, atol=1e-6, rtol=0)
+    assert close(got, ref)
     assert close(h.grad, gh) and close(w.grad, gw)
 
 
@@ -60,7 +60,7 @@ def test_frozen_head_gradient_computed_in_forward():
 def test_no_grad_and_empty():
     h, w, t, _ = data(2)
     with torch.no_grad():
-        assert torch.allclose(chunked_logps(h, w, t, 50), full(h, w, t), atol=1e-6, rtol=0)
+        assert close(chunked_logps(h, w, t, 50), full(h, w, t))
     assert chunked_logps(h[:0], w, t[:0], 50).shape == (0,)
 
 
@@ -135,7 +135,7 @@ def test_token_logps_on_a_model_identical_to_full_logits(tie, monkeypatch):
     got, seq = token_logps(model, b)
     got.sum().backward()
     assert seq.tolist() == [0] * 14 + [1] * 14
-    assert torch.allclose(got, ref, atol=1e-6, rtol=0)
+    assert close(got, ref)
     for n, p in model.named_parameters():
         assert close(p.grad, ref_grads[n]), n
 
@@ -156,6 +156,6 @@ def test_lora_wrapped_head_uses_checkpointed_chunks():
     head.zero_grad(set_to_none=True)
     got = head_logps(head, h, t, chunk=8)
     got.sum().backward()
-    assert torch.allclose(got, ref, atol=1e-6, rtol=0)
+    assert close(got, ref)
     got_grads = [h.grad] + [p.grad for p in head.parameters() if p.requires_grad]
     assert all(close(a, b) for a, b in zip(got_grads, ref_grads))
