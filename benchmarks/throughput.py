@@ -311,6 +311,8 @@ def main() -> None:
     ap.add_argument("--workdir", default="runs/bench-throughput")
     ap.add_argument("--only", default=",".join(CONFIGS))
     ap.add_argument("--any-length", action="store_true", help="the first pairs, whatever their length")
+    ap.add_argument("--rounds", type=int, default=1, help="run every configuration this many times, interleaved; "
+                    "medians are reported (a shared machine's load hits every tool alike)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.shape == "llama1b" and not torch.cuda.is_available() and not args.one:
@@ -320,8 +322,8 @@ def main() -> None:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     args.model = args.model or str(build_model_dir(args.shape, Path(args.workdir) / f"model-{args.shape}"))
     select_pairs(args)
-    results = {}
-    for name in args.only.split(","):
+    runs: dict[str, list[dict]] = {}
+    for rnd, name in [(r, n) for r in range(args.rounds) for n in args.only.split(",")]:  # interleaved rounds
         cmd = [sys.executable, __file__, "--one", name, "--model", args.model, "--precision", args.precision,
                "--batch", str(args.batch), "--max-length", str(args.max_length), "--steps", str(args.steps),
                "--warmup", str(args.warmup), "--workdir", args.workdir] + (["--any-length"] if args.any_length else [])
@@ -330,11 +332,14 @@ def main() -> None:
         if out.returncode != 0 or not line:
             print(f"{name}: FAILED\n{out.stderr[-3000:]}")
             continue
-        results[name] = json.loads(line[0][7:])
-        print(f"{name}: {results[name]}", flush=True)
+        runs.setdefault(name, []).append(json.loads(line[0][7:]))
+        print(f"round {rnd} {name}: {runs[name][-1]} (load {os.getloadavg()[0]:.1f})", flush=True)
+    results = {name: {"tokens_per_s": statistics.median(r["tokens_per_s"] for r in rs),
+                      "peak_mem_mb": statistics.median(r["peak_mem_mb"] for r in rs), "runs": rs}
+               for name, rs in runs.items()}
     dev = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     print(f"\nshape={args.model if args.model else args.shape} precision={args.precision} batch={args.batch} "
-          f"max_length={args.max_length} steps={args.steps} warmup={args.warmup} device={dev} "
+          f"max_length={args.max_length} steps={args.steps} warmup={args.warmup} rounds={args.rounds} device={dev} "
           f"load={os.getloadavg()[0]:.1f}")
     print(table(results))
     (Path(args.workdir) / "results.json").write_text(
