@@ -226,9 +226,12 @@ def check_recipe(recipe: Recipe) -> tuple[dict, object]:
 def build_objectives(recipe: Recipe) -> dict:
     method = get_method(recipe.schedule.method)
     stages = build_stages(recipe.schedule.method, recipe.schedule.parts)
-    roles = sorted({s.role for s in stages} | ({method.aux_role} if method.aux_role else set()))
+    roles = {s.role for s in stages} | ({method.aux_role} if method.aux_role else set())
+    if "reward" not in roles and recipe.data.val_size:
+        # both sides of the conflict are validated, also for the methods that train one (sft, dpo, orpo, simpo, ...)
+        roles |= {r for r in ("sft", "preference") if getattr(recipe.data, r) is not None and r in recipe.objectives}
     return {role: build_objective(recipe, role, method.preference_objective if role == "preference" else None)
-            for role in roles}
+            for role in sorted(roles)}
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
