@@ -1,9 +1,9 @@
 """AdamW on fp32 master copies of low-precision (bf16/fp16) parameters.
 
 The model computes with its bf16 weights; the optimizer keeps an fp32 copy of each of them (the master weights)
-and fp32 state (``exp_avg``, ``exp_avg_sq``). A step copies the bf16 gradients into persistent fp32 buffers, runs
-torch's AdamW on the masters (``fused`` on CPU/CUDA, else ``foreach``: no per-tensor Python arithmetic),
-then copies the masters back into the bf16 weights. Both copies are ``torch._foreach_copy_`` calls. So an update
+and fp32 state (``exp_avg``, ``exp_avg_sq``). A step copies the bf16 gradients into fp32 buffers (allocated for the
+step only, so they never add to the backward pass's peak memory), runs torch's AdamW on the masters (``fused`` on
+CPU/CUDA, else ``foreach``: no per-tensor Python arithmetic), then copies the masters back into the bf16 weights. Both copies are ``torch._foreach_copy_`` calls. So an update
 smaller than bf16's resolution (8 bits of mantissa: lr 1e-6 on a weight of 0.02) accumulates in the master and
 reaches the bf16 weight once it is large enough; a plain bf16 AdamW would round it away at every step.
 
@@ -33,7 +33,6 @@ class MasterAdamW(torch.optim.AdamW):
         self._low = [p for p in self.model_params if is_low_precision(p)]
         with torch.no_grad():
             self._masters = [p.detach().to(torch.float32, copy=True) for p in self._low]
-        self._bufs = [torch.zeros_like(m) for m in self._masters]  # fp32 gradients of the low-precision params
         it = iter(self._masters)
         masters = [next(it) if is_low_precision(p) else p for p in self.model_params]
         from tandem.optim.kernels import kernel
@@ -43,11 +42,13 @@ class MasterAdamW(torch.optim.AdamW):
     @torch.no_grad()
     def step(self, closure=None):
         have = [i for i, p in enumerate(self._low) if p.grad is not None]
+        for i in have:  # fp32 gradient buffers for this step only: they do not add to the backward's peak memory
+            self._masters[i].grad = torch.empty_like(self._masters[i])
         if have:
-            torch._foreach_copy_([self._bufs[i] for i in have], [self._low[i].grad for i in have])
-        for i, m in enumerate(self._masters):
-            m.grad = self._bufs[i] if self._low[i].grad is not None else None
+            torch._foreach_copy_([self._masters[i].grad for i in have], [self._low[i].grad for i in have])
         loss = super().step(closure)
+        for i in have:
+            self._masters[i].grad = None
         if have:
             torch._foreach_copy_([self._low[i] for i in have], [self._masters[i] for i in have])
         return loss
