@@ -24,11 +24,14 @@ def lora_model():
     return peft.get_peft_model(base, lcfg)
 
 
-def train_step(model, seed):
+def train_step(model, seed, reg=None):
+    """One SGD step; ``reg.grad_term`` runs between backward and the step, as in the engine."""
     torch.manual_seed(seed)
     ids = torch.randint(0, 64, (2, 8))
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
     model(input_ids=ids, labels=ids, use_cache=False).loss.backward()
+    if reg is not None:
+        reg.grad_term(model)
     opt.step()
     opt.zero_grad(set_to_none=True)
 
@@ -76,7 +79,7 @@ def test_freeze_on_adapters(lora_model):
     reg.before_stage(model, HPA1)
     assert len(reg.frozen) == 2 and all("lora_" in n for n in reg.frozen)
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if n in reg.frozen}
-    train_step(model, 3)
+    train_step(model, 3, reg)
     assert all(torch.equal(dict(model.named_parameters())[n].detach(), w) for n, w in frozen.items())
     reg.after_stage(model, HPA1, NO_DATA)
     assert all(dict(model.named_parameters())[n].requires_grad for n in frozen)

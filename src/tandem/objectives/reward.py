@@ -52,7 +52,9 @@ def sequence_rewards(model, batch: dict, num_seqs: int) -> torch.Tensor:
         missing = torch.nonzero(last < 0).flatten().tolist()
         raise ValueError(f"sequence_rewards: batch has no token for seq id(s) {missing} (num_seqs={num_seqs})")
     h = hidden.reshape(seq.numel(), -1)[last]  # [S, H]
-    return score(h).squeeze(-1).float()
+    # the head may be kept in another dtype than the body (a trainable fp32 head on a bf16 base): match the head
+    head = [p for p in score.parameters() if p.requires_grad] or list(score.parameters())
+    return score(h.to(head[0].dtype)).squeeze(-1).float()
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0) -> torch.Tensor:
