@@ -10,6 +10,7 @@ the median step time per configuration and its speed relative to fp32.
 * ``bf16+master``: bf16 weights, ``tandem.optim.MasterAdamW`` (fp32 masters and state): tandem's bf16 now.
 * ``bf16-pure``: bf16 weights and bf16 AdamW state (fastest, but updates below bf16 resolution are lost).
 * ``lora-fp32`` / ``lora-bf16``: LoRA r=16 on all linear layers, base in fp32 / in bf16 with fp32 adapters.
+* ``lora-bf16+master``: base and adapters in bf16, the adapters' fp32 masters and state in ``MasterAdamW``.
 
     python benchmarks/precision.py --tokens 512 --rounds 3
 """
@@ -24,7 +25,7 @@ import time
 
 import torch
 
-CONFIGS = ("fp32", "autocast", "bf16+master", "bf16-pure", "lora-fp32", "lora-bf16")
+CONFIGS = ("fp32", "autocast", "bf16+master", "bf16-pure", "lora-fp32", "lora-bf16", "lora-bf16+master")
 
 
 def build(name: str, layers: int):
@@ -41,8 +42,8 @@ def build(name: str, layers: int):
     lora = name.startswith("lora")
     if lora:
         model = apply_lora(model, r=16, alpha=32)
-    if name in ("bf16+master", "bf16-pure", "lora-bf16"):
-        apply_precision(model, Precision("bf16", torch.bfloat16, "no", False, "bench"), adapters=lora)
+    if name in ("bf16+master", "bf16-pure", "lora-bf16", "lora-bf16+master"):
+        apply_precision(model, Precision("bf16", torch.bfloat16, "no", False, "bench"), fp32_trainable=name == "lora-bf16")
     params = [p for p in model.parameters() if p.requires_grad]
     opt = (torch.optim.AdamW(params, lr=1e-5, foreach=True) if name == "bf16-pure" else adamw(params, lr=1e-5))
     ctx = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if name == "autocast" else contextlib.nullcontext

@@ -49,16 +49,19 @@ def tiny_llama():
 
 
 def test_full_model_bf16_parameters_fp32_buffers():
-    m = apply_precision(tiny_llama(), resolve("bf16", device="cpu", cpuinfo=ZEN4), adapters=False)
+    m = apply_precision(tiny_llama(), resolve("bf16", device="cpu", cpuinfo=ZEN4))
     assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
     assert m.model.rotary_emb.inv_freq.dtype == torch.float32  # rotary frequencies keep fp32
 
 
-def test_lora_base_bf16_adapters_fp32():
+def test_lora_bf16_and_the_fp32_trainable_option():
     from tandem.models import apply_lora
 
     m = apply_lora(tiny_llama(), r=2, alpha=4)
-    apply_precision(m, resolve("auto", device="cpu", cpuinfo=ZEN4), adapters=True)
+    apply_precision(m, resolve("auto", device="cpu", cpuinfo=ZEN4))
+    assert {p.dtype for p in m.parameters()} == {torch.bfloat16}  # adapters too: their fp32 masters are the optimizer's
+    m = apply_lora(tiny_llama(), r=2, alpha=4)
+    apply_precision(m, resolve("auto", device="cpu", cpuinfo=ZEN4), fp32_trainable=True)
     trainable = {p.dtype for p in m.parameters() if p.requires_grad}
     frozen = {p.dtype for p in m.parameters() if not p.requires_grad}
     assert trainable == {torch.float32} and frozen == {torch.bfloat16}
@@ -69,9 +72,9 @@ def test_lora_base_bf16_adapters_fp32():
 
 def test_auto_without_bf16_leaves_weights_and_fp32_forces():
     m = tiny_llama().to(torch.bfloat16)
-    apply_precision(m, resolve("auto", device="cpu", cpuinfo=OLD), adapters=False)
+    apply_precision(m, resolve("auto", device="cpu", cpuinfo=OLD))
     assert {p.dtype for p in m.parameters()} == {torch.bfloat16}
-    apply_precision(m, resolve("fp32", device="cpu"), adapters=False)
+    apply_precision(m, resolve("fp32", device="cpu"))
     assert {p.dtype for p in m.parameters()} == {torch.float32}
 
 
@@ -80,8 +83,8 @@ def test_auto_without_bf16_leaves_weights_and_fp32_forces():
 @pytest.mark.parametrize("lora", [False, True])
 def test_train_bf16_logs_the_choice_and_keeps_fp32_updates(tmp_path, tiny_model_dir, synthetic_files, lora, caplog,
                                                          monkeypatch):
-    """``precision: bf16``: the run log names it; a full fine-tune trains bf16 weights through fp32 masters (the
-    optimizer), a LoRA run keeps its adapters in fp32 on a bf16 base; the loss stays finite and goes down."""
+    """``precision: bf16``: the run log names it; a full fine-tune and a LoRA run (base and adapters) train bf16
+    weights through fp32 masters (the optimizer); the loss stays finite and goes down."""
     import json
     from pathlib import Path
 
@@ -108,11 +111,8 @@ def test_train_bf16_logs_the_choice_and_keeps_fp32_updates(tmp_path, tiny_model_
     with caplog.at_level("INFO", logger="tandem"):
         train(r)
     assert "precision bf16: asked for in the recipe" in caplog.text
-    if lora:
-        assert seen["opt"] is torch.optim.AdamW
-        assert seen["dtypes"] == {(True, torch.float32), (False, torch.bfloat16)}
-    else:
-        assert seen["opt"] is MasterAdamW and seen["dtypes"] == {(True, torch.bfloat16)}
+    assert seen["opt"] is MasterAdamW
+    assert seen["dtypes"] == ({(True, torch.bfloat16), (False, torch.bfloat16)} if lora else {(True, torch.bfloat16)})
     rows = [json.loads(x) for x in (Path(r.output_dir) / "metrics.jsonl").read_text().splitlines()]
     losses = [x["loss"] for x in rows if x["split"] == "train"]
     assert len(losses) == 4 and all(x == x for x in losses) and losses[-1] < losses[0]

@@ -167,8 +167,8 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None) ->
         from tandem.distributed import shard_model
 
         model = shard_model(model, fsdp, acc.device.type, mixed_precision(recipe.precision))
-    if recipe.model.quantization is None:  # bf16: bf16 weights, fp32 LoRA adapters (fp32 masters: tandem.optim)
-        apply_precision(model, precision := resolve(recipe.precision), adapters=recipe.model.lora is not None)
+    if recipe.model.quantization is None:  # bf16: bf16 weights, LoRA adapters too (fp32 masters: tandem.optim)
+        apply_precision(model, precision := resolve(recipe.precision))
         if acc.is_main_process:
             log.info("%s", precision.describe())
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
