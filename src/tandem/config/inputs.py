@@ -81,6 +81,9 @@ class DataConfig(Strict):
     max_length: int = Field(default=512, ge=8)
     overlong: Literal["truncate", "drop"] = "truncate"
     val_size: int = Field(default=0, ge=0)
+    val: dict[Literal["sft", "preference"], SourceConfig] = Field(
+        default_factory=dict, description="held-out validation data per role, from its own source (e.g. a file never "
+        "trained on); a role listed here trains on all its rows and ignores val_size")
     max_record_mb: float = Field(default=10.0, gt=0, description="largest JSON Lines record (line) read, in MiB")
     chat_template: str | None = Field(default=None, description="chatml, llama3, zephyr or a Jinja file; replaces the tokenizer's template")
 

@@ -142,11 +142,23 @@ def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None, data_
         feats, stats = encode_all(tokenizer, examples, recipe.data.max_length, recipe.data.overlong, loss_on=src.loss_on)
     if not feats:
         raise DataError(no_usable_message(src.source, report, stats, recipe.data.max_length, recipe.data.overlong))
-    if recipe.data.val_size:
+    held_out = recipe.data.val.get(kind if role == "reward" else role) if role != "pretrain" else None
+    if held_out is not None:  # validation rows from their own source: train on every row of this one
+        train = feats
+        val_examples, _ = load_source(held_out, role=kind, max_record_bytes=int(recipe.data.max_record_mb * 2**20))
+        if encoder is not None:
+            val, _ = encoder(tokenizer, val_examples, recipe.data.max_length, recipe.data.overlong)
+        else:
+            val, _ = encode_all(tokenizer, val_examples, recipe.data.max_length, recipe.data.overlong, loss_on=held_out.loss_on)
+        if not val:
+            raise DataError(f"data.val.{kind}: no usable rows in {held_out.source} (all longer than data.max_length "
+                            f"{recipe.data.max_length} with overlong: {recipe.data.overlong}?)")
+    elif recipe.data.val_size:
         train, val = train_val_split(feats, val_size=recipe.data.val_size, seed=recipe.seed)
     else:
         train, val = feats, []
-    info = {"source": src.source, "load": _as_dict(report), "encode": _as_dict(stats), "train": len(train), "val": len(val)}
+    info = {"source": src.source, "load": _as_dict(report), "encode": _as_dict(stats), "train": len(train), "val": len(val),
+            **({"val_source": held_out.source} if held_out is not None else {})}
     return train, val, info
 
 
@@ -220,6 +232,8 @@ def check_recipe(recipe: Recipe) -> tuple[dict, object]:
         resolve_chat_template(recipe.data.chat_template)
     for role in objectives:
         check_source(data_source(recipe, role).source)
+    for src in recipe.data.val.values():
+        check_source(src.source)
     return objectives, regularizer
 
 
@@ -227,9 +241,10 @@ def build_objectives(recipe: Recipe) -> dict:
     method = get_method(recipe.schedule.method)
     stages = build_stages(recipe.schedule.method, recipe.schedule.parts)
     roles = {s.role for s in stages} | ({method.aux_role} if method.aux_role else set())
-    if "reward" not in roles and recipe.data.val_size:
+    if "reward" not in roles and (recipe.data.val_size or recipe.data.val):
         # both sides of the conflict are validated, also for the methods that train one (sft, dpo, orpo, simpo, ...)
-        roles |= {r for r in ("sft", "preference") if getattr(recipe.data, r) is not None and r in recipe.objectives}
+        roles |= {r for r in ("sft", "preference") if getattr(recipe.data, r) is not None and r in recipe.objectives
+                  and (recipe.data.val_size or r in recipe.data.val)}
     return {role: build_objective(recipe, role, method.preference_objective if role == "preference" else None)
             for role in sorted(roles)}
 
