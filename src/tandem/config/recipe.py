@@ -138,12 +138,23 @@ class EvalConfig(Strict):
     repeats: int = Field(default=1, ge=1)
     seed: int = Field(default=0, ge=0, le=SEED_MAX)
     bartscore_model: str | None = Field(default=None, description="BART model (Hub id, e.g. facebook/bart-large-cnn, or dir) for metric bartscore")
+    pairs: str | None = Field(default=None, description="held-out preference pairs (any preference format) for metric implicit_reward_accuracy")
+    pairs_limit: int | None = Field(default=None, ge=1, description="first N pairs of eval.pairs")
+    reference_model: str | None = Field(default=None, description="DPO reference of implicit_reward_accuracy (the base model); "
+                                        "default: the evaluated LoRA adapter's base")
+    beta: float = Field(default=0.1, gt=0, description="implicit reward scale (margins only, not the accuracy)")
+    max_length: int = Field(default=1024, ge=2, description="reference_nll / implicit_reward_accuracy: longest scored "
+                            "prompt + response in tokens (the prompt keeps its tail, as in training)")
 
     @model_validator(mode="after")
     def _bartscore_has_model(self) -> "EvalConfig":
         if "bartscore" in self.metrics and self.bartscore_model is None:
             raise ValueError("metric 'bartscore' needs eval.bartscore_model (a BART model: a Hub id such as "
                              "facebook/bart-large-cnn, or a local dir)")
+        if "implicit_reward_accuracy" in self.metrics and self.pairs is None:
+            raise ValueError("metric 'implicit_reward_accuracy' needs eval.pairs (a preference JSONL file held out from training)")
+        if "reference_nll" in self.metrics and self.data is None:
+            raise ValueError("metric 'reference_nll' needs eval.data (prompts with reference outputs)")
         return self
 
     @field_validator("temperatures")

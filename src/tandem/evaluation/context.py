@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from tandem.data.types import Message
+from tandem.data.types import Message, PreferenceExample
 from tandem.evaluation.judge import JudgeConfig
 
 
@@ -44,6 +44,11 @@ class EvalContext:
     mc_rows: list[dict] | None = None
     lm_eval_tasks: list[str] | None = None
     bartscore_model: str | Path | None = None
+    pairs: list[PreferenceExample] | None = None  # held-out preference pairs (implicit_reward_accuracy)
+    reference_model_path: str | Path | None = None  # DPO reference of the implicit reward (default: the adapter's base)
+    reference_model: Any = None
+    beta: float = 0.1  # implicit reward scale (margins only, never the accuracy)
+    likelihood_max_length: int = 1024  # reference_nll / implicit_reward_accuracy: longest scored sequence
     device: str = "cpu"
     _rewards: tuple[list[float], list[float] | None] | None = field(default=None, repr=False)
 

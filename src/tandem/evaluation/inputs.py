@@ -19,7 +19,7 @@ def read_texts(path: str) -> list[str]:
 
 
 def eval_inputs(cfg) -> dict:
-    """Prompts, references, baseline, held-out texts and MC rows named by a recipe's eval block."""
+    """Prompts, references, baseline, held-out texts, MC rows and preference pairs named by a recipe's eval block."""
     from tandem.data.formats import load_source
     from tandem.data.types import SFTExample
     from tandem.evaluation.metrics import load_mc_rows
@@ -35,4 +35,8 @@ def eval_inputs(cfg) -> dict:
         out["heldout_texts"] = read_texts(cfg.heldout_text)
     if cfg.mc:
         out["mc_rows"] = load_mc_rows(cfg.mc)
+    if cfg.pairs:
+        from tandem.data.formats import load_examples
+
+        out["pairs"], _ = load_examples(cfg.pairs, limit=cfg.pairs_limit, role="preference")
     return out

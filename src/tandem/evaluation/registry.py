@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from tandem.evaluation import bartscore as B
+from tandem.evaluation import likelihood as L
 from tandem.evaluation import metrics as M
 from tandem.evaluation.context import EvalContext
 
@@ -81,6 +82,21 @@ def mc_accuracy(c: EvalContext) -> dict:
     return {k: mc[k] for k in ("acc", "acc_norm", "n")}
 
 
+def reference_nll(c: EvalContext) -> dict:
+    return L.reference_nll(c.model, c.tokenizer, c.prompts, c.references, max_length=c.likelihood_max_length,
+                           batch_size=c.settings.batch_size)
+
+
+def implicit_reward_accuracy(c: EvalContext) -> dict:
+    """DPO implicit-reward ranking of held-out pairs against the reference model (loaded on first use)."""
+    if c.reference_model is None:
+        from tandem.models.merged import load_merged
+
+        c.reference_model = load_merged(L.reference_source(c.model_path, c.reference_model_path), device=c.device)[0]
+    return L.implicit_reward_accuracy(c.model, c.reference_model, c.tokenizer, c.pairs, beta=c.beta,
+                                      max_length=c.likelihood_max_length, batch_size=c.settings.batch_size)
+
+
 def lm_eval(c: EvalContext) -> dict:
     return M.run_lm_eval(c.model_path, c.lm_eval_tasks, batch_size=c.settings.batch_size, device=c.device)
 
@@ -103,6 +119,13 @@ METRIC_TABLE: dict[str, Metric] = {  # in the order results are computed and rep
              "metric 'judge_win_rate' needs judge=JudgeConfig(...) and baseline or references"),)),
     "bartscore": Metric(B.bartscore, True, (Need(B.has_model, B.NEEDS_MESSAGE),)),
     "perplexity": Metric(perplexity, False, (Need(lambda c: bool(c.heldout_texts), "metric 'perplexity' needs heldout_texts"),)),
+    "reference_nll": Metric(reference_nll, False, (
+        Need(lambda c: bool(c.prompts) and c.references is not None, "metric 'reference_nll' needs prompts with references (eval.data)"),)),
+    "implicit_reward_accuracy": Metric(implicit_reward_accuracy, False, (
+        Need(lambda c: bool(c.pairs), "metric 'implicit_reward_accuracy' needs held-out preference pairs (eval.pairs)"),
+        Need(lambda c: c.reference_model is not None or L.reference_source(c.model_path, c.reference_model_path) is not None,
+             "metric 'implicit_reward_accuracy' needs a reference model: eval.reference_model (the base model), "
+             "or evaluate a LoRA adapter whose base is the reference"))),
     "mc_accuracy": Metric(mc_accuracy, False, (Need(lambda c: bool(c.mc_rows), "metric 'mc_accuracy' needs mc_rows"),)),
     "lm_eval": Metric(lm_eval, False, (
         Need(lambda c: c.model_path is not None and bool(c.lm_eval_tasks), "metric 'lm_eval' needs model_path and lm_eval_tasks"),),

@@ -13,6 +13,9 @@ Metric names (``metrics=``):
 ``mc_accuracy``    multiple-choice accuracy on ``mc_rows`` (alignment tax)
 ``lm_eval``        lm-evaluation-harness ``lm_eval_tasks`` (optional extra)
 ``bartscore``      mean source -> output BARTScore under ``bartscore_model`` (summarisation)
+``reference_nll``  mean NLL per token of the ``references`` given their prompts (no generation)
+``implicit_reward_accuracy``  share of held-out ``pairs`` whose DPO implicit reward ranks chosen over rejected
+                   (against ``reference_model_path``, default the evaluated adapter's base), and the mean margin
 =================  ==========================================================================================
 
 Each metric is a function of one :class:`~tandem.evaluation.context.EvalContext` registered in
@@ -81,6 +84,11 @@ def evaluate(
     reward_tokenizer=None,
     reward_fn=None,
     bartscore_model: str | Path | None = None,
+    pairs: list | None = None,
+    reference_model_path: str | Path | None = None,
+    reference_model=None,
+    beta: float = 0.1,
+    likelihood_max_length: int = 1024,
 ) -> dict:
     """Evaluate one model and write ``out_dir/results.json`` and ``out_dir/results.md``; returns the results.
 
@@ -95,7 +103,8 @@ def evaluate(
         references=references, baseline=baseline, reward_model_path=reward_model_path, reward_model=reward_model,
         reward_tokenizer=reward_tokenizer, reward_fn=reward_fn, judge=judge, heldout_texts=heldout_texts,
         perplexity_max_length=perplexity_max_length, mc_rows=mc_rows, lm_eval_tasks=lm_eval_tasks, device=device,
-        bartscore_model=bartscore_model,
+        bartscore_model=bartscore_model, pairs=pairs, reference_model_path=reference_model_path,
+        reference_model=reference_model, beta=beta, likelihood_max_length=likelihood_max_length,
     )
     chosen = check_metrics(metrics, ctx)
     if model is None and any(METRIC_TABLE[m].loads_model for m in chosen):

@@ -43,7 +43,8 @@ def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatur
                     batch_size=cfg.batch_size)
     model, tok = load_merged(model_dir)
     common = dict(metrics=metrics, judge=judge, reward_model_path=cfg.reward_model, reward_fn=cfg.reward_fn, model=model,
-                  tokenizer=tok, bartscore_model=cfg.bartscore_model, **inputs)
+                  tokenizer=tok, bartscore_model=cfg.bartscore_model, reference_model_path=cfg.reference_model,
+                  beta=cfg.beta, likelihood_max_length=cfg.max_length, **inputs)
     results = E.evaluate(model_dir, out_dir, settings=settings, **common)
     if temperatures:
         gen_metrics = [m for m in metrics if m in E.NEEDS_GENERATION]
