@@ -7,16 +7,12 @@ e.g. DPO). For tensor ``i`` (a trainable parameter, by ``named_parameters()`` na
   ``theta_before`` snapshot in ``before_stage`` and ``theta_after`` read in ``after_stage`` (the sum of squares is
   accumulated in float64);
 - accumulated change per kind:  ``AC_i^IFA = sum of C_i over the IFA stages so far`` (likewise ``AC_i^HPA``);
-- importance:  ``F_i = F_max * softmax_i(normalise(AC)_i / temperature)`` across the tensors, with
-  ``normalise`` one of
-
-  ===========  =====================================================================================
-  ``none``     ``AC`` as is
-  ``mean``     ``AC / mean(AC)`` (all zeros if the mean is 0)
-  ``zscore``   ``(AC - mean(AC)) / std(AC)``, population std (all zeros if the std is 0)
-  ``scale``    ``AC * scale`` (``scale=1e20`` in the authors' code)
-  ===========  =====================================================================================
-
+- importance:  ``F_i = F_max * softmax_i(normalise(AC)_i / temperature)`` across the tensors, with ``normalise``
+  one of :data:`tandem.regularizers.importance.NORMALISATIONS` (``none``, ``scale``, ``mean``, ``zscore``, ``log``,
+  ``rank``, ``relative``; formulas and degenerate cases in :mod:`tandem.regularizers.importance`). ``relative``
+  divides ``AC_i`` by ``M_i``, the mean square of tensor ``i`` at the end of the latest stage of that kind (the
+  anchor), which the tracker records next to ``C_i`` for every stage (``magnitude_ifa`` / ``magnitude_hpa`` in
+  the report);
 - penalty in a stage of kind ``k`` once the other kind ``o`` has finished at least one stage::
 
       (lambda / 2) * sum_i F_i^o * ||theta_i - theta_i^o||^2
@@ -29,26 +25,11 @@ e.g. DPO). For tensor ``i`` (a trainable parameter, by ``named_parameters()`` na
 
   Its gradient, added by :meth:`ModifiedEWC.grad_term`, is ``lambda * F_i^o * (theta_i - theta_i^o)``.
 
-Choice of the default normalisation (``python benchmarks/importance_normalisation.py``: 30 tensors with ``C_i``
-log-uniform in 1e-12..1e-9, the spread of real per-stage changes; uniform entropy is log 30 = 3.40):
-
-===========  ====  ==============  =======  ===========
-normalise    temp  max/min of F    entropy  top-1 share
-===========  ====  ==============  =======  ===========
-none         1     1.000000        3.401    0.033
-mean         1     ~460            1.57     0.53
-zscore       1     ~51             2.37     0.35
-scale 1e20   1     inf (one-hot)   0.000    1.000
-===========  ====  ==============  =======  ===========
-
-Without normalisation the softmax inputs are all ~0, so ``F`` is uniform: the importance carries no information.
-Multiplying by 1e20 makes the inputs ~1e8..1e11 and the softmax one-hot: one tensor gets all of ``F_max``, every
-other tensor is unpenalised, and which one wins hangs on a single noisy change. ``mean`` and ``zscore`` are both
-scale free (a run with a 10x larger learning rate gets the same ``F``) and keep the order of the tensors, but
-``AC / mean`` lets the one largest change take half of ``F_max`` on heavy-tailed changes, while the z-score keeps
-a 50x contrast between the most and least changed tensors with most of the entropy (and is bounded by
-``sqrt(N - 1)``). The default is therefore ``normalise="zscore", temperature=1.0``; lower the temperature to
-sharpen ``F``. If all changes are equal the z-score is undefined and ``F`` is uniform.
+Choice of the default normalisation: ``python benchmarks/importance_normalisation.py`` (synthetic changes),
+``benchmarks/importance_real.py`` (SmolLM2-135M after real SFT and DPO stages) and ``benchmarks/ewc_sweep.py``
+(lambda x F_max on the CPU testbed); the evidence and the choice are in docs/methods.md. The paper's raw softmax
+(``none``) is uniform on real changes (``AC ~ 1e-9``: every softmax input ~0), the authors' ``scale=1e20`` is
+one-hot (one tensor takes all of ``F_max`` on a single noisy change).
 
 Memory: during a stage we hold the ``theta_before`` snapshot and the other kind's anchor (two copies of the
 trainable weights; the anchor of the stage's own kind is dropped at ``before_stage`` since it is replaced at
@@ -59,7 +40,6 @@ the device in one transfer per (device, dtype) group, i.e. one copy of the train
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Iterable, Mapping
 
@@ -81,8 +61,8 @@ from tandem.regularizers.base import (
     stage_record,
     trainable,
 )
+from tandem.regularizers.importance import NORMALISATIONS, importance  # noqa: F401 - re-exported
 
-NORMALISATIONS = ("none", "mean", "zscore", "scale")
 MODES = ("hybrid", "sequential")
 
 
@@ -115,52 +95,33 @@ def tensor_change(before: Mapping[str, torch.Tensor], after: Mapping[str, torch.
     return {n: out[n] for n in before}
 
 
-def importance(
-    ac: Mapping[str, float],
-    f_max: float = 1.0,
-    normalise: str = "zscore",
-    temperature: float = 1.0,
-    scale: float = 1e20,
-) -> dict[str, float]:
-    """``F_i = f_max * softmax_i(normalise(ac)_i / temperature)`` (see the module docstring)."""
-    if normalise not in NORMALISATIONS:
-        raise ValueError(f"normalise: {normalise!r} is not one of {list(NORMALISATIONS)}")
-    if not temperature > 0:
-        raise ValueError(f"temperature: must be > 0, got {temperature}")
-    names = list(ac)
-    if not names:
-        return {}
-    x = [float(ac[n]) for n in names]
-    n = len(x)
-    if normalise == "none":
-        z = x
-    elif normalise == "mean":
-        m = sum(x) / n
-        z = [v / m for v in x] if m > 0 else [0.0] * n
-    elif normalise == "zscore":
-        m = sum(x) / n
-        sd = math.sqrt(sum((v - m) ** 2 for v in x) / n)
-        z = [(v - m) / sd for v in x] if sd > 0 else [0.0] * n
-    else:
-        z = [v * scale for v in x]
-    z = [v / temperature for v in z]
-    top = max(z)
-    e = [math.exp(v - top) for v in z]
-    s = sum(e)
-    return {k: f_max * v / s for k, v in zip(names, e)}
+def tensor_magnitude(tensors: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """``M_i = mean(theta_i^2)`` for every tensor (float64 sums; a sharded tensor's whole mean, a collective)."""
+    out: dict[str, float] = {}
+    groups: dict[tuple, list[str]] = {}
+    for n, t in tensors.items():
+        groups.setdefault((str(local(t).device), t.dtype), []).append(n)
+    with torch.no_grad():
+        for names in groups.values():
+            ts = [tensors[n] for n in names]
+            sq = whole_sums(ts, norms([local(t).detach() for t in ts], 2, dtype=torch.float64) ** 2).cpu().tolist()
+            for n, s in zip(names, sq):
+                out[n] = s / max(tensors[n].numel(), 1)
+    return {n: out[n] for n in tensors}
 
 
 class ChangeTracker:
     """Records ``C`` of every stage, accumulates ``AC`` per kind and derives ``F`` (shared by EWC and freezing)."""
 
     def __init__(self, f_max=1.0, normalise="zscore", temperature=1.0, scale=1e20, anchor_device="same"):
-        importance({"x": 1.0}, f_max, normalise, temperature, scale)  # validates the settings
+        importance({"x": 1.0}, f_max, normalise, temperature, scale, magnitude={"x": 1.0})  # validates the settings
         if anchor_device not in ("same", "cpu"):
             raise ValueError(f"anchor_device: {anchor_device!r} is not 'same' or 'cpu'")
         self.cfg = {"f_max": float(f_max), "normalise": normalise, "temperature": float(temperature), "scale": float(scale)}
         self.anchor_device = anchor_device
-        self.stages: list[dict] = []  # {"index", "name", "kind", "change": {name: C}}
+        self.stages: list[dict] = []  # {"index", "name", "kind", "change": {name: C}, "magnitude": {name: M}}
         self.ac: dict[str, dict[str, float]] = {k: {} for k in KINDS}
+        self.magnitude: dict[str, dict[str, float]] = {k: {} for k in KINDS}  # M at the end of the latest stage
         self.n_stages = {k: 0 for k in KINDS}
         self.before: Snapshot | None = None
         self.current: dict | None = None
@@ -176,14 +137,18 @@ class ChangeTracker:
             raise RuntimeError(f"regularizer: after_stage({stage.name!r}) without before_stage")
         rec = stage_record(stage)
         names = self.before.names
-        change = tensor_change(self.before.tensors(), {n: p.detach() for n, p in lookup(model, names).items()})
-        self.record(rec, change)
+        after = {n: p.detach() for n, p in lookup(model, names).items()}
+        change = tensor_change(self.before.tensors(), after)
+        self.record(rec, change, tensor_magnitude(after))
         self.before, self.current = None, None
         return change
 
-    def record(self, rec: dict, change: Mapping[str, float]) -> None:
+    def record(self, rec: dict, change: Mapping[str, float], magnitude: Mapping[str, float] | None = None) -> None:
+        """Adds a finished stage: ``C`` per tensor and ``M``, the tensors' mean square at its end (``None``: not
+        known, e.g. a state saved before ``M`` was recorded; ``normalise="relative"`` then refuses)."""
         kind = rec["kind"]
-        self.stages.append({**rec, "change": dict(change)})
+        self.stages.append({**rec, "change": dict(change), "magnitude": None if magnitude is None else dict(magnitude)})
+        self.magnitude[kind] = {} if magnitude is None else {n: float(m) for n, m in magnitude.items()}
         acc = self.ac[kind]
         for n, c in change.items():
             acc[n] = acc.get(n, 0.0) + float(c)
@@ -196,11 +161,14 @@ class ChangeTracker:
         if self.n_stages[kind] == 0:
             return None
         if kind not in self._f_cache:
-            self._f_cache[kind] = importance(self.ac[kind], **self.cfg)
+            mag = self.magnitude[kind] if self.cfg["normalise"] == "relative" else None
+            self._f_cache[kind] = importance(self.ac[kind], **self.cfg, magnitude=mag)
         return self._f_cache[kind]
 
     def report(self, extra: dict | None = None) -> dict:
-        """Per tensor: ``C`` of each stage (by stage name), ``AC^IFA``, ``AC^HPA``, ``F^IFA``, ``F^HPA``."""
+        """Per tensor: ``C`` of each stage (by stage name), ``AC^IFA``, ``AC^HPA``, ``F^IFA``, ``F^HPA`` and the
+        magnitude ``M`` at the end of the latest stage of each kind (enough to recompute ``F`` for any
+        normalisation offline)."""
         names: list[str] = []
         for s in self.stages:
             names += [n for n in s["change"] if n not in names]
@@ -212,6 +180,8 @@ class ChangeTracker:
                 "ac_hpa": self.ac["hpa"].get(n, 0.0),
                 "f_ifa": f["ifa"].get(n),
                 "f_hpa": f["hpa"].get(n),
+                "magnitude_ifa": self.magnitude["ifa"].get(n),
+                "magnitude_hpa": self.magnitude["hpa"].get(n),
             }
             for n in names
         }
@@ -222,7 +192,8 @@ class ChangeTracker:
     def state_dict(self) -> dict:
         return {
             "cfg": dict(self.cfg),
-            "stages": [dict(s, change=dict(s["change"])) for s in self.stages],
+            "stages": [dict(s, change=dict(s["change"]), magnitude=s["magnitude"] and dict(s["magnitude"]))
+                       for s in self.stages],
             "before": None if self.before is None else self.before.state_dict(),
             "current": None if self.current is None else dict(self.current),
         }
@@ -231,8 +202,9 @@ class ChangeTracker:
         if state.get("cfg") != self.cfg:
             warnings.warn(f"regularizer: loading state saved with {state.get('cfg')} into one configured with {self.cfg}")
         self.stages, self.ac, self.n_stages, self._f_cache = [], {k: {} for k in KINDS}, {k: 0 for k in KINDS}, {}
+        self.magnitude = {k: {} for k in KINDS}
         for s in state["stages"]:
-            self.record({k: s[k] for k in ("index", "name", "kind")}, s["change"])
+            self.record({k: s[k] for k in ("index", "name", "kind")}, s["change"], s.get("magnitude"))
         self.before = None if state["before"] is None else Snapshot.from_state(state["before"])
         self.current = None if state["current"] is None else dict(state["current"])
 
@@ -254,7 +226,8 @@ def recompute_importance(
     for i, (kind, before, after) in enumerate(stage_checkpoints):
         keep = list(names) if names is not None else [k for k, v in before.items() if torch.is_floating_point(v)]
         change = tensor_change({k: before[k] for k in keep}, after)
-        tracker.record(stage_record(StageInfo(i, f"stage-{i}", kind)), change)
+        magnitude = tensor_magnitude({k: after[k] for k in keep})
+        tracker.record(stage_record(StageInfo(i, f"stage-{i}", kind)), change, magnitude)
     return tracker.report()
 
 
