@@ -24,10 +24,13 @@ from pathlib import Path
 log = logging.getLogger("tandem")
 
 
-def run_recipe(recipe_path: Path, method: str, seed: int, run_dir: Path, overrides: list[str]):
+def run_recipe(recipe_path: Path, method: str | None, seed: int, run_dir: Path, overrides: list[str]):
+    """The recipe of one run: ``recipe_path`` with ``overrides``, then ``schedule.method`` (``None``: the recipe's own),
+    ``seed`` and ``output_dir``."""
     from tandem.config.recipe import load_recipe
 
-    return load_recipe(recipe_path, [*overrides, f"schedule.method={method}", f"seed={seed}", f"output_dir={run_dir}"])
+    fixed = [f"schedule.method={method}"] if method is not None else []
+    return load_recipe(recipe_path, [*overrides, *fixed, f"seed={seed}", f"output_dir={run_dir}"])
 
 
 def check_recipe(r) -> None:
@@ -38,30 +41,54 @@ def check_recipe(r) -> None:
     check(r)
 
 
-def run_one(recipe_path: Path, method: str, seed: int, run_dir: Path, overrides: list[str], resume: bool) -> dict:
+def run_one(recipe_path: Path, method: str | None, seed: int, run_dir: Path, overrides: list[str], resume: bool,
+            name: str | None = None, sweep: bool = False, reuse_eval: bool = False) -> dict:
+    """Train (or reuse, or resume) one run and score it: one table row. ``method`` ``None`` keeps the recipe's
+    ``schedule.method``; ``name`` is the row's ``method`` (default: ``method``). ``sweep`` also runs the recipe's
+    ``eval.temperatures`` (columns ``t<T>/<metric>``); ``reuse_eval`` keeps an earlier evaluation of the run made
+    with the same eval block (``eval/eval_block.json``)."""
     from tandem.io.rundir import is_run_dir
-    from tandem.pipelines.evaluate import numeric, run_eval
+    from tandem.pipelines.evaluate import numeric
     from tandem.pipelines.train import train
 
     r = run_recipe(recipe_path, method, seed, run_dir, overrides)
     if (run_dir / "summary.json").exists():
         summary = json.loads((run_dir / "summary.json").read_text())  # finished earlier: reuse
+        log.info("%s: finished earlier, reused", run_dir)
     else:  # an unfinished run continues from its last checkpoint
         summary = train(r, resume=resume and is_run_dir(run_dir), overwrite=False, progress=True)
-    row = {"method": method, "seed": seed, "run": str(run_dir), "steps": summary["global_steps"],
+    row = {"method": name or method, "seed": seed, "run": str(run_dir), "steps": summary["global_steps"],
            "seconds": round(summary["seconds"], 1),
            **{f"budget/{role}": n for role, n in sorted(summary.get("budget", {}).items())},
            **numeric(summary.get("final_val", {}))}
     if r.eval.metrics:
-        res = run_eval(run_dir / "final", r.eval, run_dir / "eval", r.eval.metrics, [])
-        row.update(numeric(res["metrics"]))
+        row.update(eval_row(r, run_dir, sweep, reuse_eval))
+    return row
+
+
+def eval_row(r, run_dir: Path, sweep: bool, reuse: bool) -> dict:
+    """The numeric eval metrics of a finished run (and ``t<T>/<metric>`` means of the temperature sweep)."""
+    from tandem.pipelines.evaluate import numeric, run_eval
+
+    out, block = run_dir / "eval", {**r.eval.model_dump(mode="json"), "sweep": sweep}
+    stamp = out / "eval_block.json"
+    if reuse and stamp.is_file() and json.loads(stamp.read_text()) == block and (out / "results.json").is_file():
+        res = json.loads((out / "results.json").read_text())
+        res["temperature_sweep"] = json.loads((out / "temperature_sweep.json").read_text()) if sweep and r.eval.temperatures else []
+        log.info("%s: evaluated earlier with the same eval block, reused", run_dir)
+    else:
+        stamp.unlink(missing_ok=True)  # written again only once this evaluation is complete
+        res = run_eval(run_dir / "final", r.eval, out, r.eval.metrics, r.eval.temperatures if sweep else [])
+        stamp.write_text(json.dumps(block, indent=2))
+    row = numeric(res["metrics"])
+    for t in res.get("temperature_sweep") or []:
+        row[f"t{t['temperature']:g}/{t['metric']}"] = t["mean"]
     return row
 
 
 def compare(recipe_path: Path, methods: list[str], seeds: list[int], out_dir: Path, overrides: list[str] | None = None,
             resume: bool = False, x_key: str | None = None, y_key: str | None = None, overwrite: bool = False) -> list[dict]:
     from tandem.io.rundir import check_run_dir, open_run_dir
-    from tandem.report import summarize, write_report
     from tandem.schedules import get_method
 
     out_dir = Path(out_dir)
@@ -78,9 +105,17 @@ def compare(recipe_path: Path, methods: list[str], seeds: list[int], out_dir: Pa
                 log.info("compare: %s, seed %d", method, seed)
                 rows.append(run_one(recipe_path, method, seed, out_dir / f"{method}-s{seed}", overrides or [], resume))
                 (out_dir / "table.json").write_text(json.dumps(rows, indent=2))
-        (out_dir / "table.md").write_text(table_markdown(summarize(rows)))
-        write_report(out_dir, x_key=x_key, y_key=y_key, title="Method comparison")
+        write_tables(out_dir, rows, x_key, y_key, "Method comparison")
     return rows
+
+
+def write_tables(out_dir: Path, rows: list[dict], x_key: str | None, y_key: str | None, title: str) -> None:
+    """``table.json``, ``table.md`` (mean ± std per row name) and the report with its scatter."""
+    from tandem.report import summarize, write_report
+
+    (out_dir / "table.json").write_text(json.dumps(rows, indent=2))
+    (out_dir / "table.md").write_text(table_markdown(summarize(rows)))
+    write_report(out_dir, x_key=x_key, y_key=y_key, title=title)
 
 
 def table_markdown(summary: dict[str, dict[str, dict]]) -> str:

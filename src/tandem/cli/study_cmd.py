@@ -1,0 +1,45 @@
+"""``tandem study``: every recipe of a directory (one per method) x seeds, the same examples and budget, one table."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from tandem.cli.common import console, make_app, parse_list, setup_logging, user_errors
+
+app = make_app()
+
+
+@app.command("study")
+def study(
+    study_dir: Path = typer.Argument(..., help="Directory of recipes, one per method (file stem = row name; files starting with _ are skipped)."),
+    seeds: str = typer.Option("0", "--seeds", help="Comma list of seeds."),
+    out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="STUDY output directory."),
+    set_: list[str] = typer.Option([], "--set", help="Override a field of every recipe (repeatable)."),
+    resume: bool = typer.Option(False, "--resume", help="Keep finished runs and their evaluations, resume unfinished ones."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier study in OUT (only one tandem created)."),
+    x_key: Optional[str] = typer.Option(None, "--x", help="Instruction-following metric of the scatter (default: rouge/rougeL, else reference_nll/nll)."),
+    y_key: Optional[str] = typer.Option(None, "--y", help="Preference metric of the scatter (default: reward_win_rate/win_rate, else reward/mean)."),
+) -> None:
+    """Train and evaluate every recipe of STUDY_DIR for every seed; write OUT/table.md, table.json and report.md.
+
+    The recipes must share everything but schedule.method, objectives, hbat and regularizer (same model, data,
+    batching, optimiser, budget and eval block); a difference is refused before anything is written.
+
+    Examples:
+
+      tandem study recipes/study --seeds 0,1 -o runs/study
+
+      tandem study recipes/study --seeds 0,1 -o runs/study --resume     # continue after a stop or a crash
+    """
+    setup_logging(False)
+    seed_list = parse_list("--seeds", seeds, int, "0,1")
+    with user_errors(out):
+        from tandem.pipelines.study import study as run_study
+        from tandem.report import console_table
+
+        rows = run_study(study_dir, seed_list, out, list(set_), resume, x_key, y_key, overwrite=overwrite)
+    typer.echo(console_table(rows))
+    console.print(f"wrote {out}/table.json, table.md (every metric, mean ± std), report.md")

@@ -1,0 +1,145 @@
+"""``tandem study``: every recipe of a directory (one per method) x seeds, trained on the same examples and budget,
+scored identically, with a table and a scatter (the machinery of :mod:`tandem.pipelines.compare`).
+
+``STUDY_DIR/*.yaml`` are the rows (file stem = row name; files starting with ``_`` are skipped). The recipes must
+agree on every field except those that say *how* a method trains (:data:`PER_METHOD`: ``schedule.method``,
+``objectives``, ``hbat``, ``regularizer``) and the bookkeeping (``name``, ``output_dir``, ``seed``): the same model,
+data (sources, limits, lengths, validation split), batching, optimiser, step budget (the rest of ``schedule``) and
+eval block. A difference is refused in one line naming the field and the two files.
+
+Before OUT is touched, every recipe of every seed is loaded and checked like ``train`` checks it, and the eval
+block's inputs (data, pairs, reward model, reference model) must exist. OUT is a tandem run directory, locked for
+the whole study; each run is ``OUT/<name>-s<seed>`` (a train run of its own). With ``resume``, finished runs
+(``summary.json``) and their evaluations (same eval block) are reused and unfinished runs resume from their last
+checkpoint, so a study can run in pieces. Each run is evaluated on the recipe's eval block and its temperature sweep
+(columns ``t<T>/<metric>``). Writes ``OUT/table.json`` (one row per recipe and seed, after each run),
+``table.md`` (mean ± std per recipe) and ``report.md`` with the instruction-following vs preference scatter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+from tandem.pipelines.compare import check_recipe, run_one, run_recipe, write_tables
+
+log = logging.getLogger("tandem")
+
+PER_METHOD = ("schedule.method", "objectives", "hbat", "regularizer")
+BOOKKEEPING = ("name", "output_dir", "seed")
+# default scatter axes, first present wins (else the report's own defaults)
+X_KEYS = ("rouge/rougeL", "reference_nll/nll", "exact_match/exact_match", "sft/loss")
+Y_KEYS = ("reward_win_rate/win_rate", "reward/mean", "implicit_reward_accuracy/accuracy", "preference/rewards/accuracy")
+
+
+def recipe_files(study_dir: Path) -> list[Path]:
+    """``study_dir/*.yaml`` in name order, without the files starting with ``_``."""
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise FileNotFoundError(f"study directory not found: {study_dir} (a directory of recipes, one per method)")
+    files = sorted(p for p in study_dir.glob("*.yaml") if not p.name.startswith("_"))
+    if not files:
+        raise ValueError(f"{study_dir}: no recipe (*.yaml not starting with '_'); put one recipe per method there")
+    return files
+
+
+def _drop(d: dict, dotted: str) -> None:
+    *path, last = dotted.split(".")
+    for k in path:
+        d = d.get(k) if isinstance(d.get(k), dict) else {}
+    d.pop(last, None)
+
+
+def shared_fields(recipe) -> dict:
+    """The recipe as a dict without its per-method and bookkeeping fields: what every recipe of a study shares."""
+    d = recipe.model_dump(mode="json")
+    for key in (*PER_METHOD, *BOOKKEEPING):
+        _drop(d, key)
+    return d
+
+
+def first_difference(a, b, prefix: str = "") -> str | None:
+    """The first dotted key (in ``a``'s order, then ``b``'s extra keys) whose value differs, or ``None``."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in [*a, *(k for k in b if k not in a)]:
+            found = first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+            if found:
+                return found
+        return None
+    return None if a == b else prefix.rstrip(".")
+
+
+def check_shared(recipes: dict[Path, object]) -> None:
+    """``ValueError`` naming the first field and the two files whose recipes differ outside :data:`PER_METHOD`."""
+    (first, r0), *rest = recipes.items()
+    ref = shared_fields(r0)
+    for path, r in rest:
+        key = first_difference(ref, shared_fields(r))
+        if key:
+            raise ValueError(f"{key} differs between {first} and {path}: the recipes of a study share everything but "
+                             f"{', '.join(PER_METHOD)} (the same examples and budget per method)")
+
+
+def load_study(study_dir: Path, overrides: list[str] | None = None, out_dir: Path = Path("runs/study"),
+               seed: int = 0) -> dict[str, tuple[Path, object]]:
+    """``{row name: (recipe file, recipe)}`` of a study directory, loaded with ``overrides`` and checked to share
+    their data and budget (nothing is checked on disk: see :func:`check_inputs`)."""
+    files = recipe_files(study_dir)
+    loaded = {p: run_recipe(p, None, seed, Path(out_dir) / f"{p.stem}-s{seed}", overrides or []) for p in files}
+    check_shared(loaded)
+    return {p.stem: (p, r) for p, r in loaded.items()}
+
+
+def check_inputs(recipe) -> None:
+    """What ``train`` would refuse, and the eval block's inputs on disk (``FileNotFoundError``)."""
+    from tandem.models import check_exists
+    from tandem.pipelines.train import check_source
+
+    check_recipe(recipe)
+    e = recipe.eval
+    for src in (e.data.source if e.data else None, e.pairs, e.heldout_text, e.mc, e.baseline):
+        if src:
+            check_source(src)
+    for what, model in (("eval.reward_model", e.reward_model), ("eval.reference_model", e.reference_model)):
+        if model:
+            check_exists(model, what)
+
+
+def default_axes(rows: list[dict], x_key: str | None, y_key: str | None) -> tuple[str | None, str | None]:
+    keys = {k for r in rows for k in r}
+    x = x_key or next((k for k in X_KEYS if k in keys), None)
+    return x, y_key or next((k for k in Y_KEYS if k in keys and k != x), None)
+
+
+def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str] | None = None, resume: bool = False,
+          x_key: str | None = None, y_key: str | None = None, overwrite: bool = False) -> list[dict]:
+    """Run every recipe of ``study_dir`` for every seed into ``out_dir``; returns the table rows."""
+    from tandem.io.rundir import check_run_dir, open_run_dir
+
+    out_dir, overrides = Path(out_dir), list(overrides or [])
+    if not seeds:
+        raise ValueError("--seeds: give at least one seed")
+    check_run_dir(out_dir, resume=resume, overwrite=overwrite)
+    rows_of = load_study(study_dir, overrides, out_dir, seeds[0])
+    for name, (path, _) in rows_of.items():
+        for seed in seeds:
+            check_inputs(run_recipe(path, None, seed, out_dir / f"{name}-s{seed}", overrides))
+    plan = [(name, path, seed) for name, (path, _) in rows_of.items() for seed in seeds]
+    with open_run_dir(out_dir, resume=resume, overwrite=overwrite, command="study"):
+        rows: list[dict] = []
+        for i, (name, path, seed) in enumerate(plan, 1):
+            t0 = time.perf_counter()
+            run_dir = out_dir / f"{name}-s{seed}"
+            row = run_one(path, None, seed, run_dir, overrides, resume, name=name, sweep=True, reuse_eval=resume)
+            row["recipe"] = str(path)
+            rows.append(row)
+            (out_dir / "table.json").write_text(json.dumps(rows, indent=2))
+            x, y = default_axes(rows, x_key, y_key)
+            scores = ", ".join(f"{k} {row[k]:.4g}" for k in (x, y) if k in row)
+            log.info("study %d/%d: %s seed %d, %d steps, %.0fs%s", i, len(plan), name, seed, row["steps"],
+                     time.perf_counter() - t0, f", {scores}" if scores else "")
+        x, y = default_axes(rows, x_key, y_key)
+        write_tables(out_dir, rows, x, y, f"Study: {Path(study_dir).name}")
+    return rows

@@ -1,0 +1,119 @@
+"""``tandem study``: every recipe of a directory x seeds, end to end on the tiny model (2 recipes x 2 seeds, one step per
+stage); the table, the likelihood metrics and the temperature sweep in it, ``--resume`` reusing finished runs and their
+evaluations, a data difference refused in one line before anything is written, and the real recipes/study loading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from helpers_entry import cli_app
+from helpers_recipe import base_raw, with_overrides
+from typer.testing import CliRunner
+
+from tandem.config.recipe import dump_recipe
+from tandem.pipelines.study import first_difference, load_study, study
+
+ROOT = Path(__file__).resolve().parents[1]
+ROWS = {"alt": "hbat-no-ewc", "seq": "sequential"}  # file stem -> schedule.method
+SEEDS = [0, 1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def write_study(d: Path, model_dir, files, change: dict | None = None) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    for stem, method in ROWS.items():
+        over = {"schedule.parts": 2, "schedule.max_steps_per_stage": 1, "checkpoint.every": 0,
+                "logging.tensorboard": False, "data.val_size": 4, "name": f"study-{stem}",
+                "data.sft": {"source": str(files["sft"]), "limit": 12},
+                "data.preference": {"source": str(files["preference"]), "limit": 12},
+                "eval.data": {"source": str(files["sft"]), "skip": 40, "limit": 3},
+                "eval.metrics": ["rouge", "reference_nll", "implicit_reward_accuracy"],
+                "eval.pairs": str(files["preference"]), "eval.pairs_limit": 4, "eval.reference_model": str(model_dir),
+                "eval.max_new_tokens": 4, "eval.temperature": 0.0, "eval.temperatures": [0.0, 1.0]}
+        if stem == "seq" and change:
+            over.update(change)
+        (d / f"{stem}.yaml").write_text(dump_recipe(with_overrides(base_raw(d, model_dir, files, method), over)))
+    (d / "_notes.yaml").write_text("not a recipe: skipped\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def studied(tmp_path_factory, tiny_model_dir, synthetic_files):
+    tmp = tmp_path_factory.mktemp("study")
+    recipes = write_study(tmp / "recipes", tiny_model_dir, synthetic_files)
+    out = tmp / "out"
+    res = CliRunner().invoke(cli_app, ["study", str(recipes), "--seeds", "0,1", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    return recipes, out, json.loads((out / "table.json").read_text())
+
+
+def test_one_row_per_recipe_and_seed_with_eval_and_sweep(studied):
+    recipes, out, rows = studied
+    assert [(r["method"], r["seed"]) for r in rows] == [(m, s) for m in ROWS for s in SEEDS]
+    for row in rows:
+        run = Path(row["run"])
+        assert run == out / f"{row['method']}-s{row['seed']}" and row["recipe"] == str(recipes / f"{row['method']}.yaml")
+        used = yaml.safe_load((run / "recipe.yaml").read_text())
+        assert (used["schedule"]["method"], used["seed"]) == (ROWS[row["method"]], row["seed"])
+        res = json.loads((run / "eval" / "results.json").read_text())["metrics"]
+        assert row["reference_nll/nll"] == res["reference_nll"]["nll"] > 0 and row["reference_nll/n"] == 3
+        assert row["implicit_reward_accuracy/n"] == 4 and 0 <= row["implicit_reward_accuracy/accuracy"] <= 1
+        assert {"t0/rouge/rougeL", "t1/rouge/rougeL", "rouge/rougeL"} <= set(row)
+    md = (out / "table.md").read_text().splitlines()
+    assert [ln.split("|")[1].strip() for ln in md[2:]] == list(ROWS)
+    assert "reference_nll/nll" in md[0] and " ± " in md[2]
+    report = (out / "report.md").read_text()
+    assert "rouge/rougeL" in report and (out / "report_plots" / "methods_scatter.png").is_file()
+
+
+def test_resume_reuses_finished_runs_and_their_evaluations(studied):
+    recipes, out, rows = studied
+    stamps = {r["run"]: [(p, p.stat().st_mtime_ns) for p in (Path(r["run"]) / "summary.json",
+                                                               Path(r["run"]) / "eval" / "results.json")] for r in rows}
+    again = study(recipes, SEEDS, out, [], resume=True)
+    for r in again:
+        assert [(p, p.stat().st_mtime_ns) for p, _ in stamps[r["run"]]] == stamps[r["run"]]  # nothing retrained
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in again] == \
+           [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def test_a_data_difference_is_refused_in_one_line_before_anything_is_written(tmp_path, tiny_model_dir, synthetic_files):
+    recipes = write_study(tmp_path / "recipes", tiny_model_dir, synthetic_files, {"data.max_length": 48})
+    out = tmp_path / "out"
+    res = CliRunner().invoke(cli_app, ["study", str(recipes), "--seeds", "0", "-o", str(out)])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "data.max_length" in lines[0] and "alt.yaml" in lines[0] and "seq.yaml" in lines[0]
+    assert not out.exists()
+    # the per-method fields may differ
+    ok = write_study(tmp_path / "ok", tiny_model_dir, synthetic_files, {"hbat.mix_gamma": 0.9, "objectives.sft.name": "sft"})
+    assert list(load_study(ok)) == list(ROWS)
+
+
+def test_first_difference_names_the_dotted_field():
+    assert first_difference({"a": {"b": 1, "c": 2}}, {"a": {"b": 1, "c": 3}}) == "a.c"
+    assert first_difference({"a": 1}, {"a": 1, "z": {"y": 0}}) == "z"
+    assert first_difference({"a": [1, 2]}, {"a": [1, 2]}) is None
+
+
+def test_the_study_recipes_load_and_share_their_data_and_budget():
+    loaded = load_study(ROOT / "recipes" / "study")
+    assert {name: r.schedule.method for name, (_, r) in loaded.items()} == {
+        "alright": "alright", "hbat": "hbat", "hbat-no-ewc": "hbat-no-ewc", "orpo": "orpo", "rlhf+pt": "rlhf+pt",
+        "sequential": "sequential"}
+    for _, r in loaded.values():
+        assert r.model.name_or_path == "models/smollm2-135m-instruct" and r.model.lora.r == 16
+        assert r.eval.data.skip >= r.data.sft.limit  # held-out Alpaca rows are not trained on
+        assert set(r.eval.metrics) == {"rouge", "reference_nll", "reward", "reward_win_rate", "implicit_reward_accuracy"}
+        assert r.eval.temperatures == [0.25, 0.75, 1.0]
