@@ -15,7 +15,8 @@ def test_quickstart_trains_sequential_and_hbat_and_compares(tiny_model_dir, tmp_
     assert res.exit_code == 0, res.output
     result = json.loads((out / "quickstart.json").read_text())
     assert list(result["scores"]) == ["base", "sequential", "hbat"]
-    assert set(result["scores"]["base"]) == {"task_accuracy", "short_reply_rate", "answer_nll", "preference_win_rate"}
+    assert set(result["scores"]["base"]) == {"task_accuracy", "short_reply_rate", "preferred_style_rate",
+                                                  "answer_nll", "preference_win_rate"}
     for method in ("sequential", "hbat"):
         assert result["scores"][method]["answer_nll"] < result["scores"]["base"]["answer_nll"]  # SFT on the same tasks
         assert (out / method / "final" / "adapter_model.safetensors").exists()
@@ -23,3 +24,17 @@ def test_quickstart_trains_sequential_and_hbat_and_compares(tiny_model_dir, tmp_
     assert roles("sequential") == ["01-sft", "02-pref"]
     assert roles("hbat") == ["01-sft-1", "02-pref-1", "03-sft-2", "04-pref-2"]
     assert "sequential" in res.output and "hbat" in res.output
+
+
+def test_quickstart_preference_data_conflicts_with_the_tasks(tmp_path):
+    """The preference pairs prefer a confident wrong guess over the correct answer: the preference stage has a cost
+    the table can show (issue 14 part 6)."""
+    from tandem.data import synthetic
+    from tandem.demos.quickstart import build_data
+
+    paths = build_data(tmp_path, n_train=16, n_eval=4, seed=0)
+    for path in (paths["preference"], paths["eval_pairs"]):
+        rows = [json.loads(x) for x in path.read_text().splitlines()]
+        assert all(r["chosen"].startswith("Sure!") for r in rows)
+        assert not any(synthetic.is_correct(r["chosen"], r["answer"]) for r in rows)
+        assert all(synthetic.is_correct(r["rejected"], r["answer"]) for r in rows)

@@ -106,7 +106,8 @@ _SMALL = ("data.val_size=4", "batching.batch_size=4", "checkpoint.every=1", "log
 _EVAL = ("eval.data.limit=3", "eval.max_new_tokens=4", "eval.batch_size=4")
 CHEAP: dict[str, tuple[str, ...]] = {
     "recipes/sft.yaml": (*_SMALL, "schedule.max_steps=2", "data.max_length=96"),
-    "recipes/reward.yaml": (*_SMALL, "schedule.max_steps=2", "data.max_length=96"),
+    "recipes/reward.yaml": (*_SMALL, "schedule.max_steps=2", "data.max_length=96", "data.val.preference.limit=6",
+                            "data.overlong=truncate"),
     "recipes/dpo.yaml": (*_SMALL, "schedule.max_steps=2", "data.max_length=96", *_EVAL),
     "recipes/examples/orpo.yaml": (*_SMALL, "schedule.max_steps=2", "data.max_length=96"),
     "recipes/ppo.yaml": (*_SMALL, "schedule.max_steps_per_stage=1", "data.max_length=96",

@@ -1,9 +1,11 @@
 """``tandem quickstart``: the whole pipeline on a small generated task set, in minutes on a CPU.
 
-1. Writes instruction tasks with checkable answers and preference pairs (rule in tandem.data.synthetic).
-2. Evaluates the base model on held-out tasks: exact-match accuracy and short-reply rate of greedy replies,
-   NLL of the reference answers, and preference win rate (share of held-out pairs where the model gives the
-   chosen response a higher mean token log-prob).
+1. Writes instruction tasks with checkable answers and preference pairs that conflict with them, as in the CPU
+   testbed: the labeller prefers a friendly, confident guess ("Sure! I think it is 67.") over the plain correct
+   answer ("68"), so moving towards the preferred style costs accuracy (tandem.data.synthetic.conflict_pairs).
+2. Evaluates the base model on held-out tasks: exact-match accuracy, short-reply rate and preferred-style rate
+   (reply opens with "Sure") of greedy replies, NLL of the reference answers, and preference win rate (share of
+   held-out pairs where the model gives the chosen response a higher mean token log-prob).
 3. Trains ``recipes/quickstart.yaml`` (SmolLM2-135M-Instruct + LoRA) twice on the same data: ``sequential``
    (all SFT, then all DPO) and ``hbat`` (SFT-1, DPO-1, SFT-2, DPO-2 with the modified EWC penalty).
 4. Evaluates both the same way and prints one table: base model, sequential, hbat.
@@ -42,16 +44,17 @@ def build_data(data_dir: Path, n_train: int, n_eval: int, seed: int) -> dict[str
         "eval_pairs": data_dir / "eval_pairs.jsonl",
     }
     write_jsonl(paths["sft"], synthetic.to_records(synthetic.instruction_tasks(n_train, seed)))
-    write_jsonl(paths["preference"], synthetic.to_records(synthetic.preference_pairs(n_train, seed + 1)))
+    write_jsonl(paths["preference"], synthetic.to_records(synthetic.conflict_pairs(n_train, seed + 1)))
     write_jsonl(paths["eval_tasks"], synthetic.to_records(synthetic.instruction_tasks(n_eval, seed + 2)))
-    write_jsonl(paths["eval_pairs"], synthetic.to_records(synthetic.preference_pairs(n_eval, seed + 3)))
+    write_jsonl(paths["eval_pairs"], synthetic.to_records(synthetic.conflict_pairs(n_eval, seed + 3)))
     return paths
 
 
 @torch.no_grad()
 def task_scores(model, tok, tasks: list, max_new_tokens: int = 8) -> dict[str, float]:
-    """Greedy replies to held-out tasks: exact-match accuracy, and the share of short replies (one line of at
-    most three words, as the prompts ask: the format SFT teaches)."""
+    """Greedy replies to held-out tasks: exact-match accuracy, the share of short replies (one line of at most
+    three words, as the prompts ask: the format SFT teaches) and the share in the labeller's preferred style
+    (opens with "Sure": what the preference data teaches)."""
     from tandem.evaluation.generation import generate
 
     outs = generate(model, tok, [t.prompt for t in tasks], temperature=0.0, max_new_tokens=max_new_tokens, batch_size=16)
@@ -59,6 +62,7 @@ def task_scores(model, tok, tasks: list, max_new_tokens: int = 8) -> dict[str, f
     return {
         "task_accuracy": sum(synthetic.is_correct(o, t.meta["answer"]) for o, t in zip(outs, tasks)) / len(tasks),
         "short_reply_rate": sum(short) / len(tasks),
+        "preferred_style_rate": sum(o.strip().lower().startswith("sure") for o in outs) / len(tasks),
     }
 
 
@@ -135,7 +139,7 @@ def _run(output_dir: Path, model: str | None, n_train: int, n_eval: int, methods
     data_dir = output_dir / "data"
     paths = build_data(data_dir, n_train, n_eval, seed)
     eval_tasks = synthetic.instruction_tasks(n_eval, seed + 2)
-    eval_pairs = synthetic.preference_pairs(n_eval, seed + 3)
+    eval_pairs = synthetic.conflict_pairs(n_eval, seed + 3)
     n_steps = len(methods) + 2
 
     console.print(f"[bold]1/{n_steps}[/] evaluating the base model")
