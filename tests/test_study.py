@@ -30,7 +30,7 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def write_study(d: Path, model_dir, files, change: dict | None = None) -> Path:
+def write_study(d: Path, model_dir, files, change: dict | None = None, reward_model: Path | None = None) -> Path:
     d.mkdir(parents=True, exist_ok=True)
     for stem, method in ROWS.items():
         over = {"schedule.parts": 2, "schedule.max_steps_per_stage": 1, "checkpoint.every": 0,
@@ -41,6 +41,8 @@ def write_study(d: Path, model_dir, files, change: dict | None = None) -> Path:
                 "eval.metrics": ["rouge", "reference_nll", "implicit_reward_accuracy"],
                 "eval.pairs": str(files["preference"]), "eval.pairs_limit": 4, "eval.reference_model": str(model_dir),
                 "eval.max_new_tokens": 4, "eval.temperature": 0.0, "eval.temperatures": [0.0, 1.0]}
+        if reward_model is not None:
+            over.update({"eval.metrics": [*over["eval.metrics"], "reward_win_rate"], "eval.reward_model": str(reward_model)})
         if stem == "seq" and change:
             over.update(change)
         (d / f"{stem}.yaml").write_text(dump_recipe(with_overrides(base_raw(d, model_dir, files, method), over)))
@@ -50,16 +52,36 @@ def write_study(d: Path, model_dir, files, change: dict | None = None) -> Path:
 
 @pytest.fixture(scope="module")
 def studied(tmp_path_factory, tiny_model_dir, synthetic_files):
+    from helpers_evaluation import tiny_reward_model
+
     tmp = tmp_path_factory.mktemp("study")
-    recipes = write_study(tmp / "recipes", tiny_model_dir, synthetic_files)
+    rm, rtok = tiny_reward_model(seed=4)
+    rm.save_pretrained(tmp / "rm")
+    rtok.save_pretrained(tmp / "rm")
+    recipes = write_study(tmp / "recipes", tiny_model_dir, synthetic_files, reward_model=tmp / "rm")
     out = tmp / "out"
     res = CliRunner().invoke(cli_app, ["study", str(recipes), "--seeds", "0,1", "-o", str(out)])
     assert res.exit_code == 0, res.output
     return recipes, out, json.loads((out / "table.json").read_text())
 
 
+def test_base_model_row_is_the_win_rate_baseline(studied):
+    recipes, out, rows = studied
+    base = rows[0]
+    assert (base["method"], base["steps"]) == ("base", 0)
+    assert "reward_win_rate/win_rate" not in base and "implicit_reward_accuracy/accuracy" not in base
+    assert "rouge/rougeL" in base and "t1/rouge/rougeL" in base
+    gens = out / "base" / "eval" / "generations.jsonl"
+    assert len(gens.read_text().splitlines()) == 3
+    for row in rows[1:]:
+        used = yaml.safe_load((Path(row["run"]) / "recipe.yaml").read_text())
+        assert used["eval"]["baseline"] == str(gens)  # every run's win rate is against the base model's replies
+        assert 0 <= row["reward_win_rate/win_rate"] <= 1
+
+
 def test_one_row_per_recipe_and_seed_with_eval_and_sweep(studied):
     recipes, out, rows = studied
+    rows = rows[1:]  # after the base row
     assert [(r["method"], r["seed"]) for r in rows] == [(m, s) for m in ROWS for s in SEEDS]
     for row in rows:
         run = Path(row["run"])
@@ -71,8 +93,8 @@ def test_one_row_per_recipe_and_seed_with_eval_and_sweep(studied):
         assert row["implicit_reward_accuracy/n"] == 4 and 0 <= row["implicit_reward_accuracy/accuracy"] <= 1
         assert {"t0/rouge/rougeL", "t1/rouge/rougeL", "rouge/rougeL"} <= set(row)
     md = (out / "table.md").read_text().splitlines()
-    assert [ln.split("|")[1].strip() for ln in md[2:]] == list(ROWS)
-    assert "reference_nll/nll" in md[0] and " ± " in md[2]
+    assert [ln.split("|")[1].strip() for ln in md[2:]] == ["base", *ROWS]
+    assert "reference_nll/nll" in md[0] and " ± " in md[3]
     report = (out / "report.md").read_text()
     assert "rouge/rougeL" in report and (out / "report_plots" / "methods_scatter.png").is_file()
 
@@ -80,7 +102,8 @@ def test_one_row_per_recipe_and_seed_with_eval_and_sweep(studied):
 def test_resume_reuses_finished_runs_and_their_evaluations(studied):
     recipes, out, rows = studied
     stamps = {r["run"]: [(p, p.stat().st_mtime_ns) for p in (Path(r["run"]) / "summary.json",
-                                                               Path(r["run"]) / "eval" / "results.json")] for r in rows}
+                                                               Path(r["run"]) / "eval" / "results.json")] for r in rows[1:]}
+    stamps[rows[0]["run"]] = [(p, p.stat().st_mtime_ns) for p in (out / "base" / "eval" / "results.json",)]
     again = study(recipes, SEEDS, out, [], resume=True)
     for r in again:
         assert [(p, p.stat().st_mtime_ns) for p, _ in stamps[r["run"]]] == stamps[r["run"]]  # nothing retrained

@@ -66,8 +66,9 @@ def run_one(recipe_path: Path, method: str | None, seed: int, run_dir: Path, ove
     return row
 
 
-def eval_row(r, run_dir: Path, sweep: bool, reuse: bool) -> dict:
-    """The numeric eval metrics of a finished run (and ``t<T>/<metric>`` means of the temperature sweep)."""
+def eval_row(r, run_dir: Path, sweep: bool, reuse: bool, model_dir: Path | None = None) -> dict:
+    """The numeric eval metrics of a finished run (``model_dir``, default ``run_dir/final``; and ``t<T>/<metric>``
+    means of the temperature sweep), written to ``run_dir/eval``."""
     from tandem.pipelines.evaluate import numeric, run_eval
 
     out, block = run_dir / "eval", {**r.eval.model_dump(mode="json"), "sweep": sweep}
@@ -78,7 +79,7 @@ def eval_row(r, run_dir: Path, sweep: bool, reuse: bool) -> dict:
         log.info("%s: evaluated earlier with the same eval block, reused", run_dir)
     else:
         stamp.unlink(missing_ok=True)  # written again only once this evaluation is complete
-        res = run_eval(run_dir / "final", r.eval, out, r.eval.metrics, r.eval.temperatures if sweep else [])
+        res = run_eval(model_dir or run_dir / "final", r.eval, out, r.eval.metrics, r.eval.temperatures if sweep else [])
         stamp.write_text(json.dumps(block, indent=2))
     row = numeric(res["metrics"])
     for t in res.get("temperature_sweep") or []:

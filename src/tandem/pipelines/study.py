@@ -12,7 +12,9 @@ block's inputs (data, pairs, reward model, reference model) must exist. OUT is a
 the whole study; each run is ``OUT/<name>-s<seed>`` (a train run of its own). With ``resume``, finished runs
 (``summary.json``) and their evaluations (same eval block) are reused and unfinished runs resume from their last
 checkpoint, so a study can run in pieces. Each run is evaluated on the recipe's eval block and its temperature sweep
-(columns ``t<T>/<metric>``). Writes ``OUT/table.json`` (one row per recipe and seed, after each run),
+(columns ``t<T>/<metric>``). When the eval block asks for ``reward_win_rate`` and names no ``baseline``, the
+base model (``model.name_or_path``) is evaluated first (row ``base``, ``OUT/base/eval``) and its generations are the
+baseline of every run's win rate: the win rate is against the model the methods start from. Writes ``OUT/table.json`` (one row per recipe and seed, after each run),
 ``table.md`` (mean ± std per recipe) and ``report.md`` with the instruction-following vs preference scatter.
 """
 
@@ -107,6 +109,22 @@ def check_inputs(recipe) -> None:
             check_exists(model, what)
 
 
+BASE_SKIPS = ("reward_win_rate", "implicit_reward_accuracy")  # against itself: 0.5 and 0 by construction
+
+
+def base_row(recipe, base_dir: Path, reuse: bool) -> dict:
+    """Row ``base``: the model every method starts from, on the same eval block (without the metrics that compare it
+    with itself); its generations at ``eval.temperature`` become the win-rate baseline."""
+    from tandem.pipelines.compare import eval_row
+
+    r = recipe.model_copy(update={"eval": recipe.eval.model_copy(
+        update={"metrics": [m for m in recipe.eval.metrics if m not in BASE_SKIPS]})})
+    log.info("study: evaluating the base model %s (the win-rate baseline)", recipe.model.name_or_path)
+    row = {"method": "base", "seed": recipe.eval.seed, "run": str(base_dir), "steps": 0, "seconds": 0.0}
+    row.update(eval_row(r, base_dir, sweep=True, reuse=reuse, model_dir=Path(recipe.model.name_or_path)))
+    return row
+
+
 def default_axes(rows: list[dict], x_key: str | None, y_key: str | None) -> tuple[str | None, str | None]:
     keys = {k for r in rows for k in r}
     x = x_key or next((k for k in X_KEYS if k in keys), None)
@@ -127,8 +145,12 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
         for seed in seeds:
             check_inputs(run_recipe(path, None, seed, out_dir / f"{name}-s{seed}", overrides))
     plan = [(name, path, seed) for name, (path, _) in rows_of.items() for seed in seeds]
+    first = next(iter(rows_of.values()))[1]
     with open_run_dir(out_dir, resume=resume, overwrite=overwrite, command="study"):
         rows: list[dict] = []
+        if "reward_win_rate" in first.eval.metrics and first.eval.baseline is None:
+            rows.append(base_row(first, out_dir / "base", reuse=resume))
+            overrides.append(f"eval.baseline={out_dir / 'base' / 'eval' / 'generations.jsonl'}")
         for i, (name, path, seed) in enumerate(plan, 1):
             t0 = time.perf_counter()
             run_dir = out_dir / f"{name}-s{seed}"
