@@ -107,7 +107,7 @@ _EVAL = ("eval.data.limit=3", "eval.max_new_tokens=4", "eval.batch_size=4")
 CHEAP: dict[str, tuple[str, ...]] = {
     "recipes/sft.yaml": (*_SMALL, "schedule.max_steps=2", "data.max_length=96"),
     "recipes/reward.yaml": (*_SMALL, "schedule.max_steps=2", "data.max_length=96", "data.val.preference.limit=6",
-                            "data.overlong=truncate"),
+                            "data.overlong=truncate", "data.preference.skip=0"),
     "recipes/dpo.yaml": (*_SMALL, "schedule.max_steps=2", "data.max_length=96", *_EVAL),
     "recipes/examples/orpo.yaml": (*_SMALL, "schedule.max_steps=2", "data.max_length=96"),
     "recipes/ppo.yaml": (*_SMALL, "schedule.max_steps_per_stage=1", "data.max_length=96",
@@ -152,6 +152,13 @@ TOUR: dict[str, Run | Launch | Skip] = {
         Run(expect=("runs/testbed/rlhf-pt/final/config.json",)),
     "tandem compare runs/testbed/recipe.yaml --methods sequential,hbat,hbat-freeze,alright,maxright,rlhf+pt,dpop "
     "--seeds 0,1,2 -o runs/cmp": Run(("--seeds", "0"), ("runs/cmp/table.md", "runs/cmp/table.json")),
+    "tandem study recipes/study --seeds 0,1 -o runs/study": Run(
+        ("--seeds", "0", *(x for kv in ("data.sft.limit=8", "data.preference.limit=8", "data.pretrain.limit=8",
+                                         "data.val_size=2", "data.max_length=96", "batching.batch_size=4",
+                                         "logging.progress=false", "eval.data.skip=8", "eval.data.limit=2",
+                                         "eval.pairs_limit=2", "eval.max_new_tokens=4", "eval.temperatures=[]")
+                          for x in ("--set", kv))),
+        ("runs/study/table.md", "runs/study/base/eval/generations.jsonl", "runs/study/orpo-s0/eval/results.json")),
     "tandem eval recipes/dpo.yaml": Run(expect=("runs/dpo/eval/results.json",)),
     "tandem eval recipes/dpo.yaml --metrics reward --temperatures 0.25,0.75,1.0 -o runs/dpo/eval-sweep":
         Run(expect=("runs/dpo/eval-sweep/results.json",)),
