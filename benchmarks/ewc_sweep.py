@@ -32,13 +32,15 @@ KEYS = {"sft_loss": "sft/loss", "style": "reward_fn/mean", "acc": "preference/re
         "margin": "preference/rewards/margin"}
 
 
-def one(recipe: Path, method: str, seed: int, run_dir: Path, overrides: list[str]) -> dict:
-    """The compare row of one run; cached in ``run_dir/row.json``."""
+def one(recipe: Path, method: str, seed: int, run_dir: Path, overrides: list[str], train: bool = True) -> dict | None:
+    """The compare row of one run; cached in ``run_dir/row.json`` (``None`` if not there and ``train`` is off)."""
     from tandem.pipelines.compare import run_one
 
     cached = run_dir / "row.json"
     if cached.exists():
         return json.loads(cached.read_text())
+    if not train:
+        return None
     t0 = time.perf_counter()
     row = run_one(recipe, method, seed, run_dir, overrides, resume=True)
     row["wall_s"] = round(time.perf_counter() - t0, 1)
@@ -48,7 +50,10 @@ def one(recipe: Path, method: str, seed: int, run_dir: Path, overrides: list[str
     return row
 
 
-def summarise(rows: list[dict]) -> dict:
+def summarise(rows: list[dict | None]) -> dict | None:
+    rows = [r for r in rows if r is not None]
+    if not rows:
+        return None
     out = {"n": len(rows)}
     for k, key in KEYS.items():
         xs = [r[key] for r in rows if key in r]
@@ -62,9 +67,9 @@ def verdict(s: dict, ref: dict) -> str:
     changes of the means: SFT-loss reduction / reference loss >= style drop / reference style)."""
     gain = (ref["sft_loss"][0] - s["sft_loss"][0]) / ref["sft_loss"][0]
     cost = (ref["style"][0] - s["style"][0]) / max(ref["style"][0], 1e-9)
-    if gain <= 0:
-        return f"no (forgets more: {gain:+.0%})"
-    return f"{'yes' if cost <= gain else 'no'} (loss {-gain:+.0%}, style {-cost:+.0%})"
+    ok = gain > 0 and cost <= gain
+    why = "" if gain > 0 else "forgets more: "
+    return f"{'yes' if ok else 'no'} ({why}loss {-gain:+.0%}, style {-cost:+.0%})"
 
 
 def plot(table: dict, ref: dict, strengths: list[float], path: Path) -> None:
@@ -96,9 +101,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("runs/ewc-sweep"))
     ap.add_argument("--norms", default="zscore:1,rank:0.1", help="normalise:temperature, comma separated")
-    ap.add_argument("--strengths", default="5,50,500,5000", help="lambda x F_max values (lambda = 1)")
+    ap.add_argument("--strengths", default="5,50,500", help="lambda x F_max values (lambda = 1)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--table-only", action="store_true", help="no training: the table of the runs finished so far")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     from tandem.demos.testbed import build_testbed
@@ -110,19 +116,23 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     strengths = [float(s) for s in args.strengths.split(",")]
     base = [f"schedule.epochs={args.epochs}"]
-    t0 = time.perf_counter()
-    ref_rows = [one(recipe, "hbat-no-ewc", s, args.out / "hbat-no-ewc" / f"s{s}", base) for s in seeds]
+    t0, train = time.perf_counter(), not args.table_only
+    ref_rows = [one(recipe, "hbat-no-ewc", s, args.out / "hbat-no-ewc" / f"s{s}", base, train) for s in seeds]
     ref = summarise(ref_rows)
-    table: dict[str, dict] = {}
-    for spec in args.norms.split(","):
-        norm, temp = spec.split(":")
-        name = f"{norm} T{temp}"
-        table[name] = {}
-        for p in strengths:
+    specs = [tuple(spec.split(":")) for spec in args.norms.split(",")]
+    runs: dict[tuple, list[dict]] = {}
+    for p in strengths:  # strength outermost: a sweep stopped early has every normalisation at the same strengths
+        for norm, temp in specs:
             sets = [*base, "hbat.ewc.lam=1.0", f"hbat.ewc.f_max={p}", f"hbat.ewc.normalise={norm}",
                     f"hbat.ewc.temperature={temp}"]
-            rows = [one(recipe, "hbat", s, args.out / f"{norm}-T{temp}" / f"p{p:g}" / f"s{s}", sets) for s in seeds]
-            table[name][str(p)] = summarise(rows)
+            runs[(norm, temp, p)] = [one(recipe, "hbat", s, args.out / f"{norm}-T{temp}" / f"p{p:g}" / f"s{s}", sets,
+                                         train) for s in seeds]
+    table: dict[str, dict] = {}
+    for (norm, temp, p), rows in runs.items():
+        if summarise(rows) is not None:
+            table.setdefault(f"{norm} T{temp}", {})[str(p)] = summarise(rows)
+    if ref is None:
+        raise SystemExit(f"{args.out}: no finished hbat-no-ewc run yet")
 
     def cell(s, k, d=3):
         return f"{s[k][0]:.{d}f} ± {s[k][1]:.{d}f}"
