@@ -98,7 +98,7 @@ def quickstart(
     output_dir: Path = typer.Option(Path("runs/quickstart"), "--output-dir", "-o"),
     model: Optional[str] = typer.Option(None, "--model", help="Model dir; default: SmolLM2-135M-Instruct (pulled if needed)."),
     overwrite: bool = typer.Option(True, "--overwrite/--no-overwrite", help="Replace an earlier quickstart in OUTPUT_DIR (never a directory tandem did not create)."),
-    n_train: int = typer.Option(64, "--n-train", min=1, help="Generated training examples per data set."),
+    n_train: int = typer.Option(48, "--n-train", min=1, help="Generated training examples per data set."),
     n_eval: int = typer.Option(32, "--n-eval", min=1, help="Held-out tasks and pairs for the before/after table."),
 ) -> None:
     """SmolLM2-135M-Instruct + LoRA on a small generated task set: sequential (SFT then DPO) vs hbat, evaluated.

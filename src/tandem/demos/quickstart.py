@@ -102,11 +102,18 @@ def preference_win_rate(model, tok, pairs: list, max_length: int = 256) -> float
 
 
 def evaluate(model, tok, tasks, pairs) -> dict[str, float]:
+    """Every score, with the weights in the dtype training used (``precision: auto``: bf16 on a CPU or GPU with native
+    bf16, which halves the evaluation's time on such a CPU)."""
+    from tandem.models.precision import resolve
+
+    weights = resolve("auto", device=next(model.parameters()).device.type).weights
+    if weights is not None:
+        model.to(weights)
     return {**task_scores(model, tok, tasks), "answer_nll": answer_nll(model, tok, tasks),
             "preference_win_rate": preference_win_rate(model, tok, pairs)}
 
 
-def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool = True, n_train: int = 64,
+def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool = True, n_train: int = 48,
                    n_eval: int = 32, methods: tuple[str, ...] = ("sequential", "hbat")) -> dict:
     """Evaluate the base model, train each method on the same data (OUTPUT/<method>), evaluate each, print a
     table and write OUTPUT/quickstart.json."""
