@@ -85,7 +85,7 @@ def plot(table: dict, ref: dict, strengths: list[float], path: Path) -> None:
         ax.axhspan(m - sd, m + sd, color="grey", alpha=0.25, label="hbat-no-ewc (mean ± std)")
         ax.axhline(m, color="grey", lw=1)
         for norm, per in table.items():
-            xs = [p for p in strengths if str(p) in per]
+            xs = sorted(p for p in strengths if str(p) in per)
             ax.errorbar(xs, [per[str(p)][k][0] for p in xs], yerr=[per[str(p)][k][1] for p in xs], marker="o",
                         capsize=3, label=f"hbat, {norm}")
         ax.set_xscale("log")
@@ -104,6 +104,8 @@ def main() -> None:
     ap.add_argument("--strengths", default="5,50,500", help="lambda x F_max values (lambda = 1)")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--reference", type=Path, default=None, help="a `tandem compare` dir on the same testbed recipe "
+                    "(e.g. runs/cmp): its hbat-no-ewc rows of these seeds are the reference instead of new runs")
     ap.add_argument("--table-only", action="store_true", help="no training: the table of the runs finished so far")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -117,7 +119,11 @@ def main() -> None:
     strengths = [float(s) for s in args.strengths.split(",")]
     base = [f"schedule.epochs={args.epochs}"]
     t0, train = time.perf_counter(), not args.table_only
-    ref_rows = [one(recipe, "hbat-no-ewc", s, args.out / "hbat-no-ewc" / f"s{s}", base, train) for s in seeds]
+    if args.reference is not None:
+        done = json.loads((args.reference / "table.json").read_text())
+        ref_rows = [r for r in done if r["method"] == "hbat-no-ewc" and r["seed"] in seeds]
+    else:
+        ref_rows = [one(recipe, "hbat-no-ewc", s, args.out / "hbat-no-ewc" / f"s{s}", base, train) for s in seeds]
     ref = summarise(ref_rows)
     specs = [tuple(spec.split(":")) for spec in args.norms.split(",")]
     runs: dict[tuple, list[dict]] = {}
