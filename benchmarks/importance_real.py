@@ -155,12 +155,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=8, help="optimizer steps per stage")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--also", action="append", default=[], metavar="NAME=RUN_DIR",
+                    help="add the importance of another finished hbat run (e.g. testbed=runs/cmp/hbat-s0)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     rows, dists = [], {}
-    for mode in args.modes.split(","):
-        summary = train_mode(mode, args)
-        dists[mode] = distributions(last_importance(args.out / mode / "run"))
+    runs = [(m, args.out / m / "run") for m in args.modes.split(",") if m] + [
+        (a.split("=", 1)[0], Path(a.split("=", 1)[1])) for a in args.also]
+    for mode, run_dir in runs:
+        summary = train_mode(mode, args) if (mode, run_dir) in [(m, args.out / m / "run") for m in ("lora", "full")] \
+            else json.loads((run_dir / "summary.json").read_text())
+        dists[mode] = distributions(last_importance(run_dir))
         for kind, per in dists[mode].items():
             for label, f in per.items():
                 rows.append({"mode": mode, "kind": kind, "normalise": label, **stats(f),
