@@ -27,6 +27,7 @@ from tandem.config.yamlsrc import (  # noqa: F401 - re-exported: tandem.config.r
     load_yaml,
 )
 from tandem.config.base import SEED_MAX, Strict  # noqa: F401 - re-exported
+from tandem.schedules.methods import build_stages, get_method
 from tandem.config.inputs import (  # noqa: F401 - re-exported: tandem.config.recipe is the public place
     ATTN_IMPLEMENTATIONS,
     DataConfig,
@@ -36,12 +37,44 @@ from tandem.config.inputs import (  # noqa: F401 - re-exported: tandem.config.re
 )
 
 
+# objectives that read only per-sequence log-probs of chosen and rejected (tandem.objectives.logprobs), so the
+# prefix-shared layout (tandem.data.prefix) gives them the same values
+PREFIX_SHARING_OBJECTIVES = ("dpo", "dpop", "orpo", "simpo", "sparse_token")
+
+
+def prefix_sharing_problem(method: str, objectives: dict) -> str | None:
+    """Why ``batching.prefix_sharing`` does not apply to a run of ``method`` with these ``objectives`` blocks (role ->
+    ObjectiveConfig), or None. The run must train preference pairs with a pairwise log-prob objective and no reward
+    model. An unknown method is left to its own check."""
+    try:
+        m, stages = get_method(method), build_stages(method, 1)
+    except ValueError:
+        return None
+    roles = {s.role for s in stages} | ({m.aux_role} if m.aux_role else set())
+    block = objectives.get("preference")
+    pref = m.preference_objective or (block.name if block is not None else None)
+    if "preference" in roles and pref in PREFIX_SHARING_OBJECTIVES and "reward" not in roles:
+        return None
+    trained = "a reward model" if "reward" in roles else f"objective {pref}" if "preference" in roles else "no preference pairs"
+    return (f"batching.prefix_sharing: true applies to preference training with {', '.join(PREFIX_SHARING_OBJECTIVES)}; "
+            f"schedule.method {method} trains {trained}: set batching.prefix_sharing: false")
+
+
 class BatchingConfig(Strict):
     mode: Literal["pack", "pad"] = "pack"
     batch_size: int = Field(default=8, ge=1, description="examples (or pairs) per optimizer step, all processes")
     grad_accum: int = Field(default=1, ge=1)
     max_tokens_per_row: int | None = Field(default=1024, ge=1, description="pack: longest row in tokens (attention cost grows with its square); null = one row per micro-batch")
     group_by_length: bool = True
+    prefix_sharing: bool = Field(default=False, description="pack, preference pairs: the prompt once per pair, one "
+                                 "[prompt][chosen][rejected] block with a block attention mask (arXiv 2410.20305); "
+                                 f"objectives {', '.join(PREFIX_SHARING_OBJECTIVES)}")
+
+    @model_validator(mode="after")
+    def _prefix_sharing_packs(self) -> "BatchingConfig":
+        if self.prefix_sharing and self.mode != "pack":
+            raise ValueError(f"prefix_sharing needs mode: pack, got mode: {self.mode}")
+        return self
 
 
 class OptimizerConfig(Strict):
@@ -279,6 +312,8 @@ class Recipe(Strict):
         if bad:
             raise ValueError(f"objectives: unknown role(s) {sorted(bad)}; roles are {sorted(roles)}, or a block "
                              "named after its objective (e.g. objectives.ppo with name: ppo)")
+        if self.batching.prefix_sharing and (problem := prefix_sharing_problem(self.schedule.method, self.objectives)):
+            raise ValueError(problem)
         return self
 
 

@@ -15,6 +15,10 @@ Every sequence's ``position_ids`` restart at 0, so packed sequences do not atten
 called without an attention mask). Padding has ``input_ids = pad_id``, ``labels = -100``, ``seq_ids = -1`` and
 ``position_ids`` ``0, 1, 2, ...`` (a block of its own, after every real token, so it is never attended to).
 ``ref_*`` scalars are stacked per feature into float32 tensors of shape ``[len(features)]``.
+
+``prefix_sharing`` (pack mode, preference features): each pair is one block [prompt][chosen][rejected] with a
+``[R, 1, T, T]`` boolean ``attention_mask`` (see :mod:`tandem.data.prefix`); the blocks are packed like sequences.
+SFT features ignore it.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import random
 
 import torch
+
+from tandem.data.prefix import blocks, collate_shared
 
 IGNORE = -100
 PREFERENCE_KEYS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
@@ -53,21 +59,30 @@ def _first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def collate(features: list[dict], mode: str = "pack", pad_id: int = 0, max_tokens_per_row: int | None = None) -> dict:
+def _pack_layout(lengths: list[int], max_tokens_per_row: int | None) -> list[list[int]]:
+    if max_tokens_per_row is None:
+        return [list(range(len(lengths)))]
+    if max_tokens_per_row < 1:
+        raise ValueError(f"max_tokens_per_row must be positive, got {max_tokens_per_row}")
+    return _first_fit_decreasing(lengths, max_tokens_per_row)
+
+
+def collate(features: list[dict], mode: str = "pack", pad_id: int = 0, max_tokens_per_row: int | None = None,
+            prefix_sharing: bool = False) -> dict:
     """Batch dict of ``input_ids``, ``labels``, ``position_ids``, ``seq_ids`` (and ``attention_mask`` in pad
-    mode, ``ref_*`` when present) from SFT or preference features."""
+    mode or with ``prefix_sharing``, ``ref_*`` when present) from SFT or preference features."""
     if pad_id is None:
         raise ValueError("collate: pad_id is None; pass tokenizer.pad_token_id (or eos_token_id when there is no pad token)")
     seqs = sequences(features)
+    if prefix_sharing and "chosen_input_ids" in features[0]:
+        if mode != "pack":
+            raise ValueError(f"collate: prefix_sharing needs mode 'pack', got {mode!r}")
+        blks = blocks(features)
+        return _with_refs(collate_shared(blks, _pack_layout([len(b) for b in blks], max_tokens_per_row), pad_id), features)
     if mode == "pad":
         layout = [[i] for i in range(len(seqs))]
     elif mode == "pack":
-        if max_tokens_per_row is None:
-            layout = [list(range(len(seqs)))]
-        else:
-            if max_tokens_per_row < 1:
-                raise ValueError(f"max_tokens_per_row must be positive, got {max_tokens_per_row}")
-            layout = _first_fit_decreasing([len(s[0]) for s in seqs], max_tokens_per_row)
+        layout = _pack_layout([len(s[0]) for s in seqs], max_tokens_per_row)
     else:
         raise ValueError(f"collate mode must be 'pack' or 'pad', got {mode!r}")
 
@@ -98,6 +113,10 @@ def collate(features: list[dict], mode: str = "pack", pad_id: int = 0, max_token
     }
     if mode == "pad":
         batch["attention_mask"] = torch.tensor(mask, dtype=torch.long)
+    return _with_refs(batch, features)
+
+
+def _with_refs(batch: dict, features: list[dict]) -> dict:
     for key in sorted(k for k in features[0] if k.startswith("ref_")):
         batch[key] = torch.tensor([float(f[key]) for f in features], dtype=torch.float32)
     return batch

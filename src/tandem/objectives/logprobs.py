@@ -16,12 +16,26 @@ IGNORE = -100
 
 def forward_hidden(model, batch: dict) -> torch.Tensor:
     """Last hidden states ``[R, T, H]`` of the decoder body (``model.get_decoder()``, no LM head) of a causal LM,
-    plain or peft-wrapped."""
+    plain or peft-wrapped. A 4D boolean ``attention_mask`` (prefix sharing, see :mod:`tandem.data.prefix`) is passed
+    as an additive mask in the compute dtype, which transformers hands as-is to sdpa and eager attention."""
     body = model.get_decoder()
     kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
     if "attention_mask" in batch:
-        kwargs["attention_mask"] = batch["attention_mask"]
+        mask = batch["attention_mask"]
+        kwargs["attention_mask"] = additive_mask(mask, compute_dtype(model)) if mask.dim() == 4 else mask
     return body(**kwargs).last_hidden_state
+
+
+def compute_dtype(model) -> torch.dtype:
+    """The dtype attention runs in: the autocast dtype when autocast is on, else the input embeddings' dtype."""
+    weight = model.get_input_embeddings().weight
+    dev = weight.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
+
+
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``0`` where ``mask`` is True (attend), the dtype's lowest value elsewhere."""
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
 
 _forward_hidden = forward_hidden  # older private name, still imported by the PPO rollout code

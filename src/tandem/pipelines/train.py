@@ -187,7 +187,8 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None) ->
     bc = recipe.batching
 
     def batch_fn(feats):
-        b = collate(feats, mode=bc.mode, pad_id=pad_id, max_tokens_per_row=bc.max_tokens_per_row)
+        b = collate(feats, mode=bc.mode, pad_id=pad_id, max_tokens_per_row=bc.max_tokens_per_row,
+                    prefix_sharing=bc.prefix_sharing)
         return {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in b.items()}
 
     train, val = {}, {}
