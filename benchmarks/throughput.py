@@ -17,6 +17,8 @@ response, chosen and rejected for DPO, no padding) over the timed steps, after `
   examples), DPO with ``DPOTrainer(precompute_ref_log_probs=True)`` (TRL 1.16 disables ``padding_free`` for DPO).
   The model is loaded in the benchmark's dtype (bf16 weights for ``--precision bf16``, TRL's fastest: no master
   weights). Time = between ``on_step_end`` callbacks; tokens are counted from TRL's own collated batches.
+* ``tandem-dpo-shared``: the same ``tandem train`` DPO run with ``batching.prefix_sharing: true`` (each pair's prompt
+  computed once; tokens/s still counts prompt + chosen + prompt + rejected, like the other rows).
 * ``ceiling``: bare PyTorch on tandem's collated rows (built before timing: no data pipeline, no metrics, no
   logging): forward, the loss on labelled positions, backward, ``torch.optim.AdamW(fused=True)`` on the model's
   weights (pure bf16 for bf16: no master weights). Time = median step.
@@ -49,7 +51,7 @@ SHAPES = {
     "smollm2": (576, 30, 9, 3, 1536, 49152),
     "llama1b": (2048, 16, 32, 8, 8192, 128256),
 }
-CONFIGS = ("tandem-sft", "trl-sft", "ceiling-sft", "tandem-dpo", "trl-dpo", "ceiling-dpo")
+CONFIGS = ("tandem-sft", "trl-sft", "ceiling-sft", "tandem-dpo", "tandem-dpo-shared", "trl-dpo", "ceiling-dpo")
 
 
 def build_model_dir(shape: str, out: Path) -> Path:
@@ -147,7 +149,7 @@ def recipe_for(kind: str, args, out: Path):
         "name": f"bench-{kind}", "output_dir": str(out), "seed": 0, "precision": args.precision,
         "model": {"name_or_path": args.model, "dtype": "float32"},
         "data": {**data, "max_length": args.max_length, "val_size": 0},
-        "batching": {"mode": "pack", "batch_size": args.batch},
+        "batching": {"mode": "pack", "batch_size": args.batch, "prefix_sharing": getattr(args, "prefix_sharing", False)},
         "optimizer": {"lr": 1e-6, "scheduler": "constant"},
         "schedule": {"method": kind, "epochs": 1, "max_steps": args.steps + args.warmup},
         "objectives": {"sft": {"name": "sft"}, "preference": {"name": "dpo", "beta": 0.1}},
@@ -166,7 +168,8 @@ def run_tandem(kind: str, args) -> dict:
     stage_s = summary["stages"][0]["seconds"]
     warm_s = sum(r["tokens"] / r["tokens_per_s"] for r in rows[: args.warmup])
     timed = rows[args.warmup :]
-    return {"tokens_per_s": sum(r["tokens"] for r in timed) / (stage_s - warm_s), "peak_mem_mb": peak_memory_mb(),
+    return {"tokens_per_s": sum(r["tokens"] for r in timed) / (stage_s - warm_s), "timed_s": stage_s - warm_s,
+            "peak_mem_mb": peak_memory_mb(),
             "steps": len(timed), "loop_tokens_per_s": statistics.median(r["tokens_per_s"] for r in timed)}
 
 
@@ -282,9 +285,27 @@ def run_trl(kind: str, args) -> dict:
 # ---------------------------------------------------------------- driver
 
 
+def run_tandem_shared(kind: str, args) -> dict:
+    """``tandem-dpo-shared``: ``tandem train`` with ``batching.prefix_sharing: true`` (each pair's prompt computed
+    once). The run's metrics count the tokens it computed (the prompt once), so tokens/s here counts what the other
+    rows count, prompt + chosen + prompt + rejected: the mean such count per pair of the benchmark's data (every
+    pair fills 90-100% of --max-length) times the pairs of the timed steps."""
+    from transformers import AutoTokenizer
+
+    from tandem.data import encode_all
+
+    args.prefix_sharing = True
+    res = run_tandem(kind, args)
+    feats, _ = encode_all(AutoTokenizer.from_pretrained(args.model), load_pairs(args), args.max_length, "truncate")
+    per_pair = statistics.mean(len(f["chosen_input_ids"]) + len(f["rejected_input_ids"]) for f in feats)
+    return {**res, "tokens_per_s": per_pair * args.batch * res["steps"] / res["timed_s"], "loop_tokens_per_s": None}
+
+
 def one(args) -> None:
-    tool, kind = args.one.split("-")
-    res = {"tandem": run_tandem, "trl": run_trl, "ceiling": run_ceiling}[tool](kind, args)
+    tool, kind = args.one.split("-")[:2]
+    run = run_tandem_shared if args.one.endswith("-shared") else {"tandem": run_tandem, "trl": run_trl,
+                                                                   "ceiling": run_ceiling}[tool]
+    res = run(kind, args)
     print("RESULT " + json.dumps(res))
 
 
