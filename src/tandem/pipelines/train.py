@@ -135,21 +135,19 @@ def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None, data_
     kind = data_kind or ("sft" if role in ("sft", "pretrain") else "preference")
     if src.format == "sft":
         src = src.model_copy(update={"format": None})  # SFT examples, format detected
-    examples, report = load_source(src, role=kind, max_record_bytes=int(recipe.data.max_record_mb * 2**20))
-    if encoder is not None:
-        feats, stats = encoder(tokenizer, examples, recipe.data.max_length, recipe.data.overlong)
-    else:
-        feats, stats = encode_all(tokenizer, examples, recipe.data.max_length, recipe.data.overlong, loss_on=src.loss_on)
+    def read(source):  # examples of a source -> (features, load report, encode stats)
+        examples, report = load_source(source, role=kind, max_record_bytes=int(recipe.data.max_record_mb * 2**20))
+        if encoder is not None:
+            return (*encoder(tokenizer, examples, recipe.data.max_length, recipe.data.overlong), report)
+        return (*encode_all(tokenizer, examples, recipe.data.max_length, recipe.data.overlong, loss_on=source.loss_on),
+                report)
+
+    feats, stats, report = read(src)
     if not feats:
         raise DataError(no_usable_message(src.source, report, stats, recipe.data.max_length, recipe.data.overlong))
     held_out = recipe.data.val.get(kind if role == "reward" else role) if role != "pretrain" else None
     if held_out is not None:  # validation rows from their own source: train on every row of this one
-        train = feats
-        val_examples, _ = load_source(held_out, role=kind, max_record_bytes=int(recipe.data.max_record_mb * 2**20))
-        if encoder is not None:
-            val, _ = encoder(tokenizer, val_examples, recipe.data.max_length, recipe.data.overlong)
-        else:
-            val, _ = encode_all(tokenizer, val_examples, recipe.data.max_length, recipe.data.overlong, loss_on=held_out.loss_on)
+        train, (val, _, _) = feats, read(held_out)
         if not val:
             raise DataError(f"data.val.{kind}: no usable rows in {held_out.source} (all longer than data.max_length "
                             f"{recipe.data.max_length} with overlong: {recipe.data.overlong}?)")
