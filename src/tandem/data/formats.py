@@ -57,7 +57,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tandem.data.columns import FIELDS, apply_columns, check_columns
 from tandem.data.converters import (  # noqa: F401 - re-exported: tandem.data.formats is the public place
@@ -74,8 +74,19 @@ from tandem.data.roles import all_filtered_message, check_format_fits, check_rol
 from tandem.data.roles import where as _where
 from tandem.data.types import PreferenceExample, SFTExample
 
-if TYPE_CHECKING:
-    from tandem.config.inputs import SourceConfig
+
+
+class SourceConfig(Protocol):
+    """What :func:`load_source` reads of a data source (``tandem.config.inputs.SourceConfig`` has these fields; data
+    sits below config, so it names the fields instead of importing the class)."""
+
+    source: str
+    format: str | None
+    split: str
+    limit: int | None
+    skip: int
+    columns: dict[str, str] | None
+    streaming: bool
 
 FORMATS: dict[str, str] = {
     "prompt_response": "prompt, response|completion",
