@@ -149,7 +149,7 @@ def recipe_for(kind: str, args, out: Path):
         "name": f"bench-{kind}", "output_dir": str(out), "seed": 0, "precision": args.precision,
         "model": {"name_or_path": args.model, "dtype": "float32"},
         "data": {**data, "max_length": args.max_length, "val_size": 0},
-        "batching": {"mode": "pack", "batch_size": args.batch, "prefix_sharing": getattr(args, "prefix_sharing", False)},
+        "batching": {"mode": "pack", "batch_size": args.batch, "prefix_sharing": args.prefix_sharing},
         "optimizer": {"lr": 1e-6, "scheduler": "constant"},
         "schedule": {"method": kind, "epochs": 1, "max_steps": args.steps + args.warmup},
         "objectives": {"sft": {"name": "sft"}, "preference": {"name": "dpo", "beta": 0.1}},
@@ -335,6 +335,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="run every configuration this many times, interleaved; "
                     "medians are reported (a shared machine's load hits every tool alike)")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
+    ap.set_defaults(prefix_sharing=False)  # set by the tandem-dpo-shared configuration
     args = ap.parse_args()
     if args.shape == "llama1b" and not torch.cuda.is_available() and not args.one:
         sys.exit("shape llama1b is for GPUs (it would take hours per step on a CPU)")
