@@ -8,8 +8,8 @@ step has about ``batch x max_length`` tokens; SFT trains on prompt + chosen resp
 memory = its peak RSS on CPU, ``torch.cuda.max_memory_allocated`` on GPU). Tokens/s counts real tokens (prompt +
 response, chosen and rejected for DPO, no padding) over the timed steps, after ``--warmup`` steps.
 
-* ``tandem``: ``tandem.pipelines.train.train`` on a recipe (method sft or dpo, batching ``pack`` as the recipe
-  default, logging every step with TensorBoard on, checkpoints off, no validation). Time = the stage's wall time
+* ``tandem``: ``tandem.pipelines.train.train`` on a recipe (method sft or dpo, batching ``pack`` with the default
+  row cap ``max_tokens_per_row: max_length``, logging every step with TensorBoard on, checkpoints off, no validation). Time = the stage's wall time
   (``stages/NN/stage.json``: the loop, its logging and progress bar) minus the warm-up steps' time; the DPO
   reference pass runs before the stage loop and is not timed (as TRL's precompute).
 * ``trl`` (``optim="adamw_torch_fused"``): SFT with ``SFTTrainer(padding_free=True)`` on tandem's tokenized examples (the same token ids and
@@ -189,7 +189,7 @@ def tandem_batches(kind: str, args, tok):
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     out = []
     for s in range(0, len(feats) - args.batch + 1, args.batch):
-        b = collate(feats[s : s + args.batch], mode="pack", pad_id=tok.pad_token_id, max_tokens_per_row=1024)
+        b = collate(feats[s : s + args.batch], mode="pack", pad_id=tok.pad_token_id, max_tokens_per_row=args.max_length)
         out.append({k: v.to(dev) for k, v in b.items()})
     return out
 

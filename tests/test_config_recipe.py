@@ -75,3 +75,18 @@ def test_unknown_objective_role(tmp_path):
     p = _write(tmp_path, BASE.replace("sft: {name: sft}", "sfft: {name: sft}"))
     with pytest.raises(RecipeError, match="sfft"):
         load_recipe(p)
+
+
+def test_rows_default_to_max_length(tmp_path):
+    r = load_recipe(_write(tmp_path, BASE.replace("  sft: {source: a.jsonl}", "  sft: {source: a.jsonl}\n  max_length: 96")))
+    assert r.batching.max_tokens_per_row == "max_length" and r.batching.row_tokens(r.data.max_length) == 96
+    r = load_recipe(_write(tmp_path, BASE), ["batching.max_tokens_per_row=2048"])
+    assert r.batching.row_tokens(r.data.max_length) == 2048
+    r = load_recipe(_write(tmp_path, BASE), ["batching.max_tokens_per_row=null"])
+    assert r.batching.row_tokens(r.data.max_length) is None
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "max_len"])
+def test_bad_row_cap_names_field(tmp_path, value):
+    with pytest.raises(RecipeError, match="batching.max_tokens_per_row"):
+        load_recipe(_write(tmp_path, BASE + f"batching: {{max_tokens_per_row: {value}}}\n"))

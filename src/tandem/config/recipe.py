@@ -64,11 +64,26 @@ class BatchingConfig(Strict):
     mode: Literal["pack", "pad"] = "pack"
     batch_size: int = Field(default=8, ge=1, description="examples (or pairs) per optimizer step, all processes")
     grad_accum: int = Field(default=1, ge=1)
-    max_tokens_per_row: int | None = Field(default=1024, ge=1, description="pack: longest row in tokens (attention cost grows with its square); null = one row per micro-batch")
+    max_tokens_per_row: int | Literal["max_length"] | None = Field(
+        default="max_length", description="pack: longest row in tokens. max_length (default): data.max_length; "
+        "sdpa attention (CPU, GPUs without varlen flash-attention) computes a row's full causal square, so rows that "
+        "hold several sequences mostly add attention between tokens that cannot see each other (docs/benchmarks.md); "
+        "null = one row per micro-batch")
     group_by_length: bool = True
     prefix_sharing: bool = Field(default=False, description="pack, preference pairs: the prompt once per pair, one "
                                  "[prompt][chosen][rejected] block with a block attention mask (arXiv 2410.20305); "
                                  f"objectives {', '.join(PREFIX_SHARING_OBJECTIVES)}")
+
+    @field_validator("max_tokens_per_row")
+    @classmethod
+    def _positive_rows(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"must be at least 1 (or max_length, or null), got {v}")
+        return v
+
+    def row_tokens(self, max_length: int) -> int | None:
+        """The row cap collate packs to: ``max_tokens_per_row`` with ``max_length`` resolved."""
+        return max_length if self.max_tokens_per_row == "max_length" else self.max_tokens_per_row
 
     @model_validator(mode="after")
     def _prefix_sharing_packs(self) -> "BatchingConfig":

@@ -77,7 +77,8 @@ def answer_nll(model, tok, tasks: list, max_length: int = 256) -> float:
     total, count = 0.0, 0
     for i in range(0, len(feats), 16):
         chunk = feats[i : i + 16]
-        s, n = sequence_logps(model, collate(chunk, mode="pack", pad_id=tok.pad_token_id), num_seqs=len(chunk))
+        s, n = sequence_logps(model, collate(chunk, mode="pack", pad_id=tok.pad_token_id, max_tokens_per_row=max_length),
+                              num_seqs=len(chunk))
         total, count = total - float(s.sum()), count + int(n.sum())
     return total / max(count, 1)
 
@@ -93,7 +94,7 @@ def preference_win_rate(model, tok, pairs: list, max_length: int = 256) -> float
     model.eval()
     for i in range(0, len(feats), 16):
         chunk = feats[i : i + 16]
-        batch = collate(chunk, mode="pack", pad_id=tok.pad_token_id)
+        batch = collate(chunk, mode="pack", pad_id=tok.pad_token_id, max_tokens_per_row=max_length)
         s, n = sequence_logps(model, batch, num_seqs=2 * len(chunk))
         mean = s / n.clamp(min=1)
         b = len(chunk)

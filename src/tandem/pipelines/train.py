@@ -183,9 +183,10 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None) ->
             log.info("%s", precision.describe())
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     bc = recipe.batching
+    rows = bc.row_tokens(recipe.data.max_length)
 
     def batch_fn(feats):
-        b = collate(feats, mode=bc.mode, pad_id=pad_id, max_tokens_per_row=bc.max_tokens_per_row,
+        b = collate(feats, mode=bc.mode, pad_id=pad_id, max_tokens_per_row=rows,
                     prefix_sharing=bc.prefix_sharing)
         return {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in b.items()}
 
