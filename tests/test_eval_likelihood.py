@@ -45,6 +45,17 @@ def test_reference_nll_is_the_token_weighted_nll_of_a_direct_forward():
         assert got["nll"] == pytest.approx(want, rel=1e-5)
 
 
+def test_labelled_logps_keep_the_input_order_whatever_the_batching():
+    model, tok = tiny_lm(0)
+    texts = ["a b c d e f g h", "x", "one two three", "p q", "the longest sequence of them all, by far"]
+    seqs = [(ids, [-100] + ids[1:]) for ids in (tok(t)["input_ids"] for t in texts)]
+    one = [L.labelled_logps(model, [s], tok.pad_token_id or 0)[0] for s in seqs]
+    for bs in (2, 3, 5):  # batches are formed by length, results come back in the caller's order
+        got = L.labelled_logps(model, seqs, tok.pad_token_id or 0, batch_size=bs)
+        assert [n for _, n in got] == [n for _, n in one] == [len(ids) - 1 for ids, _ in seqs]
+        assert [a for a, _ in got] == pytest.approx([a for a, _ in one], rel=1e-5)
+
+
 def test_implicit_rewards_by_hand():
     policy = ([-1.0, -2.0], [-3.0, -1.0])   # chosen, rejected summed log-probs
     ref = ([-2.0, -2.0], [-2.0, -2.0])
@@ -108,6 +119,26 @@ def test_evaluate_with_an_explicit_reference_path_and_with_an_adapter_base(tmp_p
     want = L.implicit_reward_accuracy(merged, ref, tok, PAIRS)
     assert res2["metrics"]["implicit_reward_accuracy"]["accuracy"] == want["accuracy"]
     assert res2["metrics"]["implicit_reward_accuracy"]["margin"] == pytest.approx(want["margin"], rel=1e-3, abs=1e-5)
+
+
+def test_eval_dtype_loads_every_model_in_it(tmp_path):
+    from tandem.models.precision import inference_dtype, resolve
+
+    assert inference_dtype("float32") is torch.float32 and inference_dtype("bfloat16") is torch.bfloat16
+    assert inference_dtype("auto", "cpu") == resolve("auto", "cpu").weights  # bf16 where training picks it
+    base, policy_dir = save_tiny_model(tmp_path / "base", seed=0), save_tiny_model(tmp_path / "policy", seed=3)
+    res = evaluate(policy_dir, tmp_path / "e", ["reference_nll", "implicit_reward_accuracy"], prompts=PROMPTS,
+                   references=REFS, pairs=PAIRS, reference_model_path=base, settings=SETTINGS, dtype=torch.bfloat16)
+    from transformers import AutoModelForCausalLM
+
+    tok = tiny_lm(3)[1]
+    policy, ref = (AutoModelForCausalLM.from_pretrained(d, dtype=torch.bfloat16).eval() for d in (policy_dir, base))
+    want = L.implicit_reward_accuracy(policy, ref, tok, PAIRS, batch_size=2)  # bf16 sums depend on the batching
+    assert res["metrics"]["implicit_reward_accuracy"]["margin"] == pytest.approx(want["margin"], rel=1e-6)
+    nll = L.reference_nll(policy, tok, PROMPTS, REFS, batch_size=2)["nll"]
+    assert res["metrics"]["reference_nll"]["nll"] == pytest.approx(nll, rel=1e-6)
+    fp32 = L.reference_nll(policy.float(), tok, PROMPTS, REFS, batch_size=2)["nll"]
+    assert res["metrics"]["reference_nll"]["nll"] != pytest.approx(fp32, rel=1e-6)  # it did run in bf16
 
 
 @pytest.mark.parametrize("metric, given, message", [

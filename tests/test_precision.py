@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tandem.models.precision import apply_precision, cpu_bf16_flags, resolve
+from tandem.models.precision import EAGER_MAX_ROW, apply_precision, cpu_bf16_flags, resolve, training_attention
 
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
 OLD = "processor\t: 0\nflags\t\t: fpu sse2 avx2\n"
@@ -29,6 +29,19 @@ def test_auto_on_cpu_follows_the_flags():
     q = resolve("auto", device="cpu", cpuinfo=OLD)
     assert (q.name, q.weights) == ("fp32", None)  # keeps model.dtype
     assert "no native bf16" in q.describe()
+
+
+def test_auto_attention_is_eager_only_for_short_bf16_rows_on_cpu():
+    bf16, fp32 = resolve("auto", device="cpu", cpuinfo=ZEN4), resolve("auto", device="cpu", cpuinfo=OLD)
+    assert training_attention("auto", bf16, "cpu", 256)[0] == "eager" == training_attention("auto", bf16, "cpu", 64)[0]
+    assert "eager" in training_attention("auto", bf16, "cpu", 256)[1]
+    assert training_attention("auto", bf16, "cpu", EAGER_MAX_ROW + 1)[0] is None  # long rows: the flash kernel
+    assert training_attention("auto", bf16, "cpu", None)[0] is None  # one row per micro-batch: length unknown
+    assert training_attention("auto", bf16, "cpu", 128, prefix_sharing=True)[0] is None  # blocks outgrow the cap
+    assert training_attention("auto", fp32, "cpu", 128)[0] is None  # fp32: sdpa measured faster
+    assert training_attention("auto", resolve("bf16", device="cpu", cpuinfo=ZEN4), "cuda", 128)[0] is None
+    for asked in ("sdpa", "eager", None, "flash_attention_2"):  # anything but auto is the user's choice
+        assert training_attention(asked, bf16, "cpu", 128)[0] == asked
 
 
 def test_explicit_precisions():

@@ -27,7 +27,7 @@ def _load(tmp_path, text, overrides=None):
 def test_defaults_change_nothing(tmp_path):
     r = _load(tmp_path, BASE)
     m, s = r.model, r.data.sft
-    assert (m.gradient_checkpointing, m.attn_implementation, m.quantization) == (False, None, None)
+    assert (m.gradient_checkpointing, m.attn_implementation, m.quantization) == (False, "auto", None)
     assert (s.skip, s.columns, s.loss_on, s.streaming, r.data.chat_template) == (0, None, "last", False, None)
     assert (r.logging.report_to, r.logging.project, r.eval.bartscore_model) == (["tensorboard"], None, None)
 
@@ -46,7 +46,7 @@ def test_new_fields_parse_and_round_trip(tmp_path):
     assert again == r
 
 
-@pytest.mark.parametrize("impl", ["eager", "sdpa", "flash_attention_2", "flex_attention", "kernels-community/flash-attn"])
+@pytest.mark.parametrize("impl", ["auto", "eager", "sdpa", "flash_attention_2", "flex_attention", "kernels-community/flash-attn"])
 def test_attn_implementation_values(tmp_path, impl):
     assert _load(tmp_path, BASE, [f"model.attn_implementation={impl}"]).model.attn_implementation == impl
 

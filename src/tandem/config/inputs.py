@@ -31,15 +31,18 @@ class ModelConfig(Strict):
     revision: str | None = None
     lora: LoraConfig | None = None
     gradient_checkpointing: bool = Field(default=False, description="recompute activations in the backward pass (less memory, ~30% slower)")
-    attn_implementation: str | None = Field(default=None, description="eager, sdpa, flash_attention_2, ...; null = transformers' default")
+    attn_implementation: str | None = Field(
+        default="auto", description="auto: eager for bf16 training on a CPU with rows of at most 256 tokens and no "
+        "prefix sharing (faster there: tandem.models.precision.training_attention), else transformers' default; "
+        "eager, sdpa, flash_attention_2, ...; null = transformers' default")
     quantization: Literal["4bit", "8bit"] | None = Field(default=None, description="QLoRA: load the base quantized with bitsandbytes (CUDA only; needs lora)")
 
     @field_validator("attn_implementation")
     @classmethod
     def _attn_known(cls, v: str | None) -> str | None:
-        if v is not None and v not in ATTN_IMPLEMENTATIONS and not _HUB_KERNEL.match(v):
+        if v is not None and v != "auto" and v not in ATTN_IMPLEMENTATIONS and not _HUB_KERNEL.match(v):
             raise ValueError(f"unknown attention implementation {v!r}; choose one of {', '.join(ATTN_IMPLEMENTATIONS)}, "
-                             "a Hub kernel (org/name), or null for transformers' default")
+                             "a Hub kernel (org/name), auto, or null for transformers' default")
         return v
 
     @model_validator(mode="after")

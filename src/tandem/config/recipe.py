@@ -193,6 +193,9 @@ class EvalConfig(Strict):
     beta: float = Field(default=0.1, gt=0, description="implicit reward scale (margins only, not the accuracy)")
     max_length: int = Field(default=1024, ge=2, description="reference_nll / implicit_reward_accuracy: longest scored "
                             "prompt + response in tokens (the prompt keeps its tail, as in training)")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="weights of every model the evaluation loads (evaluated, reward, reference): auto = "
+        "bf16 where training's precision: auto picks it (GPUs and CPUs with native bf16), else the checkpoint's dtype")
 
     @model_validator(mode="after")
     def _bartscore_has_model(self) -> "EvalConfig":

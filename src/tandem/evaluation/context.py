@@ -50,6 +50,7 @@ class EvalContext:
     beta: float = 0.1  # implicit reward scale (margins only, never the accuracy)
     likelihood_max_length: int = 1024  # reference_nll / implicit_reward_accuracy: longest scored sequence
     device: str = "cpu"
+    dtype: Any = None  # weights of the models loaded on first use (reward, reference); None: each checkpoint's own
     _rewards: tuple[list[float], list[float] | None] | None = field(default=None, repr=False)
 
     @property
@@ -65,7 +66,8 @@ class EvalContext:
             from tandem.models.load import load_reward_model
 
             if self.reward_model is None:
-                self.reward_model, self.reward_tokenizer = load_reward_model(self.reward_model_path, device=self.device)
+                self.reward_model, self.reward_tokenizer = load_reward_model(self.reward_model_path, device=self.device,
+                                                                                dtype=self.dtype or "auto")
                 self.reward_model.eval()
             bs = self.settings.batch_size
             scores = reward_scores(self.reward_model, self.reward_tokenizer, self.prompts, self.outputs, batch_size=bs)

@@ -33,19 +33,21 @@ def labelled_logps(model, seqs: list[Sequence], pad_id: int, batch_size: int = 8
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     device = next(model.parameters()).device
-    out: list[tuple[float, int]] = []
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i][0]))  # similar lengths per batch: little padding
+    out: list[tuple[float, int]] = [(0.0, 0)] * len(seqs)
     was_training = model.training
     model.eval()
     try:
         for s in range(0, len(seqs), batch_size):
-            chunk = seqs[s : s + batch_size]
+            idx = order[s : s + batch_size]
+            chunk = [seqs[i] for i in idx]
             width = max(len(ids) for ids, _ in chunk)
             ids = torch.full((len(chunk), width), pad_id, dtype=torch.long)
             labels = torch.full((len(chunk), width), IGNORE, dtype=torch.long)
             mask = torch.zeros((len(chunk), width), dtype=torch.long)
             for i, (x, y) in enumerate(chunk):
                 if len(x) != len(y):
-                    raise ValueError(f"sequence {s + i}: input_ids and labels differ in length ({len(x)} vs {len(y)})")
+                    raise ValueError(f"sequence {idx[i]}: input_ids and labels differ in length ({len(x)} vs {len(y)})")
                 ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
             hidden = model.get_decoder()(input_ids=ids.to(device), attention_mask=mask.to(device),
                                          use_cache=False).last_hidden_state
@@ -56,7 +58,8 @@ def labelled_logps(model, seqs: list[Sequence], pad_id: int, batch_size: int = 8
             row = keep.nonzero()[:, 0]
             sums = torch.zeros(len(chunk), dtype=torch.float32, device=device).index_add(0, row, lp)
             counts = keep.sum(1)
-            out += [(float(a), int(n)) for a, n in zip(sums, counts)]
+            for i, a, n in zip(idx, sums.tolist(), counts.tolist()):
+                out[i] = (float(a), int(n))
     finally:
         model.train(was_training)
     return out

@@ -92,7 +92,8 @@ def implicit_reward_accuracy(c: EvalContext) -> dict:
     if c.reference_model is None:
         from tandem.models.merged import load_merged
 
-        c.reference_model = load_merged(L.reference_source(c.model_path, c.reference_model_path), device=c.device)[0]
+        c.reference_model = load_merged(L.reference_source(c.model_path, c.reference_model_path), device=c.device,
+                                        dtype=c.dtype)[0]
     return L.implicit_reward_accuracy(c.model, c.reference_model, c.tokenizer, c.pairs, beta=c.beta,
                                       max_length=c.likelihood_max_length, batch_size=c.settings.batch_size)
 

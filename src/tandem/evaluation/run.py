@@ -89,13 +89,14 @@ def evaluate(
     reference_model=None,
     beta: float = 0.1,
     likelihood_max_length: int = 1024,
+    dtype=None,
 ) -> dict:
     """Evaluate one model and write ``out_dir/results.json`` and ``out_dir/results.md``; returns the results.
 
     Pass ``model_path`` (loaded merged with :func:`tandem.models.merged.load_merged`) or an already loaded
     ``model`` and ``tokenizer``; likewise ``reward_model_path`` or ``reward_model`` + ``reward_tokenizer``.
     Every metric is checked for its inputs (:func:`tandem.evaluation.registry.check_metrics`) before anything
-    is loaded or generated.
+    is loaded or generated. ``dtype``: the weights' dtype of every model loaded here (None: each checkpoint's own).
     """
     s = settings if isinstance(settings, GenerationSettings) else GenerationSettings(**(settings or {}))
     ctx = EvalContext(
@@ -104,13 +105,13 @@ def evaluate(
         reward_tokenizer=reward_tokenizer, reward_fn=reward_fn, judge=judge, heldout_texts=heldout_texts,
         perplexity_max_length=perplexity_max_length, mc_rows=mc_rows, lm_eval_tasks=lm_eval_tasks, device=device,
         bartscore_model=bartscore_model, pairs=pairs, reference_model_path=reference_model_path,
-        reference_model=reference_model, beta=beta, likelihood_max_length=likelihood_max_length,
+        reference_model=reference_model, beta=beta, likelihood_max_length=likelihood_max_length, dtype=dtype,
     )
     chosen = check_metrics(metrics, ctx)
     if model is None and any(METRIC_TABLE[m].loads_model for m in chosen):
         if model_path is None:
             raise ValueError("evaluate needs model_path or model + tokenizer")
-        ctx.model, ctx.tokenizer = load_merged(model_path, device=device)
+        ctx.model, ctx.tokenizer = load_merged(model_path, device=device, dtype=dtype)
     if ctx.model is not None and ctx.tokenizer is None:
         raise ValueError("evaluate: a model was given without its tokenizer")
     ctx.out_dir.mkdir(parents=True, exist_ok=True)

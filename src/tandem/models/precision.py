@@ -32,7 +32,7 @@ import torch
 Requested = Literal["auto", "fp32", "bf16", "fp16"]
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
 
-__all__ = ["CPU_BF16_FLAGS", "Precision", "apply_precision", "cpu_bf16_flags", "resolve"]
+__all__ = ["CPU_BF16_FLAGS", "Precision", "apply_precision", "cpu_bf16_flags", "inference_dtype", "resolve", "training_attention"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +111,31 @@ def apply_precision(model: torch.nn.Module, precision: Precision, fp32_trainable
             if p.is_floating_point() and p.dtype != want and not isinstance(p, DTensor):  # FSDP: its mp policy
                 p.data = p.data.to(want)
     return model
+
+
+def inference_dtype(requested: Literal["auto", "float32", "bfloat16"], device: str | None = None) -> torch.dtype | None:
+    """The dtype an evaluation loads its models in: ``auto`` = the weights ``resolve("auto")`` trains in (bf16 where
+    the hardware computes it natively, else None: the checkpoint's own dtype); otherwise the named dtype."""
+    if requested == "auto":
+        return resolve("auto", device).weights
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[requested]
+
+
+#: longest packed row (tokens) for which ``auto`` picks eager attention: eager keeps each layer's
+#: ``[rows, heads, T, T]`` attention probabilities for the backward pass, which a flash kernel does not.
+EAGER_MAX_ROW = 256
+
+
+def training_attention(requested: str | None, precision: Precision, device: str, row_tokens: int | None,
+                       prefix_sharing: bool = False) -> tuple[str | None, str]:
+    """``(attn_implementation for from_pretrained, reason)`` of a training run. ``auto`` picks eager for bf16 weights
+    on a CPU when every row has at most :data:`EAGER_MAX_ROW` tokens and no prefix-sharing block can be longer:
+    torch's CPU flash-attention kernel runs bf16 inputs through fp32 matmuls, and eager measured 1.1-1.2x faster per
+    SmolLM2 LoRA step at 256-token rows (slower in fp32; docs/benchmarks.md). Anything else: transformers' default
+    (None). Any other value is passed through."""
+    if requested != "auto":
+        return requested, f"attention {requested or 'transformers default'}: asked for in the recipe"
+    short = row_tokens is not None and row_tokens <= EAGER_MAX_ROW and not prefix_sharing
+    if device == "cpu" and precision.weights == torch.bfloat16 and short:
+        return "eager", f"attention eager (auto): bf16 on CPU, rows <= {row_tokens} tokens"
+    return None, "attention transformers default (auto)"

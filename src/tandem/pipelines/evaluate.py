@@ -35,14 +35,16 @@ def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatur
     from tandem.evaluation.judge import JudgeConfig
     from tandem.evaluation.metrics import temperature_sweep
     from tandem.models import load_merged
+    from tandem.models.precision import inference_dtype
 
     check_metric_names(metrics)
     inputs = eval_inputs(cfg)
     judge = JudgeConfig(**cfg.judge.model_dump()) if cfg.judge else None
     settings = dict(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=cfg.seed,
                     batch_size=cfg.batch_size)
-    model, tok = load_merged(model_dir)
-    common = dict(metrics=metrics, judge=judge, reward_model_path=cfg.reward_model, reward_fn=cfg.reward_fn, model=model,
+    dtype = inference_dtype(cfg.dtype)
+    model, tok = load_merged(model_dir, dtype=dtype)
+    common = dict(metrics=metrics, dtype=dtype, judge=judge, reward_model_path=cfg.reward_model, reward_fn=cfg.reward_fn, model=model,
                   tokenizer=tok, bartscore_model=cfg.bartscore_model, reference_model_path=cfg.reference_model,
                   beta=cfg.beta, likelihood_max_length=cfg.max_length, **inputs)
     results = E.evaluate(model_dir, out_dir, settings=settings, **common)

@@ -24,7 +24,7 @@ from tandem.distributed.settings import check_supported, read_settings
 from tandem.engine.context import LoopConfig
 from tandem.engine.run import RunPlan, run
 from tandem.io.rundir import RunDirError, check_run_dir, open_run_dir
-from tandem.models.precision import apply_precision, resolve
+from tandem.models.precision import apply_precision, resolve, training_attention
 from tandem.pipelines.resume import record_changes, resume_changes
 from tandem.schedules import Method, build_stages, get_method
 
@@ -53,14 +53,16 @@ def loop_config(recipe: Recipe, progress: bool | None = None) -> LoopConfig:
     )
 
 
-def load_model(recipe: Recipe, reward: bool, device=None):
+def load_model(recipe: Recipe, reward: bool, device=None, attn_implementation: str | None = None):
+    """The recipe's model and tokenizer (LoRA applied); ``attn_implementation`` as resolved by
+    :func:`tandem.models.precision.training_attention`."""
     from tandem.data.templates import set_chat_template
     from tandem.models import apply_lora, load_policy, load_reward_model
     from tandem.models.lora import prepare_for_training
 
     m = recipe.model
     kw = dict(gguf_file=m.gguf_file, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision,
-              attn_implementation=m.attn_implementation, quantization=m.quantization, device=device)
+              attn_implementation=attn_implementation, quantization=m.quantization, device=device)
     model, tok = (load_reward_model if reward else load_policy)(m.name_or_path, **kw)
     set_chat_template(tok, recipe.data.chat_template)
     model = prepare_for_training(model, gradient_checkpointing=m.gradient_checkpointing,
@@ -170,7 +172,15 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None) ->
     method = get_method(recipe.schedule.method)
     stages = build_stages(recipe.schedule.method, recipe.schedule.parts)
     run_dir = Path(recipe.output_dir)
-    model, tok = load_model(recipe, reward=any(s.role == "reward" for s in stages), device=acc.device)
+    bc = recipe.batching
+    rows = bc.row_tokens(recipe.data.max_length)
+    dev = acc.device.type
+    attn, why = training_attention(recipe.model.attn_implementation, resolve(recipe.precision, dev), dev, rows,
+                                   bc.prefix_sharing)
+    if acc.is_main_process:
+        log.info("%s", why)
+    model, tok = load_model(recipe, reward=any(s.role == "reward" for s in stages), device=acc.device,
+                            attn_implementation=attn)
     if recipe.model.quantization is None:  # quantized models are placed on their device when loaded
         model.to(acc.device)
     if fsdp is not None:
@@ -182,8 +192,6 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None) ->
         if acc.is_main_process:
             log.info("%s", precision.describe())
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    bc = recipe.batching
-    rows = bc.row_tokens(recipe.data.max_length)
 
     def batch_fn(feats):
         b = collate(feats, mode=bc.mode, pad_id=pad_id, max_tokens_per_row=rows,
