@@ -26,6 +26,15 @@ def save_tiny_model(path: Path, seed: int = 0) -> Path:
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test (tiny models: more threads only add synchronisation on busy cores)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return save_tiny_model(tmp_path_factory.mktemp("tiny-llama"))

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from conftest import write_jsonl
 from typer.testing import CliRunner
@@ -28,12 +27,8 @@ PAIR_ROWS = synthetic.to_records(synthetic.preference_pairs(16, 1))
 
 
 @pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
+def no_debug(monkeypatch, one_thread):
     monkeypatch.delenv("TANDEM_DEBUG", raising=False)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def recipe_raw(sb: Path, model: Path, method: str = "sft") -> dict:

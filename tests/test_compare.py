@@ -14,7 +14,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 from helpers_entry import cli_app, compare
 from helpers_recipe import base_raw, with_overrides
@@ -28,12 +27,7 @@ STAGES = {"sequential": 2, "hbat": 4}  # stages with schedule.parts = 2; one ste
 X, Y = "sft/loss", "preference/rewards/accuracy"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def write_recipe(tmp: Path, model_dir, files) -> Path:

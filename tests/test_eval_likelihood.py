@@ -141,6 +141,24 @@ def test_eval_dtype_loads_every_model_in_it(tmp_path):
     assert res["metrics"]["reference_nll"]["nll"] != pytest.approx(fp32, rel=1e-6)  # it did run in bf16
 
 
+def test_reference_logps_are_computed_once_per_cache_dir(tmp_path, monkeypatch):
+    import tandem.models.merged as merged
+
+    base, policy_dir = save_tiny_model(tmp_path / "base", seed=0), save_tiny_model(tmp_path / "policy", seed=3)
+    cache = tmp_path / "cache"
+    kw = dict(pairs=PAIRS, reference_model_path=base, settings=SETTINGS, reference_cache=cache)
+    first = evaluate(policy_dir, tmp_path / "e1", ["implicit_reward_accuracy"], **kw)["metrics"]
+    assert len(list(cache.glob("*.json"))) == 1
+    with monkeypatch.context() as m:  # the second run of a study: the reference model is not loaded again
+        m.setattr(merged, "load_merged", lambda *a, **k: pytest.fail("the reference was scored again"))
+        again = evaluate(policy_dir, tmp_path / "e2", ["implicit_reward_accuracy"], **kw)["metrics"]
+    assert again == first
+    (policy, tok), (ref, _) = tiny_lm(3), tiny_lm(0)
+    assert first["implicit_reward_accuracy"] == pytest.approx(L.implicit_reward_accuracy(policy, ref, tok, PAIRS, batch_size=2))
+    other = evaluate(policy_dir, tmp_path / "e3", ["implicit_reward_accuracy"], **{**kw, "pairs": PAIRS[:2]})["metrics"]
+    assert other["implicit_reward_accuracy"]["n"] == 2 and len(list(cache.glob("*.json"))) == 2  # other pairs: new key
+
+
 @pytest.mark.parametrize("metric, given, message", [
     ("reference_nll", {"prompts": PROMPTS}, "metric 'reference_nll' needs prompts with references"),
     ("implicit_reward_accuracy", {"reference_model_path": "ref"}, r"needs held-out preference pairs \(eval.pairs\)"),

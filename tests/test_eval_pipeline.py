@@ -12,7 +12,6 @@ import statistics
 from pathlib import Path
 
 import pytest
-import torch
 from helpers_entry import cli_app, run_eval, write_report
 from helpers_recipe import base_raw, with_overrides
 from typer.testing import CliRunner
@@ -24,12 +23,7 @@ REPEATS = 3
 GEN_METRICS = ["rouge", "exact_match", "reward_fn"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def eval_recipe(tmp: Path, model_dir, files):

@@ -30,12 +30,7 @@ OVER = {"schedule.parts": 2, "schedule.max_steps_per_stage": 2, "checkpoint.ever
         "logging.tensorboard": False, "data.val_size": 6}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def rows(run: Path) -> list[dict]:

@@ -51,12 +51,7 @@ EWC_LIKE = {"ewc", "fisher"}
 L2_LAM, L1_LAM, FISHER_SAMPLES = 1.0, 0.01, 4
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: threads only add synchronisation on busy cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest: tiny models, one thread
 
 
 def read_rows(run: Path, split: str = "train") -> list[dict]:

@@ -50,6 +50,7 @@ class EvalContext:
     beta: float = 0.1  # implicit reward scale (margins only, never the accuracy)
     likelihood_max_length: int = 1024  # reference_nll / implicit_reward_accuracy: longest scored sequence
     device: str = "cpu"
+    reference_cache: Path | None = None  # implicit_reward_accuracy: the reference's log-probs, computed once per dir
     dtype: Any = None  # weights of the models loaded on first use (reward, reference); None: each checkpoint's own
     _rewards: tuple[list[float], list[float] | None] | None = field(default=None, repr=False)
 

@@ -136,3 +136,37 @@ def reference_source(model_path: str | Path | None, reference_model_path: str | 
     except (FileNotFoundError, ValueError):
         return None
     return adapter_base(resolved) if is_adapter_dir(resolved) else None
+
+
+def reference_cache_key(identity: dict, tokenizer, pairs: list[PreferenceExample], max_length: int, batch_size: int,
+                        dtype) -> str:
+    """What the reference log-probs of ``pairs`` depend on, hashed: the reference model's identity (path, weight
+    files' sizes and mtimes), the tokenizer, every pair's text, the length cap, the batching and the dtype."""
+    import hashlib
+    import json
+
+    blob = {"model": identity, "tokenizer": tokenizer.name_or_path, "max_length": max_length,
+            "batch_size": batch_size, "dtype": str(dtype),
+            "pairs": [[ex.prompt, ex.chosen, ex.rejected] for ex in pairs]}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def cached_pair_logps(cache_dir: Path | None, key: str, compute) -> tuple[list[float], list[float]]:
+    """``compute()`` (a reference model's :func:`pair_logps`), read from ``cache_dir/<key>.json`` when an earlier
+    evaluation wrote it (a study scores every run against the same base model), else computed and written there
+    atomically. ``cache_dir`` None: always computed."""
+    import json
+    import os
+
+    if cache_dir is None:
+        return compute()
+    path = Path(cache_dir) / f"{key}.json"
+    if path.is_file():
+        got = json.loads(path.read_text())
+        return got["chosen"], got["rejected"]
+    chosen, rejected = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"chosen": chosen, "rejected": rejected}))
+    os.replace(tmp, path)
+    return chosen, rejected

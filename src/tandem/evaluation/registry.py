@@ -88,14 +88,26 @@ def reference_nll(c: EvalContext) -> dict:
 
 
 def implicit_reward_accuracy(c: EvalContext) -> dict:
-    """DPO implicit-reward ranking of held-out pairs against the reference model (loaded on first use)."""
-    if c.reference_model is None:
-        from tandem.models.merged import load_merged
+    """DPO implicit-reward ranking of held-out pairs against the reference model (loaded on first use). With
+    ``c.reference_cache`` and a reference given by path, the reference's log-probs are computed once per cache dir."""
+    from tandem.evaluation.generation import model_identity
 
-        c.reference_model = load_merged(L.reference_source(c.model_path, c.reference_model_path), device=c.device,
-                                        dtype=c.dtype)[0]
-    return L.implicit_reward_accuracy(c.model, c.reference_model, c.tokenizer, c.pairs, beta=c.beta,
-                                      max_length=c.likelihood_max_length, batch_size=c.settings.batch_size)
+    if not c.pairs:
+        raise ValueError("implicit_reward_accuracy: no preference pairs")
+    ml, bs = c.likelihood_max_length, c.settings.batch_size
+    src = L.reference_source(c.model_path, c.reference_model_path)
+
+    def reference_logps():
+        if c.reference_model is None:
+            from tandem.models.merged import load_merged
+
+            c.reference_model = load_merged(src, device=c.device, dtype=c.dtype)[0]
+        return L.pair_logps(c.reference_model, c.tokenizer, c.pairs, ml, bs)
+
+    cache = c.reference_cache if c.reference_model is None else None  # a model object has no identity to key on
+    key = L.reference_cache_key(model_identity(src), c.tokenizer, c.pairs, ml, bs, c.dtype) if cache else ""
+    reference = L.cached_pair_logps(cache, key, reference_logps)
+    return L.implicit_rewards(L.pair_logps(c.model, c.tokenizer, c.pairs, ml, bs), reference, c.beta)
 
 
 def lm_eval(c: EvalContext) -> dict:

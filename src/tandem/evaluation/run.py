@@ -90,6 +90,7 @@ def evaluate(
     beta: float = 0.1,
     likelihood_max_length: int = 1024,
     dtype=None,
+    reference_cache: str | Path | None = None,
 ) -> dict:
     """Evaluate one model and write ``out_dir/results.json`` and ``out_dir/results.md``; returns the results.
 
@@ -97,6 +98,8 @@ def evaluate(
     ``model`` and ``tokenizer``; likewise ``reward_model_path`` or ``reward_model`` + ``reward_tokenizer``.
     Every metric is checked for its inputs (:func:`tandem.evaluation.registry.check_metrics`) before anything
     is loaded or generated. ``dtype``: the weights' dtype of every model loaded here (None: each checkpoint's own).
+    ``reference_cache``: a directory where implicit_reward_accuracy keeps its reference log-probs (shared by the runs
+    of a study).
     """
     s = settings if isinstance(settings, GenerationSettings) else GenerationSettings(**(settings or {}))
     ctx = EvalContext(
@@ -106,6 +109,7 @@ def evaluate(
         perplexity_max_length=perplexity_max_length, mc_rows=mc_rows, lm_eval_tasks=lm_eval_tasks, device=device,
         bartscore_model=bartscore_model, pairs=pairs, reference_model_path=reference_model_path,
         reference_model=reference_model, beta=beta, likelihood_max_length=likelihood_max_length, dtype=dtype,
+        reference_cache=Path(reference_cache) if reference_cache is not None else None,
     )
     chosen = check_metrics(metrics, ctx)
     if model is None and any(METRIC_TABLE[m].loads_model for m in chosen):

@@ -79,7 +79,8 @@ def eval_row(r, run_dir: Path, sweep: bool, reuse: bool, model_dir: Path | None 
         log.info("%s: evaluated earlier with the same eval block, reused", run_dir)
     else:
         stamp.unlink(missing_ok=True)  # written again only once this evaluation is complete
-        res = run_eval(model_dir or run_dir / "final", r.eval, out, r.eval.metrics, r.eval.temperatures if sweep else [])
+        res = run_eval(model_dir or run_dir / "final", r.eval, out, r.eval.metrics, r.eval.temperatures if sweep else [],
+                       reference_cache=run_dir.parent / "reference_logps")  # one reference pass per study/comparison
         stamp.write_text(json.dumps(block, indent=2))
     row = numeric(res["metrics"])
     for t in res.get("temperature_sweep") or []:

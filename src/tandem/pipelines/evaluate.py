@@ -28,8 +28,10 @@ def numeric(d: dict) -> dict:
     return {k: v for k, v in flat(d).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatures: list[float]) -> dict:
-    """Evaluate ``model_dir`` with the eval block ``cfg``; writes ``out_dir/results.{json,md}``."""
+def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatures: list[float],
+             reference_cache: Path | None = None) -> dict:
+    """Evaluate ``model_dir`` with the eval block ``cfg``; writes ``out_dir/results.{json,md}``. ``reference_cache``:
+    see :func:`tandem.evaluation.run.evaluate`."""
     from tandem.evaluation import run as E
     from tandem.evaluation.inputs import eval_inputs
     from tandem.evaluation.judge import JudgeConfig
@@ -46,7 +48,7 @@ def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatur
     model, tok = load_merged(model_dir, dtype=dtype)
     common = dict(metrics=metrics, dtype=dtype, judge=judge, reward_model_path=cfg.reward_model, reward_fn=cfg.reward_fn, model=model,
                   tokenizer=tok, bartscore_model=cfg.bartscore_model, reference_model_path=cfg.reference_model,
-                  beta=cfg.beta, likelihood_max_length=cfg.max_length, **inputs)
+                  beta=cfg.beta, likelihood_max_length=cfg.max_length, reference_cache=reference_cache, **inputs)
     results = E.evaluate(model_dir, out_dir, settings=settings, **common)
     if temperatures:
         gen_metrics = [m for m in metrics if m in E.NEEDS_GENERATION]
