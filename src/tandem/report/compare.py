@@ -77,7 +77,7 @@ def plot_method_scatter(summary: dict[str, dict], x_key: str, y_key: str, out_pn
     pts = [(m, s[x_key], s[y_key]) for m, s in summary.items() if x_key in s and y_key in s]
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(7.0, 5.2))
+    fig, ax = plt.subplots(figsize=(8.6, 5.2))
     cmap = plt.get_cmap("tab10")
     markers = "osD^vP*Xh<>"
     for i, (method, x, y) in enumerate(pts):
@@ -91,12 +91,13 @@ def plot_method_scatter(summary: dict[str, dict], x_key: str, y_key: str, out_pn
         ax.invert_xaxis()  # better is always to the right
     if lower_is_better(y_key):
         ax.invert_yaxis()  # and up
-    ax.annotate("better", xy=(0.97, 0.97), xytext=(0.80, 0.80), xycoords="axes fraction", textcoords="axes fraction",
-                fontsize=9, color="0.35", ha="center", va="center",
+    # legend and the "better" arrow outside the axes, where no point can hide under them
+    ax.annotate("better", xy=(1.16, 0.22), xytext=(1.06, 0.08), xycoords="axes fraction", textcoords="axes fraction",
+                fontsize=9, color="0.35", ha="center", va="center", annotation_clip=False,
                 arrowprops=dict(arrowstyle="-|>", color="0.35", lw=1.5))
     ax.set_title(title or "Instruction following vs preference (mean ± std over seeds)", fontsize=11)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return save_figure(fig, out_png)
 
