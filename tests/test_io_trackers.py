@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import glob
 import json
+import time
 import struct
 
 import pytest
@@ -128,7 +129,11 @@ def test_wandb_offline_run_has_role_curves_and_recipe(offline_env):
     run.mkdir()
     _write_all(MetricsLog(run, report_to=["wandb"], project="tandem-test", run_name="hbat-s0", config=RECIPE))
     (path,) = glob.glob(str(run / "wandb" / "offline-run-*" / "run-*.wandb"))
-    recs = _wandb_records(path)
+    for _ in range(50):  # wandb's writer process may still be flushing the offline file on a loaded machine
+        recs = _wandb_records(path)
+        if any(r.WhichOneof("record_type") == "run" for r in recs):
+            break
+        time.sleep(0.2)
     meta = next(r.run for r in recs if r.WhichOneof("record_type") == "run")
     assert meta.project == "tandem-test" and meta.display_name == "hbat-s0"
     config = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for r in recs if r.WhichOneof("record_type") == "config"
