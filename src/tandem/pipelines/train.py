@@ -175,8 +175,8 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None) ->
     bc = recipe.batching
     rows = bc.row_tokens(recipe.data.max_length)
     dev = acc.device.type
-    attn, why = training_attention(recipe.model.attn_implementation, resolve(recipe.precision, dev), dev, rows,
-                                   bc.prefix_sharing)
+    precision = resolve(recipe.precision, dev)
+    attn, why = training_attention(recipe.model.attn_implementation, precision, dev, rows, bc.prefix_sharing)
     if acc.is_main_process:
         log.info("%s", why)
     model, tok = load_model(recipe, reward=any(s.role == "reward" for s in stages), device=acc.device,
@@ -188,7 +188,7 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None) ->
 
         model = shard_model(model, fsdp, acc.device.type, mixed_precision(recipe.precision))
     if recipe.model.quantization is None:  # bf16: bf16 weights, LoRA adapters too (fp32 masters: tandem.optim)
-        apply_precision(model, precision := resolve(recipe.precision))
+        apply_precision(model, precision)
         if acc.is_main_process:
             log.info("%s", precision.describe())
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
