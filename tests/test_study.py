@@ -140,3 +140,34 @@ def test_the_study_recipes_load_and_share_their_data_and_budget():
         assert r.eval.data.skip >= r.data.sft.limit  # held-out Alpaca rows are not trained on
         assert set(r.eval.metrics) == {"rouge", "reference_nll", "reward", "reward_win_rate", "implicit_reward_accuracy"}
         assert r.eval.temperatures == [0.25, 0.75, 1.0]
+
+
+def test_an_extra_prompt_set_adds_columns_without_redoing_the_main_evaluation(studied, synthetic_files):
+    recipes, out, rows = studied
+    main = {r["run"]: (Path(r["run"]) / "eval" / "results.json").stat().st_mtime_ns for r in rows}
+    extra = f"eval.also={{extra: {{data: {{source: {synthetic_files['sft']}, skip: 20, limit: 2}}}}}}"
+    again = study(recipes, SEEDS, out, [extra], resume=True)
+    for r in again:
+        run = Path(r["run"])
+        assert (run / "eval" / "results.json").stat().st_mtime_ns == main[r["run"]]  # main evaluation reused
+        res = json.loads((run / "eval" / "also-extra" / "results.json").read_text())["metrics"]
+        assert r["extra/reference_nll/n"] == 2 and r["extra/reference_nll/nll"] == res["reference_nll"]["nll"] > 0
+        assert "extra/rouge/rougeL" in r and "extra/t1/rouge/rougeL" not in r  # no sweep on an extra set
+        assert r["extra/reference_nll/nll"] != r["reference_nll/nll"]  # other prompts, other numbers
+    stamps = {r["run"]: (Path(r["run"]) / "eval" / "also-extra" / "results.json").stat().st_mtime_ns for r in again}
+    third = study(recipes, SEEDS, out, [extra], resume=True)
+    assert {r["run"]: (Path(r["run"]) / "eval" / "also-extra" / "results.json").stat().st_mtime_ns
+            for r in third} == stamps  # reused with the same block
+    assert "extra/rouge/rougeL" in (out / "table.md").read_text()
+
+
+@pytest.mark.parametrize("also, needle", [
+    ({"x": {"data": {"source": "a.jsonl"}, "metrics": ["reward_win_rate"]}}, "reward_win_rate"),
+    ({"x": {"data": {"source": "a.jsonl"}, "metrics": []}}, "at least one metric"),
+    ({"bad name": {"data": {"source": "a.jsonl"}}}, "set name"),
+])
+def test_extra_prompt_sets_refuse_what_they_cannot_score(also, needle):
+    from tandem.config.recipe import EvalConfig
+
+    with pytest.raises(ValueError, match=needle):
+        EvalConfig(also=also)

@@ -166,6 +166,28 @@ class JudgeSettings(Strict):
     max_workers: int = Field(default=4, ge=1)
 
 
+SET_METRICS_REFUSED = {"reward_win_rate": "its baseline generations belong to eval.data's prompts",
+                       "implicit_reward_accuracy": "it scores eval.pairs, not a prompt set"}
+
+
+class ExtraEvalSet(Strict):
+    """A second prompt set scored like ``eval.data`` (same model, generation settings, reward model), e.g. the
+    AlpacaEval prompts with their reference outputs: columns ``<name>/<metric>``, no temperature sweep."""
+
+    data: SourceConfig
+    metrics: list[str] = Field(default_factory=lambda: ["rouge", "reference_nll"])
+
+    @field_validator("metrics")
+    @classmethod
+    def _set_metrics(cls, v: list[str]) -> list[str]:
+        for m in v:
+            if m in SET_METRICS_REFUSED:
+                raise ValueError(f"metric {m!r} is not for a second prompt set: {SET_METRICS_REFUSED[m]}")
+        if not v:
+            raise ValueError("give at least one metric (default: rouge, reference_nll)")
+        return v
+
+
 class EvalConfig(Strict):
     """What ``tandem eval`` (and ``tandem compare``) measure. Generation metrics use ``data`` (prompts with
     references, any SFT format); alignment-tax metrics use ``heldout_text`` and ``mc``."""
@@ -196,6 +218,18 @@ class EvalConfig(Strict):
     dtype: Literal["auto", "float32", "bfloat16"] = Field(
         default="auto", description="weights of every model the evaluation loads (evaluated, reward, reference): auto = "
         "bf16 where training's precision: auto picks it (GPUs and CPUs with native bf16), else the checkpoint's dtype")
+    also: dict[str, ExtraEvalSet] = Field(default_factory=dict, description="more prompt sets scored like eval.data "
+                                          "(name -> {data, metrics}); columns NAME/METRIC, results in EVAL_DIR/also-NAME")
+
+    @field_validator("also")
+    @classmethod
+    def _set_names(cls, v: dict[str, "ExtraEvalSet"]) -> dict[str, "ExtraEvalSet"]:
+        import re
+
+        bad = [k for k in v if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", k)]
+        if bad:
+            raise ValueError(f"set name(s) {bad}: use letters, digits, '_', '-', '.' (they name columns and directories)")
+        return v
 
     @model_validator(mode="after")
     def _bartscore_has_model(self) -> "EvalConfig":

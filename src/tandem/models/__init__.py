@@ -3,10 +3,12 @@ model, merged weights) and the one place that samples from them; LoRA, atomic sa
 
 ==============================  =============================================================================
 :mod:`tandem.models.resolve`    what a reference names: "not found: PATH" for a missing local path, run dir
-                                -> ``final/``, adapter base and tokenizer source
+                                -> ``final/``, a run's stage (``RUN/stages/NN-name``), adapter base and
+                                tokenizer source
 :mod:`tandem.models.load`       ``load_policy``, ``load_reward_model``, ``load_saved``, ``load_any``,
                                 ``load_tokenizer``
 :mod:`tandem.models.merged`     ``load_full_weights`` / ``load_merged``: an adapter dir merged into its base
+                                (a run's stage: its weights over the run's final model)
 :mod:`tandem.models.sampling`   ``sample_ids`` (greedy or nucleus, seeded, stops at EOS), ``eos_ids``,
                                 ``left_pad``
 ==============================  =============================================================================
@@ -22,8 +24,8 @@ from tandem.models.load import (
     load_value_model,
 )
 from tandem.models.lora import apply_lora, trainable_summary
-from tandem.models.merged import load_full_weights, load_merged
-from tandem.models.resolve import check_exists, is_adapter_dir, resolve_model_path, tokenizer_source
+from tandem.models.merged import load_full_weights, load_merged, tokenizer_of
+from tandem.models.resolve import check_exists, is_adapter_dir, resolve_model_path, stage_weights, tokenizer_source
 from tandem.models.sampling import eos_ids, left_pad, sample_ids
 from tandem.models.save import save_model
 from tandem.models.smollm2 import find_smollm2, pull_smollm2
@@ -31,6 +33,6 @@ from tandem.models.smollm2 import find_smollm2, pull_smollm2
 __all__ = [
     "apply_lora", "atomic_dir", "check_exists", "eos_ids", "find_smollm2", "is_adapter_dir", "left_pad", "load_any",
     "load_full_weights", "load_merged", "load_policy", "load_reward_model", "load_saved", "load_tokenizer",
-    "load_value_model", "pull_smollm2", "resolve_model_path", "sample_ids", "save_model", "tokenizer_source",
-    "trainable_summary",
+    "load_value_model", "pull_smollm2", "resolve_model_path", "sample_ids", "save_model", "stage_weights",
+    "tokenizer_of", "tokenizer_source", "trainable_summary",
 ]

@@ -12,9 +12,10 @@ from pathlib import Path
 import torch
 
 from tandem.models.load import check_adapter_weights, check_safetensors, load_tokenizer
-from tandem.models.resolve import adapter_base, is_adapter_dir, resolve_model_path, tokenizer_source, torch_dtype
+from tandem.models.resolve import (adapter_base, is_adapter_dir, resolve_model_path, stage_weights, tokenizer_source,
+                                   torch_dtype)
 
-__all__ = ["load_full_weights", "load_merged"]
+__all__ = ["load_full_weights", "load_merged", "tokenizer_of"]
 
 
 def load_full_weights(
@@ -26,13 +27,19 @@ def load_full_weights(
     """A causal-LM ``PreTrainedModel`` with full weights, on ``device``, in eval mode.
 
     Args:
-        path: model dir, run dir (its ``final/``), Hub id, or peft adapter dir.
+        path: model dir, run dir (its ``final/``), a run's stage (``RUN/stages/NN-name``: the final model with that
+            stage's trainable weights), Hub id, or peft adapter dir.
         base: base model for an adapter dir (default: ``base_model_name_or_path`` from its config).
         dtype: load dtype (default: the checkpoint's own, ``"auto"``).
     """
     from transformers import AutoModelForCausalLM
 
+    from tandem.io.weights import load_trainable_file
+
     p = resolve_model_path(path, "model")
+    stage = stage_weights(p)
+    if stage is not None:
+        p = stage[0]
     kw = {"dtype": torch_dtype(dtype), "use_safetensors": True}
     if is_adapter_dir(p):
         from peft import PeftModel
@@ -41,10 +48,15 @@ def load_full_weights(
         base_name = resolve_model_path(adapter_base(p, base), "base model")
         check_safetensors(base_name)
         model = AutoModelForCausalLM.from_pretrained(base_name, **kw)
-        model = PeftModel.from_pretrained(model, p, use_safetensors=True).merge_and_unload()
+        model = PeftModel.from_pretrained(model, p, use_safetensors=True)
+        if stage is not None:
+            load_trainable_file(model, stage[1])
+        model = model.merge_and_unload()
     else:
         check_safetensors(p)
         model = AutoModelForCausalLM.from_pretrained(p, **kw)
+        if stage is not None:
+            load_trainable_file(model, stage[1])
     return model.to(device).eval()
 
 
@@ -53,6 +65,13 @@ def load_merged(path: str | Path, device: str | torch.device = "cpu", dtype: tor
     """``(model, tokenizer)``: :func:`load_full_weights` of ``path`` and its tokenizer (an adapter dir's own,
     else its base model's)."""
     model = load_full_weights(path, base=base, dtype=dtype, device=device)
+    return model, tokenizer_of(path, base)
+
+
+def tokenizer_of(path: str | Path, base: str | None = None):
+    """The tokenizer of what :func:`load_full_weights` loads from ``path``: a model dir's own, an adapter dir's own
+    (else its base model's, ``base`` when given), a run stage's run's."""
     src = resolve_model_path(path, "model")
+    src = (stage_weights(src) or (src,))[0]  # a run's stage: the run's final model's tokenizer
     own = tokenizer_source(src) == src  # an adapter dir without tokenizer files uses its base model's
-    return model, load_tokenizer(src if own or base is None else base)
+    return load_tokenizer(src if own or base is None else base)

@@ -1,6 +1,7 @@
 """What a model reference names: a Hub id, a local model dir, a LoRA adapter dir, a tandem run dir or a GGUF file.
 
-A string that is clearly a local path -- it exists, is not shaped like a Hub id (more than one ``/``, a
+A run's stage (``RUN/stages/NN-name``) names the run's final model with that stage's trainable weights
+(:func:`stage_weights`). A string that is clearly a local path -- it exists, is not shaped like a Hub id (more than one ``/``, a
 backslash, a space ...), starts with ``.``, ``/`` or ``~``, ends with ``.gguf``, or its first path component exists here -- must exist:
 :func:`check_exists` raises ``FileNotFoundError("not found: PATH")`` at once instead of letting transformers
 try the Hub with it. Anything else that looks like a Hub id (``name`` or ``org/name``) goes to the Hub.
@@ -70,6 +71,24 @@ def resolve_model_path(name_or_path: str | os.PathLike, what: str = "") -> str:
     if p.is_dir() and not is_model_dir(p) and is_model_dir(p / "final"):
         return str(p / "final")
     return str(p) if looks_local(s) else s
+
+
+STAGE_WEIGHTS = "end.safetensors"
+
+
+def stage_weights(path: str | os.PathLike) -> tuple[str, Path] | None:
+    """``(the run's final model dir, the stage's weights file)`` when ``path`` is a stage of a tandem run
+    (``RUN/stages/NN-name`` holding ``end.safetensors``: the trainable weights at the end of that stage, e.g. the
+    SFT stage of a sequential run); ``None`` for anything else. The stage's weights are loaded over the run's final
+    model (the LoRA adapter, or the full model), so every other weight is the run's. ``FileNotFoundError`` when the
+    run has no ``final/`` yet."""
+    p = Path(path).expanduser()
+    if p.parent.name != "stages" or not (p / STAGE_WEIGHTS).is_file():
+        return None
+    final = p.parent.parent / "final"
+    if not is_model_dir(final):
+        raise FileNotFoundError(f"{p}: a stage of a run without a final model ({final}); finish or resume the run first")
+    return str(final), p / STAGE_WEIGHTS
 
 
 def adapter_config(adapter_dir: str | os.PathLike) -> dict:

@@ -69,9 +69,10 @@ def run_one(recipe_path: Path, method: str | None, seed: int, run_dir: Path, ove
 def eval_row(r, run_dir: Path, sweep: bool, reuse: bool, model_dir: Path | None = None) -> dict:
     """The numeric eval metrics of a finished run (``model_dir``, default ``run_dir/final``; and ``t<T>/<metric>``
     means of the temperature sweep), written to ``run_dir/eval``."""
-    from tandem.pipelines.evaluate import numeric, run_eval
+    from tandem.pipelines.evaluate import numeric, run_also, run_eval
 
-    out, block = run_dir / "eval", {**r.eval.model_dump(mode="json"), "sweep": sweep}
+    # the extra sets (eval.also) keep stamps of their own: adding one does not redo the main evaluation
+    out, block = run_dir / "eval", {**r.eval.model_dump(mode="json", exclude={"also"}), "sweep": sweep}
     stamp = out / "eval_block.json"
     if reuse and stamp.is_file() and json.loads(stamp.read_text()) == block and (out / "results.json").is_file():
         res = json.loads((out / "results.json").read_text())
@@ -85,6 +86,7 @@ def eval_row(r, run_dir: Path, sweep: bool, reuse: bool, model_dir: Path | None 
     row = numeric(res["metrics"])
     for t in res.get("temperature_sweep") or []:
         row[f"t{t['temperature']:g}/{t['metric']}"] = t["mean"]
+    row.update(run_also(model_dir or run_dir / "final", r.eval, out, reuse))
     return row
 
 

@@ -1,7 +1,8 @@
 """``tandem eval``: a recipe's eval block (or command-line metrics) -> generations, metrics, results files.
 
 ``run_eval`` loads the model once, evaluates at the recipe's temperature, then (``temperatures``) sweeps the
-generation metrics over temperatures and seeds (``temperature_sweep.json``). ``eval_into`` (the command) does
+generation metrics over temperatures and seeds (``temperature_sweep.json``); ``run_also`` scores the extra prompt
+sets of ``eval.also`` (``OUT/also-<name>``, columns ``<name>/<metric>``). ``eval_into`` (the command) does
 the same into an output directory that is tandem's (marker) and locked while it is written: a directory tandem
 did not create is refused, an earlier evaluation's directory keeps its caches (generations, judge verdicts).
 """
@@ -64,6 +65,32 @@ def run_eval(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatur
     return results
 
 
+def also_block(cfg, name: str):
+    """The eval block of the extra set ``cfg.also[name]``: ``cfg`` with that set's data and metrics, no temperature
+    sweep, no baseline (a baseline belongs to ``cfg.data``'s prompts) and no further sets."""
+    s = cfg.also[name]
+    return cfg.model_copy(update={"data": s.data, "metrics": list(s.metrics), "temperatures": [], "baseline": None,
+                                  "also": {}})
+
+
+def run_also(model_dir: Path, cfg, eval_dir: Path, reuse: bool = False) -> dict:
+    """Score ``model_dir`` on each extra prompt set of ``cfg.also`` into ``eval_dir/also-<name>`` (kept when it was
+    made with the same block and ``reuse``); returns the columns ``<name>/<metric>``."""
+    row: dict = {}
+    for name in cfg.also:
+        sub = also_block(cfg, name)
+        out, block = eval_dir / f"also-{name}", sub.model_dump(mode="json")
+        stamp = out / "eval_block.json"
+        if reuse and stamp.is_file() and json.loads(stamp.read_text()) == block and (out / "results.json").is_file():
+            res = json.loads((out / "results.json").read_text())
+        else:
+            stamp.unlink(missing_ok=True)  # written again only once this evaluation is complete
+            res = run_eval(model_dir, sub, out, sub.metrics, [])
+            stamp.write_text(json.dumps(block, indent=2))
+        row.update({f"{name}/{k}": v for k, v in numeric(res["metrics"]).items()})
+    return row
+
+
 def check_metric_names(metrics: list[str]) -> None:
     from tandem.evaluation.registry import METRICS
 
@@ -77,9 +104,14 @@ def eval_into(model_dir: Path, cfg, out_dir: Path, metrics: list[str], temperatu
     from tandem.io.rundir import is_run_dir, open_run_dir
 
     check_metric_names(metrics)
+    for s in cfg.also.values():
+        check_metric_names(s.metrics)
     again = is_run_dir(out_dir)  # an earlier evaluation: keep its caches
     with open_run_dir(out_dir, resume=again, overwrite=False, command="eval", clean=False):
-        return run_eval(model_dir, cfg, out_dir, metrics, temperatures)
+        res = run_eval(model_dir, cfg, out_dir, metrics, temperatures)
+        if cfg.also:
+            res["also"] = run_also(model_dir, cfg, out_dir)
+        return res
 
 
 @dataclass(frozen=True)

@@ -97,13 +97,17 @@ def load_study(study_dir: Path, overrides: list[str] | None = None, out_dir: Pat
 def check_inputs(recipe) -> None:
     """What ``train`` would refuse, and the eval block's inputs on disk (``FileNotFoundError``)."""
     from tandem.models import check_exists
+    from tandem.pipelines.evaluate import check_metric_names
     from tandem.pipelines.train import check_source
 
     check_recipe(recipe)
     e = recipe.eval
-    for src in (e.data.source if e.data else None, e.pairs, e.heldout_text, e.mc, e.baseline):
+    for src in (e.data.source if e.data else None, e.pairs, e.heldout_text, e.mc, e.baseline,
+                *(s.data.source for s in e.also.values())):
         if src:
             check_source(src)
+    for s in e.also.values():
+        check_metric_names(s.metrics)
     for what, model in (("eval.reward_model", e.reward_model), ("eval.reference_model", e.reference_model)):
         if model:
             check_exists(model, what)

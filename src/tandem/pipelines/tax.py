@@ -83,15 +83,16 @@ def _search(recipe, out: Path, resume: bool, show_progress: bool, base_path: str
     from rich.progress import Progress
 
     from tandem.merging.lerp import Merger
-    from tandem.models import load_full_weights, load_reward_model, load_tokenizer, save_model
+    from tandem.models import load_full_weights, load_reward_model, save_model, stage_weights, tokenizer_of
 
     cfg = recipe.tax
     dtype = torch.float32
     model = load_full_weights(base_path, dtype=dtype)
-    tuned = load_full_weights(tuned_path, base=base_path, dtype=dtype)
+    # theta_1 an adapter: on theta_0 as its base, unless theta_0 is a stage of a run (then the adapter's own base)
+    tuned = load_full_weights(tuned_path, base=None if stage_weights(base_path) else base_path, dtype=dtype)
     merger = Merger.from_models(model, tuned)
     del tuned
-    tok = load_tokenizer(base_path)
+    tok = tokenizer_of(base_path)
     rm, rtok = load_reward_model(reward_path)
     score = make_scorer(tok, prompts, rm, rtok, cfg.tax_metric, heldout, mc_rows, cfg.max_new_tokens, cfg.temperature,
                         cfg.batch_size, cfg.seed)
