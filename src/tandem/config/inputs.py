@@ -4,9 +4,9 @@
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from tandem.config.base import Strict
 
@@ -76,11 +76,25 @@ class SourceConfig(Strict):
         return v
 
 
+MIX = "; a list of sources is read in order and concatenated (each with its own skip, limit, format, columns)"
+BRANCH_TAGS = ("one-source", "source-list")  # union branch names: left out of error locations (parse_recipe)
+
+
+def _one_or_list(v: Any) -> str:
+    return BRANCH_TAGS[1] if isinstance(v, list) else BRANCH_TAGS[0]
+
+
+# one source or a list of them; the discriminator validates only the branch the YAML has (one error, not two)
+Sources = Annotated[Union[Annotated[SourceConfig, Tag(BRANCH_TAGS[0])], Annotated[list[SourceConfig], Tag(BRANCH_TAGS[1])]],
+                    Discriminator(_one_or_list)]
+
+
 class DataConfig(Strict):
-    sft: SourceConfig | None = None
-    preference: SourceConfig | None = None
-    pretrain: SourceConfig | None = Field(default=None, description="plain text (LM loss) for rlhf+pt / ppo+pt: a text "
-                                          "file (paragraphs) or JSONL with a 'text' field")
+    sft: Sources | None = Field(default=None, description="instruction data" + MIX)
+    preference: Sources | None = Field(default=None, description="preference pairs" + MIX)
+    pretrain: Sources | None = Field(
+        default=None, description="plain text (LM loss) for rlhf+pt / ppo+pt: a text file (paragraphs) or JSONL with a "
+        "'text' field" + MIX)
     max_length: int = Field(default=512, ge=8)
     overlong: Literal["truncate", "drop"] = "truncate"
     val_size: int = Field(default=0, ge=0)
@@ -90,9 +104,17 @@ class DataConfig(Strict):
     max_record_mb: float = Field(default=10.0, gt=0, description="largest JSON Lines record (line) read, in MiB")
     chat_template: str | None = Field(default=None, description="chatml, llama3, zephyr or a Jinja file; replaces the tokenizer's template")
 
+    def sources(self, key: str) -> list[SourceConfig]:
+        """The sources of ``data.<key>`` (``sft``, ``preference``, ``pretrain``) as a list (empty when unset)."""
+        v = getattr(self, key)
+        return [] if v is None else list(v) if isinstance(v, list) else [v]
+
     @model_validator(mode="after")
     def _loss_on_is_sft_only(self) -> "DataConfig":
-        if self.preference is not None and self.preference.loss_on != "last":
+        for key in ("sft", "preference", "pretrain"):
+            if getattr(self, key) == []:
+                raise ValueError(f"{key}: an empty list of sources; give at least one source or leave the role out")
+        if any(src.loss_on != "last" for src in self.sources("preference")):
             raise ValueError("preference.loss_on: a preference pair is labelled on its two final replies; "
                              "loss_on: all_assistant applies to data.sft only")
         return self

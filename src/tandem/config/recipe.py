@@ -28,6 +28,7 @@ from tandem.config.yamlsrc import (  # noqa: F401 - re-exported: tandem.config.r
 )
 from tandem.config.base import SEED_MAX, Strict  # noqa: F401 - re-exported
 from tandem.schedules.methods import build_stages, get_method
+from tandem.config.inputs import BRANCH_TAGS
 from tandem.config.inputs import (  # noqa: F401 - re-exported: tandem.config.recipe is the public place
     ATTN_IMPLEMENTATIONS,
     DataConfig,
@@ -401,7 +402,7 @@ def parse_recipe(raw: dict, source: str = "<recipe>", text: str | None = None,
     except ValidationError as e:
         lines = []
         for err in e.errors():
-            loc = tuple(x for x in err["loc"])
+            loc = tuple(x for x in err["loc"] if x not in BRANCH_TAGS)  # data.preference.1.limit, not its branch
             key = ".".join(str(x) for x in loc) or "(top level)"
             flag = flag_of(overrides or [], loc) if loc else None
             if flag is not None:

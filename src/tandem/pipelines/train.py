@@ -115,51 +115,79 @@ def build_regularizer(recipe: Recipe, method: Method):
         raise ValueError(f"{where} ({name}): {e}") from None
 
 
-def data_source(recipe: Recipe, role: str):
+def data_sources(recipe: Recipe, role: str) -> list:
+    """The sources (``SourceConfig``) a role trains on, in order: ``data.sft``, ``data.pretrain`` or
+    ``data.preference`` (also for reward and PPO), one or a list."""
     key = role if role in ("sft", "pretrain") else "preference"
-    src = getattr(recipe.data, key)
-    if src is None:
+    srcs = recipe.data.sources(key)
+    if not srcs:
         raise ValueError(f"the schedule trains on '{role}' data but the recipe has no data.{key}")
-    return src
+    return srcs
 
 
 def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None, data_kind: str | None = None
                        ) -> tuple[list[dict], list[dict], dict]:
     """(train features, validation features, load/encode stats) for a data role; rows are checked against
-    ``data_kind`` (the objective's: ``sft`` or ``preference``), default the role's own kind."""
-    src = data_source(recipe, role)
-    if role == "pretrain" and src.format in (None, "text"):  # plain text; "format: sft" reads SFT examples
-        from tandem.data.text import encode_texts
-        from tandem.evaluation.inputs import read_texts
-
-        feats = encode_texts(tokenizer, read_texts(src.source)[: src.limit], recipe.data.max_length)
-        return feats, [], {"source": src.source, "load": {}, "encode": {"kept": len(feats)}, "train": len(feats), "val": 0}
+    ``data_kind`` (the objective's: ``sft`` or ``preference``), default the role's own kind. Several sources are
+    read in order and concatenated (each must give usable rows); the validation split is drawn from the whole."""
     kind = data_kind or ("sft" if role in ("sft", "pretrain") else "preference")
-    if src.format == "sft":
-        src = src.model_copy(update={"format": None})  # SFT examples, format detected
+
+    def plain_text(source) -> bool:  # pretrain's plain text; "format: sft" reads SFT examples
+        return role == "pretrain" and source.format in (None, "text")
+
     def read(source):  # examples of a source -> (features, load report, encode stats)
+        if plain_text(source):
+            from tandem.data.text import encode_texts
+            from tandem.evaluation.inputs import read_texts
+
+            feats = encode_texts(tokenizer, read_texts(source.source)[: source.limit], recipe.data.max_length)
+            return feats, {"kept": len(feats)}, {}
+        if source.format == "sft":
+            source = source.model_copy(update={"format": None})  # SFT examples, format detected
         examples, report = load_source(source, role=kind, max_record_bytes=int(recipe.data.max_record_mb * 2**20))
         if encoder is not None:
             return (*encoder(tokenizer, examples, recipe.data.max_length, recipe.data.overlong), report)
         return (*encode_all(tokenizer, examples, recipe.data.max_length, recipe.data.overlong, loss_on=source.loss_on),
                 report)
 
-    feats, stats, report = read(src)
-    if not feats:
-        raise DataError(no_usable_message(src.source, report, stats, recipe.data.max_length, recipe.data.overlong))
+    srcs, feats, per_source = data_sources(recipe, role), [], []
+    for src in srcs:
+        f, stats, report = read(src)
+        if not f:
+            raise DataError(no_usable_message(src.source, report, stats, recipe.data.max_length, recipe.data.overlong))
+        feats += f
+        per_source.append({"source": src.source, "load": _as_dict(report), "encode": _as_dict(stats), "rows": len(f)})
     held_out = recipe.data.val.get(kind if role == "reward" else role) if role != "pretrain" else None
     if held_out is not None:  # validation rows from their own source: train on every row of this one
         train, (val, _, _) = feats, read(held_out)
         if not val:
             raise DataError(f"data.val.{kind}: no usable rows in {held_out.source} (all longer than data.max_length "
                             f"{recipe.data.max_length} with overlong: {recipe.data.overlong}?)")
-    elif recipe.data.val_size:
+    elif recipe.data.val_size and not all(plain_text(src) for src in srcs):
         train, val = train_val_split(feats, val_size=recipe.data.val_size, seed=recipe.seed)
     else:
         train, val = feats, []
-    info = {"source": src.source, "load": _as_dict(report), "encode": _as_dict(stats), "train": len(train), "val": len(val),
-            **({"val_source": held_out.source} if held_out is not None else {})}
+    if len(per_source) == 1:
+        info = {k: v for k, v in per_source[0].items() if k != "rows"}
+    else:  # counts summed over the sources, each source's own under "sources"
+        info = {"source": [p["source"] for p in per_source], "load": _summed([p["load"] for p in per_source]),
+                "encode": _summed([p["encode"] for p in per_source]), "sources": per_source}
+    info.update({"train": len(train), "val": len(val), **({"val_source": held_out.source} if held_out is not None else {})})
     return train, val, info
+
+
+def _summed(dicts: list[dict]) -> dict:
+    """Numbers summed key by key (nested dicts too) over ``dicts``; other values from the first that has them."""
+    out: dict = {}
+    for d in dicts:
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out[k] = _summed([out.get(k, {}), v])
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = out.get(k, 0) + v
+            else:
+                out.setdefault(k, v)
+    return out
 
 
 def _as_dict(x) -> dict:
@@ -239,7 +267,8 @@ def check_recipe(recipe: Recipe) -> tuple[dict, object]:
     if recipe.data.chat_template:
         resolve_chat_template(recipe.data.chat_template)
     for role in objectives:
-        check_source(data_source(recipe, role).source)
+        for src in data_sources(recipe, role):
+            check_source(src.source)
     for src in recipe.data.val.values():
         check_source(src.source)
     return objectives, regularizer
