@@ -153,6 +153,12 @@ def test_reference_logps_are_computed_once_per_cache_dir(tmp_path, monkeypatch):
         m.setattr(merged, "load_merged", lambda *a, **k: pytest.fail("the reference was scored again"))
         again = evaluate(policy_dir, tmp_path / "e2", ["implicit_reward_accuracy"], **kw)["metrics"]
     assert again == first
+    import shutil
+
+    moved = shutil.copytree(policy_dir, tmp_path / "another-run")  # another run of the study: its own tokenizer copy
+    with monkeypatch.context() as m:
+        m.setattr(merged, "load_merged", lambda *a, **k: pytest.fail("the reference was scored again"))
+        assert evaluate(moved, tmp_path / "e4", ["implicit_reward_accuracy"], **kw)["metrics"] == first
     (policy, tok), (ref, _) = tiny_lm(3), tiny_lm(0)
     assert first["implicit_reward_accuracy"] == pytest.approx(L.implicit_reward_accuracy(policy, ref, tok, PAIRS, batch_size=2))
     other = evaluate(policy_dir, tmp_path / "e3", ["implicit_reward_accuracy"], **{**kw, "pairs": PAIRS[:2]})["metrics"]

@@ -141,13 +141,25 @@ def reference_source(model_path: str | Path | None, reference_model_path: str | 
 def reference_cache_key(identity: dict, tokenizer, pairs: list[PreferenceExample], max_length: int, batch_size: int,
                         dtype) -> str:
     """What the reference log-probs of ``pairs`` depend on, hashed: the reference model's identity (path, weight
-    files' sizes and mtimes), the tokenizer, every pair's text, the length cap, the batching and the dtype."""
+    files' sizes and mtimes), the tokenizer's content (not its path: every run of a study has its own copy of the
+    same tokenizer), every pair's text, the length cap, the batching and the dtype."""
     import hashlib
     import json
 
-    blob = {"model": identity, "tokenizer": tokenizer.name_or_path, "max_length": max_length,
+    blob = {"model": identity, "tokenizer": tokenizer_identity(tokenizer), "max_length": max_length,
             "batch_size": batch_size, "dtype": str(dtype),
             "pairs": [[ex.prompt, ex.chosen, ex.rejected] for ex in pairs]}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def tokenizer_identity(tokenizer) -> str:
+    """A hash of what tokenizes: the vocabulary, the special tokens, the chat template and the class."""
+    import hashlib
+    import json
+
+    blob = {"vocab": sorted(tokenizer.get_vocab().items()), "special": tokenizer.special_tokens_map,
+            "template": tokenizer.chat_template, "class": type(tokenizer).__name__,
+            "bos_eos": [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
