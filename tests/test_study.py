@@ -140,6 +140,7 @@ def test_the_study_recipes_load_and_share_their_data_and_budget():
         assert r.eval.data.skip >= r.data.sft.limit  # held-out Alpaca rows are not trained on
         assert set(r.eval.metrics) == {"rouge", "reference_nll", "reward", "reward_win_rate", "implicit_reward_accuracy"}
         assert r.eval.temperatures == [0.25, 0.75, 1.0]
+        assert r.eval.also["alpaca_eval"].data.source.endswith("alpaca_eval_gpt4_1106_preview.jsonl.gz")
 
 
 def test_an_extra_prompt_set_adds_columns_without_redoing_the_main_evaluation(studied, synthetic_files):
