@@ -49,3 +49,42 @@ def test_a_stage_of_an_unfinished_run_is_refused(tmp_path):
     with pytest.raises(FileNotFoundError, match="without a final model"):
         stage_weights(stage)
     assert stage_weights(tmp_path / "run") is None and stage_weights(tmp_path) is None
+
+
+def test_tax_between_a_runs_sft_stage_and_its_final_model(tmp_path, tiny_model_dir, synthetic_files):
+    """``tandem tax`` with theta_0 = RUN/stages/01-sft and theta_1 = RUN (a LoRA run, its adapter on its own base):
+    alpha 0 is the SFT stage's model (tax 0), alpha 1 the final one (another held-out perplexity)."""
+    import json
+
+    from helpers_entry import cli_app
+    from helpers_evaluation import tiny_reward_model
+    from typer.testing import CliRunner
+
+    run = sequential_run(tmp_path, tiny_model_dir, synthetic_files, lora=True)
+    rm, rtok = tiny_reward_model(0)
+    rm.save_pretrained(tmp_path / "rm")
+    rtok.save_pretrained(tmp_path / "rm")
+    (tmp_path / "heldout.txt").write_text("The river runs to the sea.\n\nApples are red or green.\n\nWinter is cold.\n")
+    recipe = tmp_path / "tax.yaml"
+    recipe.write_text(f"""
+output_dir: {run}
+model: {{name_or_path: {tiny_model_dir}}}
+data: {{}}
+objectives: {{}}
+tax:
+  base: {run / 'stages' / '01-sft'}
+  tuned: {run}
+  out: {tmp_path / 'tax'}
+  groups: block2
+  sweep: [0.0, 1.0]
+  trials: 0
+  prompts: {{source: {synthetic_files['sft']}, limit: 2}}
+  reward_model: {tmp_path / 'rm'}
+  heldout_text: {tmp_path / 'heldout.txt'}
+  max_new_tokens: 2
+  adaptive: {{enabled: false}}
+""")
+    res = CliRunner().invoke(cli_app, ["tax", str(recipe), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    points = json.loads((tmp_path / "tax" / "summary.json").read_text())["points"]
+    assert points[0]["tax"] == pytest.approx(0.0) and points[1]["tax"] != pytest.approx(0.0)
