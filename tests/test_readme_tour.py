@@ -119,6 +119,8 @@ CHEAP: dict[str, tuple[str, ...]] = {
     "runs/testbed/recipe.yaml": ("data.sft.limit=16", "data.preference.limit=16", "data.pretrain.limit=16",
                                  "data.val_size=4", "batching.batch_size=4", "schedule.epochs=1", "schedule.max_steps=2",
                                  "logging.progress=false", "eval.data.limit=4", "eval.max_new_tokens=4"),
+    "recipes/tax-study.yaml": ("tax.sweep=[0.0,1.0]", "tax.trials=1", "tax.prompts.skip=0", "tax.prompts.limit=2", "tax.heldout_limit=2",
+                               "tax.max_new_tokens=4", "tax.adaptive.top_k=2", "tax.adaptive.steps=1"),
     "recipes/tax.yaml": ("tax.sweep=[0.0,1.0]", "tax.trials=1", "tax.prompts.limit=2", "tax.heldout_limit=2",
                          "tax.max_new_tokens=4", "tax.adaptive.top_k=2", "tax.adaptive.steps=1"),
 }
@@ -156,9 +158,16 @@ TOUR: dict[str, Run | Launch | Skip] = {
         ("--seeds", "0", *(x for kv in ("data.sft.limit=8", "data.preference.limit=8", "data.pretrain.limit=8",
                                          "data.val_size=2", "data.max_length=96", "batching.batch_size=4",
                                          "logging.progress=false", "eval.data.skip=8", "eval.data.limit=2",
-                                         "eval.pairs_limit=2", "eval.max_new_tokens=4", "eval.temperatures=[]")
+                                         "eval.pairs_limit=2", "eval.max_new_tokens=4", "eval.temperatures=[]",
+                                         "eval.also.alpaca_eval.data.limit=2")
                           for x in ("--set", kv))),
-        ("runs/study/table.md", "runs/study/base/eval/generations.jsonl", "runs/study/orpo-s0/eval/results.json")),
+        ("runs/study/table.md", "runs/study/base/eval/generations.jsonl", "runs/study/orpo-s0/eval/results.json",
+         "runs/study/orpo-s0/eval/also-alpaca_eval/results.json")),
+    "tandem study recipes/entanglement --seeds 0 -o runs/entanglement": Run(
+        tuple(x for kv in ("data.preference.limit=8", "data.val_size=2", "data.max_length=96", "batching.batch_size=4",
+                           "logging.progress=false", "probe.pairs=2", "eval.pairs_limit=2", "eval.max_length=96")
+              for x in ("--set", kv)),
+        ("runs/entanglement/table.md", "runs/entanglement/simpo-s0/metrics.jsonl")),
     "tandem eval recipes/dpo.yaml": Run(expect=("runs/dpo/eval/results.json",)),
     "tandem eval recipes/dpo.yaml --metrics reward --temperatures 0.25,0.75,1.0 -o runs/dpo/eval-sweep":
         Run(expect=("runs/dpo/eval-sweep/results.json",)),
@@ -173,6 +182,7 @@ TOUR: dict[str, Run | Launch | Skip] = {
     "tandem merge models/smollm2-135m-instruct runs/dpo/final --alphas 0.2,0.5,0.8 --groups block3 -o merged/hma "
     "--mergekit-config merged/hma.yaml": Run(expect=("merged/hma/config.json", "merged/hma.yaml")),
     "tandem tax recipes/tax.yaml": Run(expect=("runs/dpo/tax/table.md", "runs/dpo/tax/pareto.png")),
+    "tandem tax recipes/tax-study.yaml": Run(expect=("runs/tax-study/table.md", "runs/tax-study/pareto.png")),
     "tandem probe entanglement --model runs/dpo --data ../shared/data/hh-rlhf/helpful-online/test.jsonl.gz --pairs 16 "
     "-o runs/probe": Run(expect=("runs/probe/summary.json", "runs/probe/pairs.jsonl")),
     "tandem push runs/dpo/final/merged me/smollm2-dpo --private":
