@@ -116,3 +116,20 @@ def test_cli_eval_with_temperatures(tmp_path, tiny_model_dir, synthetic_files):
     rows = json.loads((out / "temperature_sweep.json").read_text())
     assert [(x["temperature"], x["metric"], x["n"]) for x in rows] == [(0.0, "exact_match/accuracy", 2), (0.0, "exact_match/n", 2)]
     assert rows[0]["std"] == 0.0
+
+
+def test_cli_eval_scores_the_extra_prompt_sets(tmp_path, tiny_model_dir, synthetic_files):
+    r = eval_recipe(tmp_path, tiny_model_dir, synthetic_files)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(dump_recipe(r))
+    out = tmp_path / "cli-eval"
+    extra = f"eval.also={{second: {{data: {{source: {synthetic_files['sft']}, skip: 10, limit: 3}}}}}}"
+    res = CliRunner().invoke(cli_app, ["eval", str(tiny_model_dir), "--recipe", str(recipe), "--metrics", "exact_match",
+                                       "--set", "eval.temperatures=[]", "--set", extra, "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "second:" in res.output and "also-second/results.json" in res.output
+    got = json.loads((out / "also-second" / "results.json").read_text())["metrics"]
+    assert got["reference_nll"]["n"] == 3 and 0 <= got["rouge"]["rougeL"] <= 1  # the set's default metrics
+    prompts = [json.loads(x)["prompt"] for x in (out / "also-second" / "generations.jsonl").read_text().splitlines()]
+    assert len(prompts) == 3 and prompts != [json.loads(x)["prompt"] for x in
+                                             (out / "generations.jsonl").read_text().splitlines()][:3]

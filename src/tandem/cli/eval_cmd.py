@@ -42,7 +42,10 @@ def eval_command(
         out_dir = scope.where = out or (t.run_dir / "eval")
         res = eval_into(t.model_dir, t.recipe.eval, out_dir, ms, temps)
     typer.echo((out_dir / "results.md").read_text())
-    typer.echo(f"wrote {out_dir}/results.json" + (" and temperature_sweep.json" if "temperature_sweep" in res else ""))
+    for name in t.recipe.eval.also:  # the extra prompt sets (eval.also)
+        typer.echo(f"{name}:\n" + (out_dir / f"also-{name}" / "results.md").read_text())
+    typer.echo(f"wrote {out_dir}/results.json" + (" and temperature_sweep.json" if "temperature_sweep" in res else "")
+               + "".join(f", also-{name}/results.json" for name in t.recipe.eval.also))
 
 
 @app.command("report")

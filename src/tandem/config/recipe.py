@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import math
+import re
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -28,8 +29,8 @@ from tandem.config.yamlsrc import (  # noqa: F401 - re-exported: tandem.config.r
 )
 from tandem.config.base import SEED_MAX, Strict  # noqa: F401 - re-exported
 from tandem.schedules.methods import build_stages, get_method
-from tandem.config.inputs import BRANCH_TAGS
 from tandem.config.inputs import (  # noqa: F401 - re-exported: tandem.config.recipe is the public place
+    BRANCH_TAGS,
     ATTN_IMPLEMENTATIONS,
     DataConfig,
     LoraConfig,
@@ -225,8 +226,6 @@ class EvalConfig(Strict):
     @field_validator("also")
     @classmethod
     def _set_names(cls, v: dict[str, "ExtraEvalSet"]) -> dict[str, "ExtraEvalSet"]:
-        import re
-
         bad = [k for k in v if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", k)]
         if bad:
             raise ValueError(f"set name(s) {bad}: use letters, digits, '_', '-', '.' (they name columns and directories)")

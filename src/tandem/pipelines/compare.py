@@ -69,20 +69,16 @@ def run_one(recipe_path: Path, method: str | None, seed: int, run_dir: Path, ove
 def eval_row(r, run_dir: Path, sweep: bool, reuse: bool, model_dir: Path | None = None) -> dict:
     """The numeric eval metrics of a finished run (``model_dir``, default ``run_dir/final``; and ``t<T>/<metric>``
     means of the temperature sweep), written to ``run_dir/eval``."""
-    from tandem.pipelines.evaluate import numeric, run_also, run_eval
+    from tandem.pipelines.evaluate import numeric, run_also, run_eval, stamped
 
     # the extra sets (eval.also) keep stamps of their own: adding one does not redo the main evaluation
     out, block = run_dir / "eval", {**r.eval.model_dump(mode="json", exclude={"also"}), "sweep": sweep}
-    stamp = out / "eval_block.json"
-    if reuse and stamp.is_file() and json.loads(stamp.read_text()) == block and (out / "results.json").is_file():
-        res = json.loads((out / "results.json").read_text())
+    res, reused = stamped(out, block, reuse, lambda: run_eval(
+        model_dir or run_dir / "final", r.eval, out, r.eval.metrics, r.eval.temperatures if sweep else [],
+        reference_cache=run_dir.parent / "reference_logps"))  # one reference pass per study/comparison
+    if reused:
         res["temperature_sweep"] = json.loads((out / "temperature_sweep.json").read_text()) if sweep and r.eval.temperatures else []
         log.info("%s: evaluated earlier with the same eval block, reused", run_dir)
-    else:
-        stamp.unlink(missing_ok=True)  # written again only once this evaluation is complete
-        res = run_eval(model_dir or run_dir / "final", r.eval, out, r.eval.metrics, r.eval.temperatures if sweep else [],
-                       reference_cache=run_dir.parent / "reference_logps")  # one reference pass per study/comparison
-        stamp.write_text(json.dumps(block, indent=2))
     row = numeric(res["metrics"])
     for t in res.get("temperature_sweep") or []:
         row[f"t{t['temperature']:g}/{t['metric']}"] = t["mean"]

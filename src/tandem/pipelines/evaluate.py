@@ -73,20 +73,26 @@ def also_block(cfg, name: str):
                                   "also": {}})
 
 
+def stamped(out: Path, block: dict, reuse: bool, compute) -> tuple[dict, bool]:
+    """``(results, reused)``: ``out/results.json`` when ``reuse`` and ``out/eval_block.json`` says it was made with
+    ``block``, else ``compute()`` (which writes ``out/results.json``), stamped with ``block`` once it is complete."""
+    stamp = out / "eval_block.json"
+    if reuse and stamp.is_file() and json.loads(stamp.read_text()) == block and (out / "results.json").is_file():
+        return json.loads((out / "results.json").read_text()), True
+    stamp.unlink(missing_ok=True)  # written again only once this evaluation is complete
+    res = compute()
+    stamp.write_text(json.dumps(block, indent=2))
+    return res, False
+
+
 def run_also(model_dir: Path, cfg, eval_dir: Path, reuse: bool = False) -> dict:
     """Score ``model_dir`` on each extra prompt set of ``cfg.also`` into ``eval_dir/also-<name>`` (kept when it was
     made with the same block and ``reuse``); returns the columns ``<name>/<metric>``."""
     row: dict = {}
     for name in cfg.also:
-        sub = also_block(cfg, name)
-        out, block = eval_dir / f"also-{name}", sub.model_dump(mode="json")
-        stamp = out / "eval_block.json"
-        if reuse and stamp.is_file() and json.loads(stamp.read_text()) == block and (out / "results.json").is_file():
-            res = json.loads((out / "results.json").read_text())
-        else:
-            stamp.unlink(missing_ok=True)  # written again only once this evaluation is complete
-            res = run_eval(model_dir, sub, out, sub.metrics, [])
-            stamp.write_text(json.dumps(block, indent=2))
+        sub, out = also_block(cfg, name), eval_dir / f"also-{name}"
+        res, _ = stamped(out, sub.model_dump(mode="json"), reuse,
+                         lambda: run_eval(model_dir, sub, out, sub.metrics, []))  # noqa: B023 - called at once
         row.update({f"{name}/{k}": v for k, v in numeric(res["metrics"]).items()})
     return row
 
