@@ -41,3 +41,16 @@ def test_the_study_runs_every_loss_with_the_probe(tmp_path, tiny_model_dir, synt
         probes = [json.loads(ln) for ln in (Path(r["run"]) / "metrics.jsonl").read_text().splitlines()]
         probes = [m for m in probes if "probe/logp_w" in m]
         assert len(probes) >= 2 and all("probe/logp_l" in m and "probe/mean_cosine" in m for m in probes)
+    # benchmarks/probe_table.py reads the same rows: first and last probe, and their change
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("probe_table", ROOT / "benchmarks" / "probe_table.py")
+    pt = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pt)
+    runs = [Path(r["run"]) for r in rows]
+    md = pt.table(runs).splitlines()
+    assert len(md) == 2 + len(runs)
+    first = pt.probes(runs[0])
+    r0 = pt.row(runs[0])
+    assert r0["logp_w"] == (first[0]["probe/logp_w"], first[-1]["probe/logp_w"]) and r0["probes"] == len(first)
+    assert f"{first[-1]['probe/logp_w'] - first[0]['probe/logp_w']:+.2f}" in md[2]
