@@ -36,3 +36,12 @@ def tiny_reward_model(seed: int = 0):
     torch.manual_seed(seed)
     model = LlamaForSequenceClassification(tiny_config(tok, num_labels=1)).eval()
     return model, tok
+
+
+def tax_inputs(tmp) -> tuple:
+    """``(reward model dir, held-out text file)`` for a ``tandem tax`` recipe on the tiny models, written under ``tmp``."""
+    rm, rtok = tiny_reward_model(0)
+    rm.save_pretrained(tmp / "rm")
+    rtok.save_pretrained(tmp / "rm")
+    (tmp / "heldout.txt").write_text("The river runs to the sea.\n\nApples are red or green.\n\nWinter is cold.\n")
+    return tmp / "rm", tmp / "heldout.txt"

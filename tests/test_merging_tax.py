@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from helpers_evaluation import tiny_reward_model
+from helpers_evaluation import tax_inputs
 from transformers import AutoModelForCausalLM
 from typer.testing import CliRunner
 
@@ -30,10 +30,7 @@ def setup(tiny_model_dir, tmp_path, synthetic_files):
         for p in base.parameters():
             p.add_(0.05 * torch.randn_like(p))
     base.save_pretrained(tuned_dir)
-    rm, rtok = tiny_reward_model(0)
-    rm.save_pretrained(tmp_path / "rm")
-    rtok.save_pretrained(tmp_path / "rm")
-    (tmp_path / "heldout.txt").write_text("The river runs to the sea.\n\nApples are red or green.\n\nWinter is cold.\n")
+    tax_inputs(tmp_path)  # tmp_path/rm, tmp_path/heldout.txt
     recipe = tmp_path / "tax.yaml"
     recipe.write_text(f"""
 output_dir: {tmp_path / 'run'}

@@ -57,14 +57,11 @@ def test_tax_between_a_runs_sft_stage_and_its_final_model(tmp_path, tiny_model_d
     import json
 
     from helpers_entry import cli_app
-    from helpers_evaluation import tiny_reward_model
+    from helpers_evaluation import tax_inputs
     from typer.testing import CliRunner
 
     run = sequential_run(tmp_path, tiny_model_dir, synthetic_files, lora=True)
-    rm, rtok = tiny_reward_model(0)
-    rm.save_pretrained(tmp_path / "rm")
-    rtok.save_pretrained(tmp_path / "rm")
-    (tmp_path / "heldout.txt").write_text("The river runs to the sea.\n\nApples are red or green.\n\nWinter is cold.\n")
+    rm_dir, heldout = tax_inputs(tmp_path)
     recipe = tmp_path / "tax.yaml"
     recipe.write_text(f"""
 output_dir: {run}
@@ -79,8 +76,8 @@ tax:
   sweep: [0.0, 1.0]
   trials: 0
   prompts: {{source: {synthetic_files['sft']}, limit: 2}}
-  reward_model: {tmp_path / 'rm'}
-  heldout_text: {tmp_path / 'heldout.txt'}
+  reward_model: {rm_dir}
+  heldout_text: {heldout}
   max_new_tokens: 2
   adaptive: {{enabled: false}}
 """)
