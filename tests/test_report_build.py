@@ -294,3 +294,22 @@ def test_pareto_plot_names_the_tax_and_draws_budget_pick_and_kinds(tmp_path, fig
     assert any(ln.get_xdata()[0] == 0.1 and ln.get_linestyle() == ":" for ln in ax.get_lines())
     plot_pareto(sweep, group, [], tmp_path / "q.png", tax_metric="mc")
     assert "accuracy drop" in figures[1].axes[0].get_xlabel()
+
+
+def test_scatter_labels_never_overlap():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tandem.report.compare import label_points
+
+    fig, ax = plt.subplots()
+    ax.plot([0.0, 0.0, 1.0], [0.0, 0.0, 1.0], "o")  # two methods at the same point
+    label_points(fig, ax, [("sequential", 0.0, 0.0), ("hbat", 0.0, 0.0), ("orpo", 1.0, 1.0)])
+    texts = ax.texts
+    assert [t.get_text() for t in texts] == ["sequential", "hbat", "orpo"]
+    r = fig.canvas.get_renderer()
+    boxes = [t.get_window_extent(r) for t in texts]
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)

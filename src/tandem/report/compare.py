@@ -69,6 +69,26 @@ def role_name(key: str) -> str:
     return ""
 
 
+# label positions tried around a point, in points: right-above, right-below, left-above, left-below, further out
+LABEL_OFFSETS = ((7, 6), (7, -16), (-7, 6), (-7, -16), (7, 20), (7, -30))
+
+
+def label_points(fig, ax, pts: list[tuple[str, float, float]], fontsize: int = 9) -> None:
+    """Name each point next to it, at the first offset of :data:`LABEL_OFFSETS` where its text overlaps no label
+    placed before it (the legend names the point when none is free: no label is drawn over another)."""
+    fig.canvas.draw()  # fixes the axes limits and the renderer the extents are measured with
+    renderer, placed = fig.canvas.get_renderer(), []
+    for name, x, y in pts:
+        for dx, dy in LABEL_OFFSETS:
+            t = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
+                            ha="left" if dx > 0 else "right")
+            box = t.get_window_extent(renderer)
+            if not any(box.overlaps(b) for b in placed):
+                placed.append(box)
+                break
+            t.remove()
+
+
 def plot_method_scatter(summary: dict[str, dict], x_key: str, y_key: str, out_png: str | Path,
                         title: str | None = None) -> Path | None:
     """One point per method at the mean of ``x_key`` and ``y_key`` over seeds, with ±std error bars; axis labels
@@ -83,7 +103,6 @@ def plot_method_scatter(summary: dict[str, dict], x_key: str, y_key: str, out_pn
     for i, (method, x, y) in enumerate(pts):
         ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt=markers[i % len(markers)], markersize=8,
                     capsize=4, color=cmap(i % 10), label=f"{method} (n={min(x['n'], y['n'])})")
-        ax.annotate(method, (x["mean"], y["mean"]), textcoords="offset points", xytext=(7, 7), fontsize=9)
     ax.margins(0.2)
     ax.set_xlabel(axis_label(x_key, "x"))
     ax.set_ylabel(axis_label(y_key, "y"))
@@ -97,6 +116,7 @@ def plot_method_scatter(summary: dict[str, dict], x_key: str, y_key: str, out_pn
                 arrowprops=dict(arrowstyle="-|>", color="0.35", lw=1.5))
     ax.set_title(title or "Instruction following vs preference (mean ± std over seeds)", fontsize=11)
     ax.grid(alpha=0.3)
+    label_points(fig, ax, [(m, x["mean"], y["mean"]) for m, x, y in pts])
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return save_figure(fig, out_png)
