@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import re
+
 import yaml
 
 
@@ -39,6 +41,11 @@ class UniqueKeyLoader(yaml.SafeLoader):
                     raise DuplicateKeyError(key, seen[key], line)
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.1 (PyYAML) reads 1e-4 or 5e3 (no dot) as a string; recipes and --set values mean a number (YAML 1.2)
+UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def load_yaml(text: str):
