@@ -56,3 +56,19 @@ def test_a_missing_file_in_the_list_is_refused_before_the_run_dir_exists(tmp_pat
     res = CliRunner().invoke(cli_app, ["train", str(tmp_path / "r.yaml")])
     assert res.exit_code == 2 and "nope.jsonl" in res.output and "Traceback" not in res.output
     assert not (tmp_path / "run").exists()
+
+
+def test_an_empty_plain_text_source_is_named_not_a_traceback(tmp_path, tiny_model_dir, synthetic_files):
+    from helpers_recipe import base_raw as raw_of
+
+    from tandem.data.errors import DataError
+    from tandem.models import load_tokenizer
+    from tandem.pipelines.train import load_role_features
+
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    raw = raw_of(tmp_path, tiny_model_dir, synthetic_files, "rlhf+pt")
+    raw["data"]["pretrain"] = [{"source": str(synthetic_files["sft"]), "format": "sft"}, {"source": str(empty)}]
+    r = with_overrides(raw, {})
+    with pytest.raises(DataError, match="empty.txt: no text to train on"):
+        load_role_features(r, "pretrain", load_tokenizer(str(tiny_model_dir)))

@@ -153,6 +153,8 @@ def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None, data_
     srcs, feats, per_source = data_sources(recipe, role), [], []
     for src in srcs:
         f, stats, report = read(src)
+        if not f and plain_text(src):
+            raise DataError(f"{src.source}: no text to train on (data.{role} plain text: paragraphs, or JSONL with 'text')")
         if not f:
             raise DataError(no_usable_message(src.source, report, stats, recipe.data.max_length, recipe.data.overlong))
         feats += f
