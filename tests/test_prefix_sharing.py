@@ -6,16 +6,17 @@ from __future__ import annotations
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
 from helpers_recipe import base_raw, with_overrides
 
-from tandem.config.recipe import PREFIX_SHARING_OBJECTIVES, RecipeError
+from tandem.config.recipe import LOGPROB_PAIR_OBJECTIVES, PREFIX_SHARING_OBJECTIVES, RecipeError
 from tandem.data import collate, encode_all
 from tandem.data.prefix import shared_length
 from tandem.data.types import PreferenceExample, user
 from tandem.objectives import OBJECTIVES, build, sequence_logps
 from tandem.objectives.logprobs import additive_mask, compute_dtype
+from tandem.objectives.reward import sequence_rewards
 
 I = -100
 # two pairs: prompt [5, 6, 7] then replies; pair 1 shares only [9] (its second token differs)
@@ -124,7 +125,7 @@ def test_sequence_logps_equal_unshared(tiny, attn, rows):
     assert (c[4:] - a[4:]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("name", PREFIX_SHARING_OBJECTIVES)
+@pytest.mark.parametrize("name", LOGPROB_PAIR_OBJECTIVES)
 def test_loss_and_gradients_equal_unshared(tiny, name):
     model_dir, tok, feats = tiny
     model = AutoModelForCausalLM.from_pretrained(model_dir)
@@ -152,6 +153,36 @@ def test_loss_and_gradients_equal_unshared(tiny, name):
         torch.testing.assert_close(grads[1][n], grads[0][n], atol=1e-5, rtol=1e-4, msg=n)
 
 
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_reward_model_scores_and_gradients_equal_unshared(tiny, attn):
+    """The reward model reads each sequence's last hidden state: the shared layout gives the same rewards, loss and
+    gradients; a mask that lets the rejected reply see the chosen one changes the rejected rewards."""
+    model_dir, tok, feats = tiny
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, attn_implementation=attn)
+    plain, shared = _fns(tok, 64)
+    objective = build("reward")
+    rewards, grads = [], []
+    for fn in (plain, shared):
+        model.zero_grad()
+        batch = fn(feats)
+        loss, metrics = objective(model, batch)
+        loss.backward()
+        with torch.no_grad():
+            rewards.append(sequence_rewards(model, batch, 8))
+        grads.append((float(loss.detach()), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    assert rewards[0].std() > 1e-4  # the rewards differ between sequences: the test can see a wrong gather
+    torch.testing.assert_close(rewards[1], rewards[0], atol=1e-5, rtol=0)
+    assert grads[1][0] == pytest.approx(grads[0][0], abs=1e-6)
+    for n in grads[0][1]:
+        torch.testing.assert_close(grads[1][1][n], grads[0][1][n], atol=1e-5, rtol=1e-4, msg=n)
+    leaky = shared(feats)
+    leaky["attention_mask"] = torch.ones_like(leaky["attention_mask"]).tril_()
+    with torch.no_grad():
+        c = sequence_rewards(model, leaky, 8)
+    assert (c[4:] - rewards[0][4:]).abs().max() > 1e-4
+
+
 def test_mask_runs_in_the_compute_dtype(tiny):
     model_dir, tok, feats = tiny
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.bfloat16)
@@ -177,14 +208,14 @@ def _recipe(tmp_path, model_dir, files, method="dpo", **over):
     return with_overrides(base_raw(tmp_path, model_dir, files, method), over)
 
 
-@pytest.mark.parametrize("method, why", [("sft", "trains no preference pairs"), ("reward", "trains a reward model"),
-                                         ("ppo", "trains objective ppo")])
+@pytest.mark.parametrize("method, why", [("sft", "trains no preference pairs"), ("ppo", "trains objective ppo")])
 def test_refused_where_it_does_not_apply(tmp_path, tiny_model_dir, synthetic_files, method, why):
-    with pytest.raises(RecipeError, match=f"batching.prefix_sharing: true applies to preference training.*{why}"):
+    with pytest.raises(RecipeError, match=f"batching.prefix_sharing: true applies to pair training.*{why}"):
         _recipe(tmp_path, tiny_model_dir, synthetic_files, method, **{"batching.prefix_sharing": True})
     with pytest.raises(RecipeError, match="prefix_sharing needs mode: pack"):
         _recipe(tmp_path, tiny_model_dir, synthetic_files, "dpo", **{"batching.prefix_sharing": True, "batching.mode": "pad"})
     _recipe(tmp_path, tiny_model_dir, synthetic_files, "hbat", **{"batching.prefix_sharing": True})  # SFT stages: plain
+    _recipe(tmp_path, tiny_model_dir, synthetic_files, "reward", **{"batching.prefix_sharing": True})
 
 
 def test_training_run_gives_the_same_weights(tmp_path, tiny_model_dir, synthetic_files):

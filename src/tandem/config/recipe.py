@@ -40,26 +40,33 @@ from tandem.config.inputs import (  # noqa: F401 - re-exported: tandem.config.re
 
 
 # objectives that read only per-sequence log-probs of chosen and rejected (tandem.objectives.logprobs), so the
-# prefix-shared layout (tandem.data.prefix) gives them the same values
-PREFIX_SHARING_OBJECTIVES = ("dpo", "dpop", "orpo", "simpo", "sparse_token")
+# prefix-shared layout (tandem.data.prefix) gives them the same values; the reward model reads the hidden state of each
+# sequence's last token, which the layout keeps too
+LOGPROB_PAIR_OBJECTIVES = ("dpo", "dpop", "orpo", "simpo", "sparse_token")
+PREFIX_SHARING_OBJECTIVES = (*LOGPROB_PAIR_OBJECTIVES, "reward")
 
 
 def prefix_sharing_problem(method: str, objectives: dict) -> str | None:
     """Why ``batching.prefix_sharing`` does not apply to a run of ``method`` with these ``objectives`` blocks (role ->
-    ObjectiveConfig), or None. The run must train preference pairs with a pairwise log-prob objective and no reward
-    model. An unknown method is left to its own check."""
+    ObjectiveConfig), or None. Every pair-training role of the run (preference, reward) must train with an objective of
+    :data:`PREFIX_SHARING_OBJECTIVES`. An unknown method is left to its own check."""
     try:
         m, stages = get_method(method), build_stages(method, 1)
     except ValueError:
         return None
     roles = {s.role for s in stages} | ({m.aux_role} if m.aux_role else set())
-    block = objectives.get("preference")
-    pref = m.preference_objective or (block.name if block is not None else None)
-    if "preference" in roles and pref in PREFIX_SHARING_OBJECTIVES and "reward" not in roles:
+
+    def name(role: str) -> str | None:
+        block = objectives.get(role)
+        return block.name if block is not None else None
+
+    trained = {r: (m.preference_objective or name(r)) if r == "preference" else name(r) or r
+               for r in ("preference", "reward") if r in roles}
+    if trained and all(o in PREFIX_SHARING_OBJECTIVES for o in trained.values()):
         return None
-    trained = "a reward model" if "reward" in roles else f"objective {pref}" if "preference" in roles else "no preference pairs"
-    return (f"batching.prefix_sharing: true applies to preference training with {', '.join(PREFIX_SHARING_OBJECTIVES)}; "
-            f"schedule.method {method} trains {trained}: set batching.prefix_sharing: false")
+    what = ", ".join(f"objective {o}" for o in trained.values()) or "no preference pairs"
+    return (f"batching.prefix_sharing: true applies to pair training with {', '.join(PREFIX_SHARING_OBJECTIVES)}; "
+            f"schedule.method {method} trains {what}: set batching.prefix_sharing: false")
 
 
 class BatchingConfig(Strict):
@@ -210,6 +217,8 @@ class LoggingConfig(Strict):
     when ``report_to`` is given it decides."""
 
     every: int = Field(default=1, ge=1)
+    val_every: int = Field(default=0, ge=0, description="optimizer steps between validations inside a stage (data.val); "
+                           "0 = at stage ends only")
     tensorboard: bool = True
     progress: bool = True
     report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=lambda: ["tensorboard"])

@@ -45,6 +45,7 @@ class LoopConfig:
     warmup_ratio: float = 0.0
     max_grad_norm: float | None = 1.0
     log_every: int = 1
+    val_every: int = 0  # optimizer steps between validations inside a stage (0: stage ends only)
     checkpoint_every: int = 0
     checkpoint_keep: int = 1
     stage_weights: bool = True
@@ -96,6 +97,7 @@ class StageContext:  # what a stage loop needs; built by tandem.engine.run for e
     log: "MetricsLog"
     progress: "Progress"
     on_checkpoint: Callable[[int, torch.optim.Optimizer, object], None]  # (stage_step, optimizer, scheduler)
+    on_validate: Callable[[int], None] | None = None  # (stage_step): validation inside the stage (``val_every``)
     global_step: int = 0
     aux: list[AuxTerm] = field(default_factory=list)  # added to every step, or alternated with (``alternation``)
     alternation: "Alternation | None" = None

@@ -148,6 +148,8 @@ def run_stage(ctx: StageContext, optimizer, scheduler, start_step: int, total_st
             ctx.log.write(train_row(ctx, step + 1, epoch, scheduler.get_last_lr()[0], role=term.role,
                                     tokens=n_tokens_all, tokens_per_s=tps, **stats))
         ctx.progress.update(task, advance=1, loss=f"{stats['loss']:.4f}", tps=f"{tps:,.0f}")
+        if ctx.on_validate is not None and cfg.val_every and (step + 1) % cfg.val_every == 0 and step + 1 < total_steps:
+            ctx.on_validate(step + 1)
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
             ctx.on_checkpoint(step + 1, optimizer, scheduler)
         fault_hook(ctx.global_step)

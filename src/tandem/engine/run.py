@@ -154,9 +154,16 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
             def on_checkpoint(stage_step, opt, sch, _stage=stage):
                 saver.save(_stage, stage_step, ctx.global_step, False, opt, sch, ctx)
 
+            def on_validate(stage_step, _stage=stage):
+                v = validate(plan, val, cfg, prog)
+                if v and main:
+                    metrics.write({"split": "val", "stage": _stage.name, "stage_index": _stage.index,
+                                   "step": ctx.global_step, "stage_step": stage_step, **v})
+
             ctx = StageContext(accelerator=acc, runner=runner, model=model, objective=objective, features=feats,
                                batch_fn=plan.batch_fn, config=cfg, stage=stage, regularizer=plan.regularizer,
-                               log=metrics, progress=prog, on_checkpoint=on_checkpoint, global_step=global_step, aux=aux,
+                               log=metrics, progress=prog, on_checkpoint=on_checkpoint, on_validate=on_validate,
+                               global_step=global_step, aux=aux,
                                alternation=alternation, seen=dict(state.get("seen", {})), scaling=scaling)
             t0 = time.perf_counter()
             first = start_step if mid else 0
