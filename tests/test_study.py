@@ -172,3 +172,15 @@ def test_extra_prompt_sets_refuse_what_they_cannot_score(also, needle):
 
     with pytest.raises(ValueError, match=needle):
         EvalConfig(also=also)
+
+
+def test_only_runs_the_named_rows_and_refuses_an_unknown_one(studied, tmp_path):
+    recipes, out, rows = studied
+    again = study(recipes, SEEDS, out, [], resume=True, only=["seq"])  # finished runs reused: nothing trains
+    assert [(r["method"], r["seed"]) for r in again] == [("base", 0), ("seq", 0), ("seq", 1)]
+    assert [ln.split("|")[1].strip() for ln in (out / "table.md").read_text().splitlines()[2:]] == ["base", "seq"]
+    res = CliRunner().invoke(cli_app, ["study", str(recipes), "--only", "seq,orpo", "-o", str(tmp_path / "new")])
+    assert res.exit_code == 2
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "--only: no recipe orpo" in lines[0] and "alt, seq" in lines[0]
+    assert not (tmp_path / "new").exists()

@@ -18,6 +18,7 @@ def study(
     seeds: str = typer.Option("0", "--seeds", help="Comma list of seeds."),
     out: Path = typer.Option(Path("runs/study"), "--out", "-o", help="STUDY output directory."),
     set_: list[str] = typer.Option([], "--set", help="Override a field of every recipe (repeatable)."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma list of row names (recipe file stems): run these alone."),
     resume: bool = typer.Option(False, "--resume", help="Keep finished runs and their evaluations, resume unfinished ones."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier study in OUT (only one tandem created)."),
     x_key: Optional[str] = typer.Option(None, "--x", help="Instruction-following metric of the scatter (default: rouge/rougeL, else reference_nll/nll)."),
@@ -33,6 +34,8 @@ def study(
       tandem study recipes/study --seeds 0,1 -o runs/study
 
       tandem study recipes/study --seeds 0,1 -o runs/study --resume     # continue after a stop or a crash
+
+      tandem study recipes/study --only sequential,hbat -o runs/study-2     # some of the rows
     """
     setup_logging(False)
     seed_list = parse_list("--seeds", seeds, int, "0,1")
@@ -40,6 +43,7 @@ def study(
         from tandem.pipelines.study import study as run_study
         from tandem.report import console_table
 
-        rows = run_study(study_dir, seed_list, out, list(set_), resume, x_key, y_key, overwrite=overwrite)
+        rows = run_study(study_dir, seed_list, out, list(set_), resume, x_key, y_key, overwrite=overwrite,
+                         only=parse_list("--only", only, str, "sequential,hbat") if only else None)
     typer.echo(console_table(rows))
     console.print(f"wrote {out}/table.json, table.md (every metric, mean ± std), report.md")

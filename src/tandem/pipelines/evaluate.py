@@ -73,10 +73,37 @@ def also_block(cfg, name: str):
                                   "also": {}})
 
 
+def local_files(block) -> dict[str, list]:
+    """``{path: [[name, size, mtime_ns], ...]}`` of every string in ``block`` (nested) that names a local file or
+    directory (a directory: the files directly in it): a reward model retrained in place, a baseline generated
+    again or a data file replaced changes the stamp, where the path alone would not."""
+    found: dict[str, list] = {}
+
+    def walk(v) -> None:
+        if isinstance(v, dict):
+            for x in v.values():
+                walk(x)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x)
+        elif isinstance(v, str) and v and v not in found:
+            p = Path(v)
+            if p.is_file():
+                st = p.stat()
+                found[v] = [[p.name, st.st_size, st.st_mtime_ns]]
+            elif p.is_dir():
+                found[v] = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(p.iterdir()) if f.is_file()]
+
+    walk(block)
+    return found
+
+
 def stamped(out: Path, block: dict, reuse: bool, compute) -> tuple[dict, bool]:
     """``(results, reused)``: ``out/results.json`` when ``reuse`` and ``out/eval_block.json`` says it was made with
-    ``block``, else ``compute()`` (which writes ``out/results.json``), stamped with ``block`` once it is complete."""
+    ``block`` and the same local files it names (:func:`local_files`), else ``compute()`` (which writes
+    ``out/results.json``), stamped with both once it is complete."""
     stamp = out / "eval_block.json"
+    block = {**block, "local_files": local_files(block)}
     if reuse and stamp.is_file() and json.loads(stamp.read_text()) == block and (out / "results.json").is_file():
         return json.loads((out / "results.json").read_text()), True
     stamp.unlink(missing_ok=True)  # written again only once this evaluation is complete

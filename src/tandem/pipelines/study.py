@@ -36,14 +36,20 @@ X_KEYS = ("rouge/rougeL", "reference_nll/nll", "exact_match/exact_match", "sft/l
 Y_KEYS = ("reward_win_rate/win_rate", "reward/mean", "implicit_reward_accuracy/accuracy", "preference/rewards/accuracy")
 
 
-def recipe_files(study_dir: Path) -> list[Path]:
-    """``study_dir/*.yaml`` in name order, without the files starting with ``_``."""
+def recipe_files(study_dir: Path, only: list[str] | None = None) -> list[Path]:
+    """``study_dir/*.yaml`` in name order, without the files starting with ``_``; with ``only``, the recipes of those
+    row names (file stems) alone."""
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise FileNotFoundError(f"study directory not found: {study_dir} (a directory of recipes, one per method)")
     files = sorted(p for p in study_dir.glob("*.yaml") if not p.name.startswith("_"))
     if not files:
         raise ValueError(f"{study_dir}: no recipe (*.yaml not starting with '_'); put one recipe per method there")
+    if only:
+        unknown = [n for n in only if n not in {p.stem for p in files}]
+        if unknown:
+            raise ValueError(f"--only: no recipe {', '.join(unknown)} in {study_dir} (rows: {', '.join(p.stem for p in files)})")
+        files = [p for p in files if p.stem in only]
     return files
 
 
@@ -85,10 +91,10 @@ def check_shared(recipes: dict[Path, object]) -> None:
 
 
 def load_study(study_dir: Path, overrides: list[str] | None = None, out_dir: Path = Path("runs/study"),
-               seed: int = 0) -> dict[str, tuple[Path, object]]:
+               seed: int = 0, only: list[str] | None = None) -> dict[str, tuple[Path, object]]:
     """``{row name: (recipe file, recipe)}`` of a study directory, loaded with ``overrides`` and checked to share
     their data and budget (nothing is checked on disk: see :func:`check_inputs`)."""
-    files = recipe_files(study_dir)
+    files = recipe_files(study_dir, only)
     loaded = {p: run_recipe(p, None, seed, Path(out_dir) / f"{p.stem}-s{seed}", overrides or []) for p in files}
     check_shared(loaded)
     return {p.stem: (p, r) for p, r in loaded.items()}
@@ -136,15 +142,17 @@ def default_axes(rows: list[dict], x_key: str | None, y_key: str | None) -> tupl
 
 
 def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str] | None = None, resume: bool = False,
-          x_key: str | None = None, y_key: str | None = None, overwrite: bool = False) -> list[dict]:
-    """Run every recipe of ``study_dir`` for every seed into ``out_dir``; returns the table rows."""
+          x_key: str | None = None, y_key: str | None = None, overwrite: bool = False,
+          only: list[str] | None = None) -> list[dict]:
+    """Run every recipe of ``study_dir`` (or the rows ``only`` names) for every seed into ``out_dir``; returns the
+    table rows."""
     from tandem.io.rundir import check_run_dir, open_run_dir
 
     out_dir, overrides = Path(out_dir), list(overrides or [])
     if not seeds:
         raise ValueError("--seeds: give at least one seed")
     check_run_dir(out_dir, resume=resume, overwrite=overwrite)
-    rows_of = load_study(study_dir, overrides, out_dir, seeds[0])
+    rows_of = load_study(study_dir, overrides, out_dir, seeds[0], only)
     for name, (path, _) in rows_of.items():
         for seed in seeds:
             check_inputs(run_recipe(path, None, seed, out_dir / f"{name}-s{seed}", overrides))
