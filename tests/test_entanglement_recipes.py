@@ -42,11 +42,9 @@ def test_the_study_runs_every_loss_with_the_probe(tmp_path, tiny_model_dir, synt
         probes = [m for m in probes if "probe/logp_w" in m]
         assert len(probes) >= 2 and all("probe/logp_l" in m and "probe/mean_cosine" in m for m in probes)
     # benchmarks/probe_table.py reads the same rows: first and last probe, and their change
-    import importlib.util
+    from helpers_bench import load_benchmark
 
-    spec = importlib.util.spec_from_file_location("probe_table", ROOT / "benchmarks" / "probe_table.py")
-    pt = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pt)
+    pt = load_benchmark("probe_table")
     runs = [Path(r["run"]) for r in rows]
     md = pt.table(runs).splitlines()
     assert len(md) == 2 + len(runs)

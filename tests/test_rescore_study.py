@@ -3,26 +3,22 @@ model's replies, as the study's own reward columns are computed."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 import torch
 
+from helpers_bench import load_benchmark
 from helpers_evaluation import tiny_reward_model
 
 from tandem.evaluation.metrics import reward_scores, reward_win_rate
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [[{"role": "user", "content": q}] for q in ("Name a fruit.", "Say hi.", "What is 2 + 2?")]
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("rescore_study", ROOT / "benchmarks" / "rescore_study.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("rescore_study")
 
 
 def gens(path: Path, outputs: list[str], prompts=PROMPTS) -> None:

@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+
+from helpers_bench import load_benchmark
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("reward_heldout", ROOT / "benchmarks" / "reward_heldout.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("reward_heldout")
 
 
 def test_summary_by_hand():

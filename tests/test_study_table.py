@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers_bench import load_benchmark
 
 
 def load():
-    spec = importlib.util.spec_from_file_location("study_table", ROOT / "benchmarks" / "study_table.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("study_table")
 
 
 def test_mean_and_sample_std_per_method_in_first_seen_order():
