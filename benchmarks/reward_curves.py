@@ -32,7 +32,7 @@ def plot(runs: list[Path], labels: list[str], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_v, ax_t) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_v, ax_t) = plt.subplots(1, 2, figsize=(11, 4.6))
     for run, label in zip(runs, labels):
         c = curves(run)
         line = ax_v.plot([p for p, _ in c["val"]], [a for _, a in c["val"]], marker="o", label=label)[0]
@@ -43,8 +43,8 @@ def plot(runs: list[Path], labels: list[str], out: Path) -> None:
         ax.set_ylabel("ranking accuracy")
         ax.set_title(title, fontsize=10)
     ax_v.axhline(0.62, color="red", lw=0.8, ls="--", label="target 0.62")
-    ax_v.legend(fontsize=8)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    fig.legend(*ax_v.get_legend_handles_labels(), loc="lower center", ncol=2, fontsize=8, frameon=False)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
