@@ -97,7 +97,7 @@ class StageContext:  # what a stage loop needs; built by tandem.engine.run for e
     log: "MetricsLog"
     progress: "Progress"
     on_checkpoint: Callable[[int, torch.optim.Optimizer, object], None]  # (stage_step, optimizer, scheduler)
-    on_validate: Callable[[int], None] | None = None  # (stage_step): validation inside the stage (``val_every``)
+    on_validate: Callable[[int], dict] | None = None  # (stage_step): validation inside the stage (``val_every``)
     global_step: int = 0
     aux: list[AuxTerm] = field(default_factory=list)  # added to every step, or alternated with (``alternation``)
     alternation: "Alternation | None" = None

@@ -68,9 +68,8 @@ class Checkpointer:
         acc.wait_for_everyone()
         if not is_sharded(self.plan.model):  # sharded: save_sharded runs a check all processes agree on
             ckpt.assert_finite(self.plan.model, f"checkpoint stage{stage.index:02d}-step{global_step:06d}", self.root)
-        state = {"stage_index": stage.index, "stage_name": stage.name, "stage_step": stage_step,
-                 "global_step": global_step, "stage_done": done,
-                 "metrics_offset": self.metrics.offset(), "seen": dict(ctx.seen) if ctx else {},
+        state = {"stage_index": stage.index, "stage_name": stage.name, "stage_step": stage_step, "global_step": global_step,
+                 "stage_done": done, "metrics_offset": self.metrics.offset(), "seen": dict(ctx.seen) if ctx else {},
                  "alternation": ctx.alternation.state_dict() if ctx and ctx.alternation else None}
         if is_sharded(self.plan.model) or acc.is_main_process:  # a sharded model: every process writes its shards
             (sharded.save_sharded if is_sharded(self.plan.model) else ckpt.save_checkpoint)(
@@ -94,10 +93,8 @@ def has_aux(plan: RunPlan, stage) -> bool:
 
 def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
     """Train every stage of ``plan`` into ``cfg.output_dir``; returns the summary (also ``summary.json``)."""
-    acc, model, run_dir = plan.accelerator, plan.model, Path(cfg.output_dir)
-    main = acc.is_main_process
-    prog = progress_bar(cfg.progress and main)
-    prog.start()  # stopped when the stages are done (the ``with`` below)
+    acc, model, run_dir, main = plan.accelerator, plan.model, Path(cfg.output_dir), plan.accelerator.is_main_process
+    (prog := progress_bar(cfg.progress and main)).start()  # stopped when the stages are done (the ``with`` below)
     if cfg.reference == "initial":  # DPO reference = the initial model for every stage
         plan.parts = {role: [prepare(acc, model, plan.objectives[role], p, plan.batch_fn, run_dir / f"ref-initial-{role}-{i}.pt",
                                      True, tracked(prog, f"reference {role}-{i + 1}", len(p))) for i, p in enumerate(ps)]
@@ -154,17 +151,18 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
             def on_checkpoint(stage_step, opt, sch, _stage=stage):
                 saver.save(_stage, stage_step, ctx.global_step, False, opt, sch, ctx)
 
-            def on_validate(stage_step, _stage=stage):
+            def on_validate(stage_step: int | None = None, _stage=stage) -> dict:  # inside the stage, and at its end
                 v = validate(plan, val, cfg, prog)
                 if v and main:
-                    metrics.write({"split": "val", "stage": _stage.name, "stage_index": _stage.index,
-                                   "step": ctx.global_step, "stage_step": stage_step, **v})
+                    metrics.write({"split": "val", "stage": _stage.name, "stage_index": _stage.index, "step": ctx.global_step,
+                                   **({"stage_step": stage_step} if stage_step else {}), **v})
+                return v
 
             ctx = StageContext(accelerator=acc, runner=runner, model=model, objective=objective, features=feats,
                                batch_fn=plan.batch_fn, config=cfg, stage=stage, regularizer=plan.regularizer,
                                log=metrics, progress=prog, on_checkpoint=on_checkpoint, on_validate=on_validate,
-                               global_step=global_step, aux=aux,
-                               alternation=alternation, seen=dict(state.get("seen", {})), scaling=scaling)
+                               global_step=global_step, aux=aux, alternation=alternation,
+                               seen=dict(state.get("seen", {})), scaling=scaling)
             t0 = time.perf_counter()
             first = start_step if mid else 0
             if plan.loops[stage.index] == "ppo":
@@ -174,9 +172,7 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
             ckpt.assert_finite(model, f"stage {stage.name}", saver.root)
             if plan.regularizer is not None:
                 plan.regularizer.after_stage(model, stage, StageData.of(feats, plan.batch_fn))
-            v = validate(plan, val, cfg, prog)
-            if v and main:
-                metrics.write({"split": "val", "stage": stage.name, "stage_index": stage.index, "step": global_step, **v})
+            v = on_validate()
             info = {**stage.to_dict(), "examples": len(feats), "steps": total, "seen": ctx.seen,
                     "seconds": time.perf_counter() - t0, "val": v}
             summaries.append(info)
@@ -241,9 +237,7 @@ def _resume(acc, ckpt_root, model, regularizer, metrics):
 def validate(plan: RunPlan, val: dict[str, list[dict]], cfg: LoopConfig, prog) -> dict[str, float]:
     """Validation metrics per role: each objective's loss and metrics; PPO: reward and KL of sampled replies."""
     out, acc = {}, plan.accelerator
-    for role, feats in val.items():
-        if not feats:
-            continue
+    for role, feats in ((r, f) for r, f in val.items() if f):
         if role == plan.ppo_role:
             v = validate_prompts(plan.objectives[role], plan.model, feats[acc.process_index :: acc.num_processes],
                                  plan.batch_fn, cfg.seed, Path(cfg.output_dir) / "stages", lambda x: reduce_sum(acc, x))
