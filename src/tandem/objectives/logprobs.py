@@ -16,14 +16,19 @@ IGNORE = -100
 
 def forward_hidden(model, batch: dict) -> torch.Tensor:
     """Last hidden states ``[R, T, H]`` of the decoder body (``model.get_decoder()``, no LM head) of a causal LM,
-    plain or peft-wrapped. A 4D boolean ``attention_mask`` (prefix sharing, see :mod:`tandem.data.prefix`) is passed
-    as an additive mask in the compute dtype, which transformers hands as-is to sdpa and eager attention."""
-    body = model.get_decoder()
+    plain or peft-wrapped, called with :func:`body_inputs`."""
+    return model.get_decoder()(**body_inputs(model, batch)).last_hidden_state
+
+
+def body_inputs(model, batch: dict) -> dict:
+    """Keyword arguments of a decoder body for ``batch``: ids, positions, no cache, and the batch's ``attention_mask``
+    when it has one (pad mode). A 4D boolean mask (prefix sharing, see :mod:`tandem.data.prefix`) is passed as an
+    additive mask in ``model``'s compute dtype, which transformers hands as-is to sdpa and eager attention."""
     kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
     if "attention_mask" in batch:
         mask = batch["attention_mask"]
         kwargs["attention_mask"] = additive_mask(mask, compute_dtype(model)) if mask.dim() == 4 else mask
-    return body(**kwargs).last_hidden_state
+    return kwargs
 
 
 def compute_dtype(model) -> torch.dtype:

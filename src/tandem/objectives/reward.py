@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tandem.objectives.logprobs import additive_mask, compute_dtype
+from tandem.objectives.logprobs import body_inputs
 
 
 def _unwrap(model):
@@ -30,10 +30,10 @@ def _unwrap(model):
 def sequence_rewards(model, batch: dict, num_seqs: int) -> torch.Tensor:
     """``[S]`` float32 rewards: ``model.score`` at the last token of each sequence (packed or padded batch).
 
-    The backbone ``model.base_model`` is called with ``position_ids`` (and the ``attention_mask`` only when the
-    batch has one: pad mode, or the 4D mask of prefix sharing, where each reply's last token sees exactly its own
-    sequence), then the hidden states at the last position of every sequence id
-    ``0..num_seqs-1`` are gathered and scored.
+    The backbone ``model.base_model`` is called as the log-prob path calls a decoder body
+    (:func:`tandem.objectives.logprobs.body_inputs`: positions, and the attention mask of pad mode or of prefix sharing,
+    where each reply's last token sees exactly its own sequence), then the hidden states at the last position of every
+    sequence id ``0..num_seqs-1`` are gathered and scored.
     """
     base = _unwrap(model)
     try:
@@ -41,12 +41,7 @@ def sequence_rewards(model, batch: dict, num_seqs: int) -> torch.Tensor:
     except AttributeError:
         raise TypeError(f"reward model {type(base).__name__} has no `score` head; load it with "
                         "AutoModelForSequenceClassification(num_labels=1)") from None
-    body = base.base_model
-    kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    if "attention_mask" in batch:  # a 4D boolean mask (prefix sharing) goes in as an additive one, like forward_hidden's
-        mask = batch["attention_mask"]
-        kwargs["attention_mask"] = additive_mask(mask, compute_dtype(base)) if mask.dim() == 4 else mask
-    hidden = body(**kwargs).last_hidden_state  # [R, T, H]
+    hidden = base.base_model(**body_inputs(base, batch)).last_hidden_state  # [R, T, H]
     seq = batch["seq_ids"].reshape(-1)
     pos = torch.arange(seq.numel(), device=seq.device)
     valid = seq >= 0

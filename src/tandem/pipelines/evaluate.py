@@ -88,11 +88,9 @@ def local_files(block) -> dict[str, list]:
                 walk(x)
         elif isinstance(v, str) and v and v not in found:
             p = Path(v)
-            if p.is_file():
-                st = p.stat()
-                found[v] = [[p.name, st.st_size, st.st_mtime_ns]]
-            elif p.is_dir():
-                found[v] = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(p.iterdir()) if f.is_file()]
+            files = [p] if p.is_file() else sorted(f for f in p.iterdir() if f.is_file()) if p.is_dir() else None
+            if files is not None:
+                found[v] = [[f.name, (st := f.stat()).st_size, st.st_mtime_ns] for f in files]
 
     walk(block)
     return found
