@@ -24,7 +24,7 @@ from tandem.distributed import checkpoint as sharded, is_sharded, save_final
 from tandem.io.weights import load_trainable_file, save_trainable
 from tandem.objectives.base import evaluate_objective, prepare
 from tandem.objectives.ppo.setup import validate_prompts
-from tandem.optim import GradScaling
+from tandem.optim import GradScaling, trained_values
 from tandem.regularizers.base import StageData
 from tandem.schedules.steps import Alternation, allocate, plan_steps, select_stage
 
@@ -171,7 +171,7 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
                 global_step = run_stage(ctx, optimizer, scheduler, first, total)
             ckpt.assert_finite(model, f"stage {stage.name}", saver.root)
             if plan.regularizer is not None:
-                plan.regularizer.after_stage(model, stage, StageData.of(feats, plan.batch_fn))
+                plan.regularizer.after_stage(model, stage, StageData.of(feats, plan.batch_fn, trained_values(optimizer, model)))
             v = on_validate()
             info = {**stage.to_dict(), "examples": len(feats), "steps": total, "seen": ctx.seen,
                     "seconds": time.perf_counter() - t0, "val": v}

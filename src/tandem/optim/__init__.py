@@ -4,6 +4,7 @@
 :func:`adamw`                   AdamW for a list of trainable parameters: plain ``torch.optim.AdamW`` (fused)
                                 when all are fp32, :class:`MasterAdamW` (fp32 masters) when any is bf16/fp16
 :class:`MasterAdamW`            AdamW on fp32 master weights of low-precision parameters (``optim/master.py``)
+:func:`trained_values`         the trainable parameters' values as training holds them (fp32 masters of bf16 ones)
 :class:`GradScaling`            fp16 loss scaling: scale, unscale before the gradients are read, step, update
 ==============================  ================================================================================
 """
@@ -13,10 +14,10 @@ from __future__ import annotations
 import torch
 
 from tandem.optim.kernels import kernel
-from tandem.optim.master import MasterAdamW, is_low_precision
+from tandem.optim.master import MasterAdamW, is_low_precision, trained_values
 from tandem.optim.scaling import GradScaling
 
-__all__ = ["GradScaling", "MasterAdamW", "adamw", "is_low_precision", "kernel"]
+__all__ = ["GradScaling", "MasterAdamW", "adamw", "is_low_precision", "kernel", "trained_values"]
 
 
 def adamw(params, lr: float, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["MasterAdamW", "is_low_precision"]
+__all__ = ["MasterAdamW", "is_low_precision", "trained_values"]
 
 LOW = (torch.bfloat16, torch.float16)
 
@@ -53,6 +53,10 @@ class MasterAdamW(torch.optim.AdamW):
             torch._foreach_copy_([self._low[i] for i in have], [self._masters[i] for i in have])
         return loss
 
+    def master_of(self) -> dict[int, torch.Tensor]:
+        """``id(parameter) -> its fp32 master`` for the low-precision parameters (the values training holds)."""
+        return {id(p): m for p, m in zip(self._low, self._masters)}
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         grads = [p.grad for p in self.model_params if p.grad is not None]
         if set_to_none:
@@ -73,3 +77,11 @@ class MasterAdamW(torch.optim.AdamW):
                 torch._foreach_copy_(self._masters, [m.to(torch.float32) for m in masters])
             else:  # a checkpoint without masters (e.g. written by a plain AdamW): start them from the weights
                 torch._foreach_copy_(self._masters, self._low)
+
+
+def trained_values(optimizer: torch.optim.Optimizer, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """``name -> value`` of every trainable parameter as training holds it: the fp32 master of a bf16/fp16 parameter
+    that ``optimizer`` keeps one for (a change below bf16's resolution is there, not in the weight), else the
+    parameter itself. Detached; the masters are the optimizer's own tensors (read, do not write)."""
+    masters = optimizer.master_of() if isinstance(optimizer, MasterAdamW) else {}
+    return {n: masters.get(id(p), p).detach() for n, p in model.named_parameters() if p.requires_grad}

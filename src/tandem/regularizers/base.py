@@ -25,7 +25,7 @@ Conventions used by every regularizer in this package:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterable, Protocol, runtime_checkable
+from typing import Callable, Iterable, Mapping, Protocol, runtime_checkable
 
 import torch
 
@@ -59,20 +59,27 @@ class StageData:
     ``single_batches(n)`` returns up to ``n`` one-example batches in the SFT layout (``input_ids``, ``labels``,
     ``position_ids``, ``seq_ids``; labels on the response: the chosen response for preference data), on the
     model's device, so that ``sequence_logps(model, batch)[0]`` is ``log p(y|x)`` of that example.
+
+    ``weights``: the trainable parameters' values at the end of the stage as training holds them, by name (the
+    optimizer's fp32 master weights of bf16 parameters, ``tandem.optim.trained_values``); ``None``: the model's
+    parameters are those values. Change tracking reads them: a bf16 weight rounds away a change its master keeps.
     """
 
     single_batches: Callable[[int], list[dict]]
+    weights: Mapping[str, torch.Tensor] | None = None
 
     @classmethod
-    def of(cls, features: list[dict], batch_fn: Callable[[list[dict]], dict]) -> "StageData":
-        """From a stage's encoded features (SFT or preference layout) and the run's collate-to-device function."""
+    def of(cls, features: list[dict], batch_fn: Callable[[list[dict]], dict],
+           weights: Mapping[str, torch.Tensor] | None = None) -> "StageData":
+        """From a stage's encoded features (SFT or preference layout), the run's collate-to-device function and
+        the trained values of the weights (``weights`` above)."""
 
         def single_batches(n: int) -> list[dict]:
             single = [f if "input_ids" in f else {"input_ids": f["chosen_input_ids"], "labels": f["chosen_labels"]}
                       for f in features[:n]]
             return [batch_fn([f]) for f in single]
 
-        return cls(single_batches)
+        return cls(single_batches, weights)
 
 
 def _no_batches(n: int) -> list[dict]:

@@ -5,7 +5,9 @@ e.g. DPO). For tensor ``i`` (a trainable parameter, by ``named_parameters()`` na
 
 - change in a stage:  ``C_i = mean over the elements of tensor i of (theta_before - theta_after)^2``, with
   ``theta_before`` snapshot in ``before_stage`` and ``theta_after`` read in ``after_stage`` (the sum of squares is
-  accumulated in float64);
+  accumulated in float64). With bf16 weights ``theta_after`` is the optimizer's fp32 master (``StageData.weights``):
+  a stage's change below bf16's resolution (norm vectors at lr 1e-5) would read as zero on the bf16 weights;
+  ``theta_before`` is exact either way, a stage's masters start from its bf16 weights;
 - accumulated change per kind:  ``AC_i^IFA = sum of C_i over the IFA stages so far`` (likewise ``AC_i^HPA``);
 - importance:  ``F_i = F_max * softmax_i(normalise(AC)_i / temperature)`` across the tensors, with ``normalise``
   one of :data:`tandem.regularizers.importance.NORMALISATIONS` (``none``, ``scale``, ``mean``, ``zscore``, ``log``,
@@ -132,12 +134,20 @@ class ChangeTracker:
         self.current = stage_record(stage)
         self.before = Snapshot.take(trainable(model), storage=self.anchor_device)
 
-    def end(self, model, stage) -> dict[str, float]:
+    def end(self, model, stage, weights: Mapping[str, torch.Tensor] | None = None) -> dict[str, float]:
+        """Records the stage's ``C`` and ``M`` from ``weights`` (the values training holds, e.g. the fp32 masters
+        of bf16 weights: :class:`StageData`), else from the model's parameters."""
         if self.before is None:
             raise RuntimeError(f"regularizer: after_stage({stage.name!r}) without before_stage")
         rec = stage_record(stage)
         names = self.before.names
-        after = {n: p.detach() for n, p in lookup(model, names).items()}
+        if weights is None:
+            after = {n: p.detach() for n, p in lookup(model, names).items()}
+        else:
+            missing = [n for n in names if n not in weights]
+            if missing:
+                raise KeyError(f"regularizer: the stage's trained weights lack tensor(s) {missing[:5]}")
+            after = {n: weights[n] for n in names}
         change = tensor_change(self.before.tensors(), after)
         self.record(rec, change, tensor_magnitude(after))
         self.before, self.current = None, None
@@ -262,10 +272,11 @@ class ModifiedEWC(PenaltyValue):
         self.anchors.pop(kind, None)  # replaced at after_stage and unused meanwhile
 
     def after_stage(self, model, stage, data: StageData) -> None:
-        """Records ``C`` of the stage and anchors its kind at the current weights (``data`` is not used)."""
+        """Records ``C`` of the stage (from ``data.weights``: the fp32 masters of bf16 weights) and anchors its kind
+        at the model's current weights (the point the next stages start from)."""
         kind = stage_kind(stage)
         names = self.tracker.before.names if self.tracker.before is not None else None
-        self.tracker.end(model, stage)
+        self.tracker.end(model, stage, data.weights)
         self.anchors[kind] = Snapshot.take(lookup(model, names), storage=self.tracker.anchor_device)
 
     # -- penalty -------------------------------------------------------------------------------------------------

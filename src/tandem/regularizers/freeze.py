@@ -49,8 +49,8 @@ class Freeze:
             p.grad = None
 
     def after_stage(self, model, stage, data: StageData) -> None:
-        """Records ``C`` of the stage and releases the frozen tensors (``data`` is not used)."""
-        self.tracker.end(model, stage)
+        """Records ``C`` of the stage (from ``data.weights`` where given) and releases the frozen tensors."""
+        self.tracker.end(model, stage, data.weights)
         self.frozen = []
 
     def penalty(self, model) -> float:
