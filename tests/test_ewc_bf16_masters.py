@@ -50,8 +50,8 @@ def test_trained_values_are_masters_for_bf16_and_the_parameter_for_fp32():
     assert {n: v.dtype for n, v in values.items()} == {"a": torch.float32, "b": torch.float32, "c": torch.float32}
     assert values["a"].data_ptr() == model.a.data_ptr()  # fp32 parameters are their own masters
     assert torch.allclose(values["c"], torch.full((3,), -1e-4), rtol=1e-3) and bool((model.c == 0).all()) is False
-    plain = torch.optim.AdamW(Toy().parameters(), lr=1e-3)
     model32 = Toy()
+    plain = torch.optim.AdamW(model32.parameters(), lr=1e-3)
     assert trained_values(plain, model32)["b"].data_ptr() == model32.b.data_ptr()
 
 
