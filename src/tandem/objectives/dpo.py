@@ -10,6 +10,10 @@ under the reference (the model at the start of the stage):
     ipo (Azar et al. 2023):                (h - 1 / (2 beta))^2
     hinge (SLiC, Zhao et al. 2023):        max(0, 1 - beta h)
 
+and TRL's ``robust``, ``bco_pair``, ``sppo_hard``, ``nca_pair``, ``apo_zero``, ``apo_down`` and ``exo_pair``, which
+also read the chosen and rejected log-ratios on their own (every formula: :mod:`tandem.objectives.dpo_losses`, one
+function and one table line each). ``label_smoothing`` applies to ``sigmoid``, ``robust`` and ``exo_pair``.
+
 The loss is the mean over pairs. ``average_logps=True`` replaces every summed log-prob (policy and reference)
 by the mean log-prob per response token, as often done for IPO; ``beta`` then acts on that scale.
 ``nll_coef`` adds ``nll_coef * NLL_c`` with NLL_c the token-level mean negative log-likelihood of the chosen
@@ -29,11 +33,11 @@ beta h``, ``rewards/accuracy`` (fraction of pairs with h > 0), and ``nll_chosen`
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
+from tandem.objectives.dpo_losses import LOSSES, MARGIN_ONLY, SMOOTHED, pair_loss
 from tandem.objectives.logprobs import sequence_logps
 
-LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+LOSS_TYPES = tuple(LOSSES)
 REF_KEYS = ("ref_chosen_logp", "ref_rejected_logp")
 
 
@@ -43,14 +47,12 @@ def logratio_margin(logp_chosen, logp_rejected, ref_chosen, ref_rejected) -> tor
 
 
 def dpo_loss(h: torch.Tensor, beta: float, loss_type: str = "sigmoid", label_smoothing: float = 0.0) -> torch.Tensor:
-    """Per-pair loss for the log-ratio margin ``h`` (formulas in the module docstring); take ``.mean()``."""
-    if loss_type == "sigmoid":
-        return -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
-    if loss_type == "ipo":
-        return (h - 1 / (2 * beta)) ** 2
-    if loss_type == "hinge":
-        return torch.relu(1 - beta * h)
-    raise ValueError(f"dpo loss_type {loss_type!r}: choose one of {LOSS_TYPES}")
+    """Per-pair loss for the log-ratio margin ``h`` of the loss types that read ``h`` alone (sigmoid, ipo, hinge,
+    robust, exo_pair; formulas in :mod:`tandem.objectives.dpo_losses`); take ``.mean()``."""
+    if loss_type not in MARGIN_ONLY:
+        raise ValueError(f"dpo loss_type {loss_type!r}: dpo_loss takes h alone, for {MARGIN_ONLY}; the others read "
+                         "the chosen and rejected log-ratios: use tandem.objectives.dpo_losses.pair_loss")
+    return pair_loss(h, torch.zeros_like(h), beta, loss_type, label_smoothing)
 
 
 def chosen_nll(logp_sum_chosen: torch.Tensor, n_tokens_chosen: torch.Tensor) -> torch.Tensor:
@@ -67,13 +69,13 @@ class DPO:
     def __init__(self, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0,
                  nll_coef: float = 0.0, average_logps: bool = False):
         if loss_type not in LOSS_TYPES:
-            raise ValueError(f"dpo loss_type {loss_type!r}: choose one of {LOSS_TYPES}")
+            raise ValueError(f"dpo loss_type {loss_type!r}: choose one of {', '.join(LOSS_TYPES)}")
         if not beta > 0:
             raise ValueError(f"dpo beta must be > 0, got {beta}")
         if not 0 <= label_smoothing < 0.5:
             raise ValueError(f"dpo label_smoothing must be in [0, 0.5), got {label_smoothing}")
-        if label_smoothing and loss_type != "sigmoid":
-            raise ValueError(f"dpo label_smoothing applies to loss_type 'sigmoid' only, not {loss_type!r}")
+        if label_smoothing and loss_type not in SMOOTHED:
+            raise ValueError(f"dpo label_smoothing applies to loss_type {', '.join(SMOOTHED)}, not {loss_type!r}")
         if nll_coef < 0:
             raise ValueError(f"dpo nll_coef must be >= 0, got {nll_coef}")
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
@@ -106,7 +108,7 @@ class DPO:
         ref_r = batch["ref_rejected_logp"].to(pr)
         rc, rr = pc - ref_c, pr - ref_r
         h = rc - rr
-        loss = dpo_loss(h, self.beta, self.loss_type, self.label_smoothing).mean()
+        loss = pair_loss(rc, rr, self.beta, self.loss_type, self.label_smoothing).mean()
         metrics = {}
         if self.nll_coef:
             nll = chosen_nll(s[:b], count[:b])

@@ -22,7 +22,7 @@ from tandem.objectives.sparse_token import SparseToken
 
 OBJECTIVES: dict[str, Callable] = {  # listed in this order in error messages
     # preference objectives of the policy
-    "dpo": DPO,  # loss_type="sigmoid"|"ipo"|"hinge", beta, label_smoothing, nll_coef, average_logps
+    "dpo": DPO,  # loss_type (dpo_losses.LOSSES), beta, label_smoothing, nll_coef, average_logps
     "dpop": DPOP,  # beta, lam: DPO-Positive (arXiv 2402.13228)
     "normalized": Normalized,  # beta (None: no sigmoid weight, no reference), rescale ("none"|"norm"|"dpo"), eps
     "orpo": ORPO,  # lam: SFT NLL + odds-ratio term, reference-free (arXiv 2403.07691)
