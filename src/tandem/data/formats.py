@@ -225,6 +225,8 @@ def examples_from_rows(rows: Iterable[tuple[dict, int | None]], source: str, for
             report.skipped[s.reason] = report.skipped.get(s.reason, 0) + 1
             continue
         ex.meta.update({k: v for k, v in rec.items() if k not in _CONTENT_KEYS and isinstance(v, (str, int, float, bool))})
+        if isinstance(rec.get("check"), dict):  # a checker as data (tandem conflict make): read by the conflict metric
+            ex.meta["check"] = rec["check"]
         ex.meta.update({"source": source, "row": i})
         out.append(ex)
         if limit is not None and len(out) >= limit:

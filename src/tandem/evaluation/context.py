@@ -45,6 +45,7 @@ class EvalContext:
     lm_eval_tasks: list[str] | None = None
     bartscore_model: str | Path | None = None
     pairs: list[PreferenceExample] | None = None  # held-out preference pairs (implicit_reward_accuracy)
+    checks: list[dict] | None = None  # per prompt: {"family", "check"} of the conflict benchmark (metric "conflict")
     reference_model_path: str | Path | None = None  # DPO reference of the implicit reward (default: the adapter's base)
     reference_model: Any = None
     beta: float = 0.1  # implicit reward scale (margins only, never the accuracy)

@@ -29,6 +29,8 @@ def eval_inputs(cfg) -> dict:
         examples, _ = load_source(cfg.data)
         out["prompts"] = [e.prompt for e in examples]
         out["references"] = [e.response if isinstance(e, SFTExample) else e.chosen for e in examples]
+        if examples and all("check" in e.meta for e in examples):  # rows of `tandem conflict make`
+            out["checks"] = [{"family": str(e.meta.get("family", "")), "check": e.meta["check"]} for e in examples]
     if cfg.baseline:
         out["baseline"] = read_texts(cfg.baseline)[: len(out.get("prompts", []))]
     if cfg.heldout_text:

@@ -110,6 +110,21 @@ def implicit_reward_accuracy(c: EvalContext) -> dict:
     return L.implicit_rewards(L.pair_logps(c.model, c.tokenizer, c.pairs, ml, bs), reference, c.beta)
 
 
+def conflict(c: EvalContext) -> dict:
+    """The conflict benchmark's exact checks of the generations: pass rate, preferred-style rate, reply length
+    (words), per family; each prompt's verdicts go to ``out_dir/per_prompt.jsonl`` (for paired re-analysis)."""
+    import json
+
+    from tandem.data.conflict import score
+    from tandem.data.messages import prompt_text
+
+    rows = [{"prompt": prompt_text(p), **k} for p, k in zip(c.prompts, c.checks)]
+    s = score(rows, c.outputs)
+    (c.out_dir / "per_prompt.jsonl").write_text("".join(json.dumps(r) + "\n" for r in s.pop("per_prompt")))
+    per_family = s.pop("per_family")
+    return {**s, **{f"{f}_pass_rate": v["pass_rate"] for f, v in per_family.items()}}
+
+
 def lm_eval(c: EvalContext) -> dict:
     return M.run_lm_eval(c.model_path, c.lm_eval_tasks, batch_size=c.settings.batch_size, device=c.device)
 
@@ -139,6 +154,9 @@ METRIC_TABLE: dict[str, Metric] = {  # in the order results are computed and rep
         Need(lambda c: c.reference_model is not None or L.reference_source(c.model_path, c.reference_model_path) is not None,
              "metric 'implicit_reward_accuracy' needs a reference model: eval.reference_model (the base model), "
              "or evaluate a LoRA adapter whose base is the reference"))),
+    "conflict": Metric(conflict, True, (
+        Need(lambda c: c.checks is not None and len(c.checks) == len(c.prompts or []),
+             "metric 'conflict' needs eval.data rows with 'family' and 'check' (a file of `tandem conflict make`)"),)),
     "mc_accuracy": Metric(mc_accuracy, False, (Need(lambda c: bool(c.mc_rows), "metric 'mc_accuracy' needs mc_rows"),)),
     "lm_eval": Metric(lm_eval, False, (
         Need(lambda c: c.model_path is not None and bool(c.lm_eval_tasks), "metric 'lm_eval' needs model_path and lm_eval_tasks"),),

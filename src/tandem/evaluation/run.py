@@ -85,6 +85,7 @@ def evaluate(
     reward_fn=None,
     bartscore_model: str | Path | None = None,
     pairs: list | None = None,
+    checks: list[dict] | None = None,
     reference_model_path: str | Path | None = None,
     reference_model=None,
     beta: float = 0.1,
@@ -107,7 +108,7 @@ def evaluate(
         references=references, baseline=baseline, reward_model_path=reward_model_path, reward_model=reward_model,
         reward_tokenizer=reward_tokenizer, reward_fn=reward_fn, judge=judge, heldout_texts=heldout_texts,
         perplexity_max_length=perplexity_max_length, mc_rows=mc_rows, lm_eval_tasks=lm_eval_tasks, device=device,
-        bartscore_model=bartscore_model, pairs=pairs, reference_model_path=reference_model_path,
+        bartscore_model=bartscore_model, pairs=pairs, checks=checks, reference_model_path=reference_model_path,
         reference_model=reference_model, beta=beta, likelihood_max_length=likelihood_max_length, dtype=dtype,
         reference_cache=Path(reference_cache) if reference_cache is not None else None,
     )
