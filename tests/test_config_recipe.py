@@ -37,11 +37,20 @@ objectives:
 
 
 def test_unknown_key_names_key_line_and_file(tmp_path):
+    p = _write(tmp_path, BASE + "optimizer:\n  lr: 1.0e-5\n  learning_rat: 3\n")
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert "optimizer.learning_rat" in msg and str(p) in msg and "line 10" in msg
+    assert "did you mean 'optimizer.lr'?" in msg  # TRL's learning_rate is the close match, named as tandem's field
+
+
+def test_alias_and_its_field_both_given_names_the_line(tmp_path):
     p = _write(tmp_path, BASE + "optimizer:\n  lr: 1.0e-5\n  learning_rate: 3\n")
     with pytest.raises(RecipeError) as e:
         load_recipe(p)
     msg = str(e.value)
-    assert "optimizer.learning_rate" in msg and str(p) in msg and "line 10" in msg
+    assert "optimizer.learning_rate and optimizer.lr are both given" in msg and f"{p}, line 10" in msg
 
 
 def test_misspelt_top_level_key(tmp_path):

@@ -13,6 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import copy
+import json
 import math
 
 import yaml
@@ -27,7 +29,11 @@ from tandem.config.yamlsrc import (  # noqa: F401 - re-exported: tandem.config.r
     load_yaml,
 )
 from tandem.config.base import SEED_MAX, Strict  # noqa: F401 - re-exported
-from tandem.schedules.methods import build_stages, get_method
+from tandem.schedules.methods import METHODS, build_stages, get_method
+from tandem.config.aliases import canonical_key, normalise
+from tandem.config.defaults import implied_objectives
+from tandem.config.hints import hint
+from tandem.config.taxblock import AdaptiveRatiosConfig, TaxConfig  # noqa: F401 - re-exported
 from tandem.config.evalblock import EvalConfig, ExtraEvalSet, JudgeSettings  # noqa: F401 - re-exported
 from tandem.config.inputs import (  # noqa: F401 - re-exported: tandem.config.recipe is the public place
     BRANCH_TAGS,
@@ -101,14 +107,27 @@ class BatchingConfig(Strict):
         return self
 
 
+#: learning-rate schedules (transformers' ``get_scheduler`` names that need no extra arguments); checked on load.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt")
+
+
 class OptimizerConfig(Strict):
     lr: float = Field(default=1e-5, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
-    scheduler: str = "cosine"
+    scheduler: Literal[SCHEDULERS] = "cosine"  # type: ignore[valid-type]
     warmup_ratio: float = Field(default=0.0, ge=0.0, le=1.0)
+    warmup_steps: int | None = Field(default=None, ge=0, description="warm-up optimizer steps of each stage "
+                                     "(instead of warmup_ratio)")
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="null = no clipping")
+
+    @model_validator(mode="after")
+    def _one_warmup(self) -> "OptimizerConfig":
+        if self.warmup_steps is not None and self.warmup_ratio > 0:
+            raise ValueError("warmup_ratio and warmup_steps are both set; keep one")
+        return self
 
     @field_validator("betas")
     @classmethod
@@ -139,6 +158,17 @@ class ScheduleConfig(Strict):
                                   "split over the stages in proportion to their planned steps")
     max_steps_per_stage: int | None = Field(default=None, ge=1, description="cap on the optimizer steps of each stage")
 
+    @field_validator("method")
+    @classmethod
+    def _method_known(cls, v: str) -> str:
+        if v not in METHODS:
+            import difflib
+
+            near = difflib.get_close_matches(v, list(METHODS), n=1)
+            raise ValueError(f"unknown method {v!r}" + (f"; did you mean {near[0]!r}?" if near else "") +
+                             f" (methods: {', '.join(sorted(METHODS))})")
+        return v
+
 
 class HBATConfig(Strict):
     """Settings of the hybrid-training methods (see tandem.schedules.methods). Each regularizer block is passed
@@ -167,45 +197,12 @@ class HBATConfig(Strict):
         return v
 
 
-class AdaptiveRatiosConfig(Strict):
-    enabled: bool = True
-    top_k: int = Field(default=8, ge=1, description="highest-reward responses of the tuned model to learn on")
-    steps: int = Field(default=20, ge=1)
-    lr: float = Field(default=0.1, gt=0)
-    mean_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
-    prompts: SourceConfig | None = Field(default=None, description="prompts to fit the ratios on (disjoint from the "
-                                         "scoring prompts); default: fit_fraction of the tax prompts, held out")
-    fit_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)
-
-
-class TaxConfig(Strict):
-    """``tandem tax``: model averaging between theta_0 (before preference training) and theta_1 (after)."""
-
-    base: str | None = Field(default=None, description="theta_0; default model.name_or_path")
-    tuned: str | None = Field(default=None, description="theta_1; default OUTPUT_DIR/final")
-    out: str | None = Field(default=None, description="default OUTPUT_DIR/tax")
-    groups: str = "block3"
-    head_alpha: float | None = None
-    sweep: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
-    trials: int = Field(default=16, ge=0, description="optuna trials over per-group ratios")
-    seed: int = Field(default=0, ge=0, le=SEED_MAX)
-    prompts: SourceConfig | None = Field(default=None, description="reward side prompts; default eval.data")
-    reward_model: str | None = Field(default=None, description="default eval.reward_model")
-    tax_metric: Literal["perplexity", "mc"] = "perplexity"
-    heldout_text: str | None = Field(default=None, description="default eval.heldout_text")
-    heldout_limit: int | None = Field(default=None, ge=1)
-    mc: str | None = Field(default=None, description="default eval.mc")
-    budget: float | None = Field(default=None, description="largest tax allowed for the pick")
-    max_new_tokens: int = Field(default=48, ge=1)
-    temperature: float = Field(default=0.0, ge=0, description="0 = greedy")
-    batch_size: int = Field(default=8, ge=1)
-    adaptive: AdaptiveRatiosConfig = AdaptiveRatiosConfig()
-
-
 class CheckpointConfig(Strict):
     every: int = Field(default=0, ge=0, description="optimizer steps between checkpoints; 0 = stage ends only")
     keep: int = Field(default=1, ge=1)
-    stage_weights: bool = Field(default=True, description="save trainable weights at the start and at each stage end (stages/)")
+    stage_weights: bool | None = Field(default=None, description="save trainable weights at the start and at each "
+                                       "stage end (stages/); null (default): where the method needs them (several "
+                                       "stages, PPO, hbat.final: best)")
 
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
@@ -253,6 +250,21 @@ class ProbeConfig(Strict):
     params: str = Field(default="all", description="'all', 'lora' or a regex on parameter names")
 
 
+class HubConfig(Strict):
+    """Push ``final/`` (or ``final/merged``) to a Hub repo at the end of training, as ``tandem push`` does."""
+
+    push: bool = Field(default=False, description="push at the end of training (TRL's push_to_hub)")
+    repo_id: str | None = Field(default=None, description="org/name (TRL's hub_model_id)")
+    private: bool = False
+    merged: bool = Field(default=True, description="with LoRA, push final/merged (else the adapter final/)")
+
+    @model_validator(mode="after")
+    def _repo_named(self) -> "HubConfig":
+        if self.push and not self.repo_id:
+            raise ValueError("push: true needs repo_id (e.g. hub.repo_id: me/my-model, TRL's hub_model_id)")
+        return self
+
+
 class Recipe(Strict):
     name: str = "run"
     output_dir: str
@@ -263,7 +275,7 @@ class Recipe(Strict):
     batching: BatchingConfig = BatchingConfig()
     optimizer: OptimizerConfig = OptimizerConfig()
     schedule: ScheduleConfig = ScheduleConfig()
-    objectives: dict[str, ObjectiveConfig]
+    objectives: dict[str, ObjectiveConfig] = Field(default_factory=dict, description="default: the method's")
     regularizer: RegularizerConfig | None = None
     hbat: HBATConfig = HBATConfig()
     eval: EvalConfig = EvalConfig()
@@ -272,6 +284,12 @@ class Recipe(Strict):
     logging: LoggingConfig = LoggingConfig()
     probe: ProbeConfig = ProbeConfig()
     save_merged: bool = Field(default=True, description="with LoRA, also save a merged full model in final/merged")
+    hub: HubConfig = HubConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _method_defaults(cls, data: Any) -> Any:
+        return implied_objectives(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _objectives_known(self) -> "Recipe":
@@ -284,6 +302,27 @@ class Recipe(Strict):
                              "named after its objective (e.g. objectives.ppo with name: ppo)")
         if self.batching.prefix_sharing and (problem := prefix_sharing_problem(self.schedule.method, self.objectives)):
             raise ValueError(problem)
+        return self
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> "Recipe":
+        """A recipe file, checked (``overrides``: ``--set`` items such as ``"optimizer.lr=1e-5"``)."""
+        return load_recipe(path, overrides)
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "<dict>") -> "Recipe":
+        """A recipe from plain data (TRL's names accepted), checked like a file; ``raw`` is not modified."""
+        if not isinstance(raw, dict):
+            raise RecipeError(f"{source}: a recipe is a mapping of keys, got {type(raw).__name__}")
+        return parse_recipe(copy.deepcopy(raw), source=source)
+
+    def set(self, key: str, value: Any) -> "Recipe":
+        """One field changed (``"optimizer.lr"``, or a TRL name), the whole recipe checked again as ``--set`` does;
+        changed in place and returned."""
+        item = f"{canonical_key(key)}={json.dumps(value)}"  # JSON is YAML: the value parses back as it is
+        new = parse_recipe(apply_overrides(self.model_dump(mode="json"), [item]), source="Recipe.set", overrides=[item])
+        for name in type(self).model_fields:
+            object.__setattr__(self, name, getattr(new, name))
         return self
 
 
@@ -306,14 +345,21 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         raise RecipeError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of keys, got {type(raw).__name__}")
-    raw = apply_overrides(raw, overrides or [])
-    return parse_recipe(raw, source=str(path), text=text, overrides=overrides or [])
+    moved: dict = {}
+    raw = normalise(raw, str(path), moved, text)  # TRL's names in the file, before the --set flags override fields
+    overrides = [canonical_key(o.split("=", 1)[0].strip()) + "=" + o.split("=", 1)[1] if "=" in o else o
+                 for o in overrides or []]
+    raw = apply_overrides(raw, overrides)
+    return parse_recipe(raw, source=str(path), text=text, overrides=overrides, moved=moved)
 
 
 def parse_recipe(raw: dict, source: str = "<recipe>", text: str | None = None,
-                 overrides: list[str] | None = None) -> Recipe:
+                 overrides: list[str] | None = None, moved: dict | None = None) -> Recipe:
     """Validate a raw recipe dict; errors name ``source`` and the line in ``text``, or the ``--set`` flag in
-    ``overrides`` that wrote the value at fault."""
+    ``overrides`` that wrote the value at fault. TRL's option names are rewritten first (:mod:`tandem.config.aliases`;
+    ``moved``: tandem path -> the alias's path in ``text``, for line numbers); an unknown key gets a close-match hint."""
+    moved = dict(moved or {})
+    raw = normalise(raw, source, moved)
     try:
         return Recipe.model_validate(raw)
     except ValidationError as e:
@@ -326,11 +372,12 @@ def parse_recipe(raw: dict, source: str = "<recipe>", text: str | None = None,
                 where = f"--set {flag}"
             else:
                 where = source
-                ln = line_of(text, loc) if text else None
+                at = next((moved[loc[:n]] + loc[n:] for n in range(len(loc), 0, -1) if loc[:n] in moved), loc)
+                ln = line_of(text, at) if text else None
                 if ln:
                     where += f", line {ln}"
             if err["type"] == "extra_forbidden":
-                msg = f"unknown key '{key}'"
+                msg = f"unknown key '{key}'" + (f"; {h}" if (h := hint(Recipe, loc)) else "")
             elif err["type"] == "missing":
                 msg = f"missing required key '{key}'"
             else:
