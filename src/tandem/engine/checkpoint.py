@@ -1,35 +1,32 @@
 """Atomic checkpoints: enough state that a resumed run ends with the same weights as an uninterrupted one.
 
 A checkpoint directory holds the trainable tensors (safetensors), optimizer and LR-scheduler state, RNG
-states, regularizer state and ``state.json`` (stage, step, metrics offset). It is written into a temporary
-directory and renamed into place, so a crash never leaves a half-written checkpoint behind. A checkpoint is
-never written from non-finite weights (:func:`assert_finite`): the run stops with ``TrainingDiverged`` naming the
-last finite checkpoint on disk, which ``--resume`` continues from.
+states, regularizer state, ``state.json`` (stage, step, metrics offset) and, written last, ``manifest.json`` (every
+file's size and SHA-256: :mod:`tandem.io.checkpoints`). It is written into a temporary directory and renamed into
+place, so a crash never leaves a half-written checkpoint behind; ``--resume`` skips an incomplete or corrupt one in
+favour of the newest complete and finite one. A checkpoint is never written from non-finite weights
+(:func:`assert_finite`): the run stops with ``TrainingDiverged`` naming the last finite checkpoint on disk.
 """
 
 from __future__ import annotations
 
 import json
-import random
 import shutil
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from tandem.engine.loop import TrainingDiverged
+from tandem.io.checkpoints import (  # noqa: F401 - re-exported: the engine's checkpoint API
+    list_checkpoints, load_optim, load_rng, newest_usable, read_state, save_rng, skipped_line, write_manifest)
 from tandem.io.weights import load_trainable_file, nonfinite, trainable_state
 from tandem.models.atomic import atomic_dir
 
 
 def last_finite_checkpoint(ckpt_root: Path | None) -> Path | None:
-    """The newest checkpoint in ``ckpt_root`` whose weights are all finite (None when there is none)."""
-    for path in reversed(list_checkpoints(ckpt_root) if ckpt_root is not None else []):
-        weights = path / "trainable.safetensors"  # a sharded checkpoint was checked when it was written
-        if not weights.exists() or not nonfinite(list(load_file(str(weights)).values())):
-            return path
-    return None
-
+    """The newest complete checkpoint in ``ckpt_root`` whose weights are all finite (None when there is none)."""
+    return newest_usable(ckpt_root)[0]
 
 def assert_finite(model, what: str, ckpt_root: Path | None = None) -> None:
     """Raise ``TrainingDiverged`` (nothing written) when a trainable tensor of ``model`` is not finite; the
@@ -58,9 +55,9 @@ def save_checkpoint(ckpt_root: Path, model, optimizer, scheduler, regularizer, s
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         if regularizer is not None:
             torch.save(regularizer.state_dict(), tmp / "regularizer.pt")
-        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
-        (tmp / "python_rng.json").write_text(json.dumps(random.getstate()[1]))
+        save_rng(tmp)
         (tmp / "state.json").write_text(json.dumps(state, indent=2))
+        write_manifest(tmp)  # last: a checkpoint whose manifest matches is complete
     _prune(Path(ckpt_root), keep)
     return path
 
@@ -71,34 +68,6 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def list_checkpoints(root: Path) -> list[Path]:
-    root = Path(root)
-    if not root.exists():
-        return []
-    found = [p for p in root.iterdir() if p.is_dir() and (p / "state.json").exists()]
-    return sorted(found, key=lambda p: json.loads((p / "state.json").read_text())["global_step"])
-
-
 def load_trainable(model, path: Path) -> None:
     load_trainable_file(model, Path(path) / "trainable.safetensors")
 
-
-def load_optim(path: Path, optimizer, scheduler, regularizer) -> None:
-    path = Path(path)
-    if optimizer is not None and (path / "optimizer.pt").exists():
-        optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
-    if scheduler is not None and (path / "scheduler.pt").exists():
-        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-    if regularizer is not None and (path / "regularizer.pt").exists():
-        regularizer.load_state_dict(torch.load(path / "regularizer.pt", weights_only=True))
-
-
-def load_rng(path: Path) -> None:
-    path = Path(path)
-    torch.set_rng_state(torch.load(path / "rng.pt", weights_only=True)["torch"])
-    internal = tuple(json.loads((path / "python_rng.json").read_text()))
-    random.setstate((3, internal, None))
-
-
-def read_state(path: Path) -> dict:
-    return json.loads((Path(path) / "state.json").read_text())

@@ -215,13 +215,14 @@ def _finish(plan: RunPlan, cfg: LoopConfig, summaries: list[dict], global_step: 
 
 
 def _resume(acc, ckpt_root, model, regularizer, metrics):
-    found = ckpt.list_checkpoints(ckpt_root)
-    if not found:
+    path, skipped = ckpt.newest_usable(ckpt_root)  # incomplete or corrupt ones are named and skipped
+    if skipped:
+        log.warning("%s", ckpt.skipped_line(skipped, path))
+    if path is None:
         log.info("no checkpoint in %s: starting from the beginning", ckpt_root)
         if acc.is_main_process:
             metrics.truncate(0)  # rows of the attempt that left no checkpoint would repeat steps 1, 2, ...
         return 0, 0, 0, None
-    path = found[-1]
     st = ckpt.read_state(path)
     (sharded.load_model(path, model, regularizer) if sharded.is_sharded_checkpoint(path) else
      ckpt.load_trainable(model, path))

@@ -38,7 +38,10 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
+
+from tandem.errors import TandemError
 
 MARKER = ".tandem-run.json"
 LOCK = ".tandem-lock"
@@ -46,7 +49,7 @@ _OLD_RE = re.compile(r"^\.(?P<name>.+)\.old-\d+$")
 _TMP_DIR_RE = re.compile(r"^\..+\.tmp-[^/]*$")
 
 
-class RunDirError(Exception):
+class RunDirError(TandemError):
     """A run directory that may not be used as asked (user error: one line, exit code 2)."""
 
 
@@ -88,9 +91,70 @@ def write_marker(path: str | Path, command: str) -> Path:
     return marker
 
 
+def _our_lock(p: Path) -> bool:
+    """True when ``p`` is tandem's lock file: empty (just created) or ``{"pid": N}`` (a user's file is not)."""
+    if p.name != LOCK or p.is_symlink() or not p.is_file():
+        return False
+    try:
+        if p.stat().st_size > 64:
+            return False
+        text = p.read_text(encoding="utf-8").strip()
+        data = json.loads(text) if text else {"pid": 0}
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and set(data) == {"pid"} and isinstance(data["pid"], int)
+
+
 def _entries(path: Path) -> list[Path]:
-    """Entries of ``path`` other than the lock file (a directory holding only a lock counts as empty)."""
-    return [p for p in path.iterdir() if p.name != LOCK]
+    """Entries of ``path`` other than tandem's lock file (a directory holding only that lock counts as empty)."""
+    return [p for p in path.iterdir() if not _our_lock(p)]
+
+
+def expand(path: str | Path) -> Path:
+    """``~`` and ``$VAR`` of an output path expanded (never a literal ``~`` directory)."""
+    return Path(os.path.expandvars(os.path.expanduser(str(path))))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def path_inputs(data, prefix: str = "", exclude: tuple[str, ...] = ("output_dir", "tax.out")) -> dict[str, str]:
+    """Every string leaf of ``data`` (a recipe as plain data) that names an existing local path, by dotted field:
+    the inputs ``--overwrite`` must not delete (model, data sources, reward model, reference, chat template...).
+    ``exclude``: fields (and everything under them) that are not inputs of the command."""
+    out: dict[str, str] = {}
+    if isinstance(data, Mapping):
+        for k, v in data.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            if not any(key == e or key.startswith(e + ".") for e in exclude):
+                out.update(path_inputs(v, key, exclude))
+    elif isinstance(data, (list, tuple)):
+        for i, v in enumerate(data):
+            out.update(path_inputs(v, f"{prefix}.{i}", exclude))
+    elif isinstance(data, str) and data and len(data) < 4096 and "\n" not in data:
+        try:
+            if expand(data).exists():
+                out[prefix] = data
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def check_inputs_outside(path: str | Path, inputs: Mapping[str, str | os.PathLike | None]) -> None:
+    """Refuse (``RunDirError``) when an input lies inside ``path``, the directory ``--overwrite`` would clear."""
+    out = Path(path)
+    targets = {Path(os.path.abspath(out)), Path(os.path.realpath(out))}
+    for label, value in inputs.items():
+        if value is None or str(value) == "":
+            continue
+        p = expand(value)
+        if not (p.exists() or p.is_symlink()):
+            continue
+        here = {Path(os.path.abspath(p)), Path(os.path.realpath(p))}
+        if any(_inside(h, t) for h in here for t in targets):
+            raise RunDirError(f"{out}: --overwrite would delete {label} {value}, an input of this command that lies "
+                              f"inside it; move it out of {out} or choose another output directory")
 
 
 def _foreign(path: Path) -> RunDirError:
@@ -100,12 +164,14 @@ def _foreign(path: Path) -> RunDirError:
     )
 
 
-def check_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> None:
+def check_run_dir(path: str | Path, *, resume: bool, overwrite: bool, command: str | None = None,
+                  inputs: Mapping[str, str | os.PathLike | None] | None = None) -> None:
     """Refuse a run directory that cannot be used as asked; writes nothing (call before loading anything).
 
     Raises :class:`RunDirError` when: ``path`` is a file; it is non-empty and not tandem's (whatever the
     flags); it is tandem's and neither ``resume`` nor ``overwrite`` is given; ``resume`` is asked for a
-    directory that does not exist or is empty; both flags are given.
+    directory that does not exist or is empty, or one another ``command`` wrote; both flags are given;
+    ``overwrite`` would clear a directory holding one of ``inputs`` (label -> path).
     """
     path = Path(path)
     if resume and overwrite:
@@ -123,9 +189,16 @@ def check_run_dir(path: str | Path, *, resume: bool, overwrite: bool) -> None:
         raise RunDirError(
             f"{path} already holds a tandem run: pass --resume to continue it or --overwrite to replace it"
         )
+    owner = read_marker(path).get("command")
+    if resume and command is not None and owner is not None and owner != command:
+        raise RunDirError(f"{path} holds the output of `tandem {owner}`, not of `tandem {command}`: refusing to write "
+                          f"into it; choose another output directory")
+    if overwrite and inputs:
+        check_inputs_outside(path, inputs)
 
 
-def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool, command: str) -> Path:
+def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool, command: str,
+                    inputs: Mapping[str, str | os.PathLike | None] | None = None) -> Path:
     """Make ``path`` ready for a run (see :func:`check_run_dir` for what is refused).
 
     New or empty directory: created, marker written. Tandem's directory with ``overwrite``: every entry but
@@ -133,7 +206,7 @@ def prepare_run_dir(path: str | Path, *, resume: bool, overwrite: bool, command:
     holding :class:`RunLock` (``overwrite`` must not clear a directory another process is writing).
     """
     path = Path(path)
-    check_run_dir(path, resume=resume, overwrite=overwrite)
+    check_run_dir(path, resume=resume, overwrite=overwrite, command=command, inputs=inputs)
     if resume:
         return path
     path.mkdir(parents=True, exist_ok=True)
@@ -251,14 +324,15 @@ def clean_stale_tmp(run_dir: str | Path) -> list[str]:
 
 
 @contextlib.contextmanager
-def open_run_dir(path: str | Path, *, resume: bool, overwrite: bool, command: str, clean: bool = True):
+def open_run_dir(path: str | Path, *, resume: bool, overwrite: bool, command: str, clean: bool = True,
+                 inputs: Mapping[str, str | os.PathLike | None] | None = None):
     """Check, lock, prepare (and on resume clean) a run directory; yields its :class:`Path` with the lock held.
 
-    ``with open_run_dir(out, resume=r, overwrite=o, command="train") as run_dir: ...``
+    ``with open_run_dir(out, resume=r, overwrite=o, command="train", inputs=path_inputs(raw)) as run_dir: ...``
     """
-    check_run_dir(path, resume=resume, overwrite=overwrite)
+    check_run_dir(path, resume=resume, overwrite=overwrite, command=command, inputs=inputs)
     with RunLock(path):
-        run_dir = prepare_run_dir(path, resume=resume, overwrite=overwrite, command=command)
+        run_dir = prepare_run_dir(path, resume=resume, overwrite=overwrite, command=command, inputs=inputs)
         if clean and resume:
             clean_stale_tmp(run_dir)
         yield run_dir
@@ -269,10 +343,13 @@ __all__ = [
     "MARKER",
     "RunDirError",
     "RunLock",
+    "check_inputs_outside",
     "check_run_dir",
     "clean_stale_tmp",
+    "expand",
     "is_run_dir",
     "open_run_dir",
+    "path_inputs",
     "prepare_run_dir",
     "read_marker",
     "write_marker",

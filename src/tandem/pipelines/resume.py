@@ -1,10 +1,12 @@
 """``--resume`` with the recipe the run was started with: a changed recipe is refused, except for fields that are
 safe to change mid-run when the user names them (``--allow-change FIELD``); what changed is recorded in
-``RUN/resume-changes.jsonl``."""
+``RUN/resume-changes.jsonl``. The data is checked too: a run records a fingerprint of each data source when it
+starts (``RUN/data-fingerprints.json``), and a resume whose data changed is refused, naming the file."""
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import yaml
 
 from tandem.config.recipe import Recipe, dump_recipe
 from tandem.io.rundir import RunDirError
+
+log = logging.getLogger("tandem")
 
 #: fields (or prefixes, ending with '.') that do not change what the finished steps computed
 SAFE_CHANGES = ("schedule.max_steps", "schedule.max_steps_per_stage", "model.gradient_checkpointing",
@@ -65,3 +69,41 @@ def record_changes(run_dir: Path, changes: dict[str, tuple]) -> None:
     row = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "changes": {k: {"old": o, "new": n} for k, (o, n) in changes.items()}}
     with open(run_dir / "resume-changes.jsonl", "a") as f:
         f.write(json.dumps(row, default=str) + "\n")
+
+
+def data_files(recipe: Recipe) -> dict[str, str]:
+    """The local files (or directories) the run trains and validates on, by recipe field."""
+    from tandem.data.readers import looks_local
+
+    out: dict[str, str] = {}
+    for key in ("sft", "preference", "pretrain"):
+        srcs = recipe.data.sources(key)
+        for i, src in enumerate(srcs):
+            if src.source and looks_local(src.source):
+                out[f"data.{key}" + (f".{i}" if len(srcs) > 1 else "")] = src.source
+    for role, src in recipe.data.val.items():
+        if src.source and looks_local(src.source):
+            out[f"data.val.{role}"] = src.source
+    return out
+
+
+def record_data(run_dir: Path, recipe: Recipe) -> None:
+    """Record a content fingerprint of each data source in ``RUN/data-fingerprints.json`` (when a run starts)."""
+    from tandem.io.fingerprint import record_fingerprints
+
+    record_fingerprints(run_dir, data_files(recipe))
+
+
+def check_data_unchanged(run_dir: Path, recipe: Recipe) -> None:
+    """Refuse (``RunDirError``) a resume whose data changed since the run started, naming the file. ``--allow-change``
+    does not cover data: a resumed run would mix old and new rows."""
+    from tandem.io.fingerprint import changed_fingerprints
+
+    changed = changed_fingerprints(run_dir)
+    if changed is None:
+        log.warning("%s: no data fingerprints recorded (a run from an older tandem): the data is not checked", run_dir)
+        return
+    if changed:
+        raise RunDirError(f"{run_dir}: cannot resume, the data changed: {'; '.join(changed)}. A resumed run would mix old "
+                          "and new rows: restore the data, or start again with --overwrite (--allow-change does not "
+                          "cover data)")

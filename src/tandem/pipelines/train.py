@@ -23,9 +23,9 @@ from tandem.data.roles import no_usable_message
 from tandem.distributed.settings import check_supported, read_settings
 from tandem.engine.context import LoopConfig
 from tandem.engine.run import RunPlan, run
-from tandem.io.rundir import RunDirError, check_run_dir, open_run_dir
+from tandem.io.rundir import RunDirError, check_run_dir, open_run_dir, path_inputs
 from tandem.models.precision import apply_precision, resolve, training_attention
-from tandem.pipelines.resume import record_changes, resume_changes
+from tandem.pipelines.resume import check_data_unchanged, record_changes, record_data, resume_changes
 from tandem.schedules import Method, build_stages, get_method
 
 log = logging.getLogger("tandem")
@@ -303,9 +303,12 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
 
     objectives, regularizer = check_recipe(recipe)
     run_dir = Path(recipe.output_dir)
-    check_run_dir(run_dir, resume=resume, overwrite=overwrite)
+    # --overwrite must not delete the model, data, tokenizer or chat template it reads (eval/tax/probe: other commands)
+    inputs = path_inputs(recipe.model_dump(mode="json"), exclude=("output_dir", "eval", "tax", "probe", "logging"))
+    check_run_dir(run_dir, resume=resume, overwrite=overwrite, command="train", inputs=inputs)
     if resume:
         changes = resume_changes(run_dir, recipe, allow_changes or [])
+        check_data_unchanged(run_dir, recipe)
     fsdp = read_settings()  # refuses DeepSpeed, FSDP1 and FSDP options tandem does not honour
     acc = Accelerator(mixed_precision=resolve(recipe.precision).autocast, cpu=not torch.cuda.is_available(),
                       kwargs_handlers=[GradScalerKwargs(enabled=False)])  # fp16 losses: tandem.optim.GradScaling
@@ -315,10 +318,11 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
                            num_processes=acc.num_processes)
     with contextlib.ExitStack() as stack:
         if acc.is_main_process:
-            stack.enter_context(open_run_dir(run_dir, resume=resume, overwrite=overwrite, command="train"))
+            stack.enter_context(open_run_dir(run_dir, resume=resume, overwrite=overwrite, command="train", inputs=inputs))
             if resume:
                 record_changes(run_dir, changes)
             else:
+                record_data(run_dir, recipe)
                 (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
         acc.wait_for_everyone()
         set_seed(recipe.seed)
