@@ -116,11 +116,20 @@ def make(rho: float = 1.0, seed: int = 0, sizes: dict[str, int] | None = None,
     return out, meta
 
 
+def _ours(meta: Path) -> bool:
+    try:
+        return "pair_families" in json.loads(meta.read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
 def write(out_dir: str | Path, rows: dict[str, list[dict]], meta: dict) -> Path:
     """``OUT/<file>.jsonl`` for each of :data:`FILES` and ``OUT/meta.json`` (each written whole, then renamed)."""
     import os
 
     out = Path(out_dir)
+    if out.is_dir() and any(out.iterdir()) and not _ours(out / "meta.json"):
+        raise ConflictError(f"{out}: not empty and not written by `tandem conflict make`; give a new or empty directory")
     out.mkdir(parents=True, exist_ok=True)
     for name in FILES:
         tmp = out / f".{name}.jsonl.tmp"
