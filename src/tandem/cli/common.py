@@ -32,6 +32,7 @@ EXIT_USER_ERROR = 2
 
 # (module, class): exceptions whose message is already the one line a user needs
 USER_ERRORS = (
+    ("tandem.errors", "TandemError"),  # the common base (tandem.api raises these too)
     ("tandem.config.yamlsrc", "RecipeError"),
     ("tandem.data.errors", "DataError"),
     ("tandem.io.rundir", "RunDirError"),
@@ -42,7 +43,8 @@ USER_ERRORS = (
 JUDGE_ERROR = ("tandem.evaluation.judge", "JudgeError")
 # libraries that load models and tokenizers: an OSError they raise is about the path or id they were given
 LOADERS = ("transformers", "huggingface_hub", "peft", "safetensors", "tokenizers", "gguf")
-# disk-full reports of writers that do not raise OSError(ENOSPC): torch.save, safetensors
+# disk-full reports of writers that do not raise OSError(ENOSPC): torch.save, safetensors (SafetensorError, which is
+# not an OSError: "Error while serializing: I/O error: No space left on device (os error 28)")
 _DISK_FULL = re.compile(r"No space left on device|os error 28|StorageFull|PytorchStreamWriter failed writing|"
                         r"inline_container\.cc.*(file write failed|unexpected pos)", re.IGNORECASE | re.DOTALL)
 
@@ -66,8 +68,10 @@ def one_line(msg: str) -> str:
 
 
 def fail(msg: str, code: int = EXIT_USER_ERROR) -> None:
-    """Print ``error: msg`` (one line, no traceback) and exit with ``code``."""
-    console.print(Text.assemble(("error:", "bold red"), " ", one_line(msg)), soft_wrap=True, highlight=False)
+    """Print ``error: msg`` (one line, no traceback, API keys and URL passwords redacted) and exit with ``code``."""
+    from tandem.io.secrets import redact
+
+    console.print(Text.assemble(("error:", "bold red"), " ", redact(one_line(msg))), soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
@@ -107,14 +111,33 @@ def _chain(e: BaseException):
         e = e.__cause__ or e.__context__
 
 
+def _writer_errors() -> tuple[type, ...]:
+    """Exception types of writers that report a full disk in their message (safetensors' is not an OSError)."""
+    st = _loaded("safetensors", "SafetensorError") if "safetensors" in sys.modules else None
+    return (OSError, RuntimeError) + ((st,) if st is not None else ())
+
+
 def disk_full(e: BaseException) -> bool:
     """True when ``e`` (or what caused it) reports a full disk or an exceeded quota."""
+    writers = _writer_errors()
     for x in _chain(e):
         if isinstance(x, OSError) and x.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
-        if isinstance(x, (OSError, RuntimeError)) and _DISK_FULL.search(str(x)):
+        if isinstance(x, writers) and _DISK_FULL.search(str(x)):
             return True
     return False
+
+
+# OSErrors about a path the user gave (wherever raised): what to do about each
+_PATH_ERRNOS = {
+    errno.EROFS: "the file system is read-only: choose a writable output directory",
+    errno.ENAMETOOLONG: "the name is too long for the file system: choose a shorter path",
+    errno.ELOOP: "too many levels of symbolic links (a symlink loop?): fix the link or give the real path",
+    errno.EACCES: "permission denied: choose a path you can read and write",
+    errno.EPERM: "operation not permitted: choose a path you can read and write",
+    errno.EFBIG: "the file is too large for this file system or limit: free space or choose another disk",
+    errno.ENXIO: "not a regular file (a device or socket?): give a file",
+}
 
 
 def _filename(e: BaseException) -> str | None:
@@ -139,6 +162,8 @@ def user_message(e: BaseException, where: str | os.PathLike | None = None) -> st
     if judge is not None and isinstance(e, judge):
         return (f"{e}; fix the judge settings (eval.judge) or wait for the endpoint, then rerun: verdicts already "
                 "received are cached in OUT/judge_cache.jsonl")
+    if isinstance(e, OSError) and e.errno in _PATH_ERRNOS and e.filename:
+        return f"{e.filename}: {_PATH_ERRNOS[e.errno]}"
     if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)):
         return str(e)
     raiser = _innermost_module(e)
@@ -186,11 +211,16 @@ def recipe_or_fail(path: Path, overrides: list[str]):
 
 def parse_list(flag: str, text: str, kind: type, example: str) -> list:
     """A comma list given to ``flag`` as values of ``kind``; a bad item exits 2 naming the flag."""
+    import math
+
     items = [x.strip() for x in text.split(",") if x.strip()]
     try:
         values = [kind(x) for x in items]
     except ValueError:
         fail(f"{flag} {text!r}: expected a comma list of {kind.__name__} values like {example!r}")
+    bad = [x for x in values if isinstance(x, float) and not math.isfinite(x)]
+    if bad:
+        fail(f"{flag} {text!r}: {bad[0]} is not a finite number; give finite values like {example!r}")
     if not values:
         fail(f"{flag} {text!r}: empty; give a comma list like {example!r}")
     return values

@@ -15,9 +15,33 @@ from tandem.config.inputs import SourceConfig
 class JudgeSettings(Strict):
     base_url: str
     model: str
-    api_key_env: str = "OPENAI_API_KEY"
+    api_key_env: str = Field(default="OPENAI_API_KEY", description="the NAME of the environment variable holding the key")
     task: Literal["dialogue", "summarization"] = "dialogue"
     max_workers: int = Field(default=4, ge=1)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_name_not_a_key(cls, v: str) -> str:
+        """A key pasted here would be written to RUN/recipe.yaml and the model card: refused (never echoed)."""
+        from tandem.io.secrets import ENV_NAME, looks_like_key
+
+        if looks_like_key(v):
+            raise ValueError("this looks like an API key, not the name of an environment variable: never put the key in "
+                             "a recipe; export it (export OPENAI_API_KEY=...) and give the variable's name")
+        if not ENV_NAME.match(v):
+            raise ValueError(f"{v!r} is not the name of an environment variable (letters, digits, '_')")
+        return v
+
+    @field_validator("base_url")
+    @classmethod
+    def _no_userinfo(cls, v: str) -> str:
+        """``https://user:key@host`` would be written to RUN/recipe.yaml and the model card: refused (never echoed)."""
+        from tandem.io.secrets import url_userinfo
+
+        if url_userinfo(v):
+            raise ValueError("the URL holds a user name or password (user:key@host): remove it and give the key through "
+                             "the environment variable named by eval.judge.api_key_env")
+        return v
 
 
 SET_METRICS_REFUSED = {"reward_win_rate": "its baseline generations belong to eval.data's prompts",
@@ -97,7 +121,7 @@ class EvalConfig(Strict):
     @field_validator("temperatures")
     @classmethod
     def _temperatures_non_negative(cls, v: list[float]) -> list[float]:
-        bad = [t for t in v if t < 0]
+        bad = [t for t in v if not (0 <= t < float("inf"))]
         if bad:
-            raise ValueError(f"temperatures must be >= 0, got {bad}")
+            raise ValueError(f"temperatures must be finite and >= 0, got {bad}")
         return v

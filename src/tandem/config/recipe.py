@@ -11,14 +11,15 @@ recipes (tests, overrides) possible.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import copy
 import json
 import math
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from tandem.config.yamlsrc import (  # noqa: F401 - re-exported: tandem.config.recipe is the public place
     DuplicateKeyError,
@@ -29,6 +30,8 @@ from tandem.config.yamlsrc import (  # noqa: F401 - re-exported: tandem.config.r
     load_yaml,
 )
 from tandem.config.base import SEED_MAX, Strict  # noqa: F401 - re-exported
+from tandem.config.values import expand_path, finite_extras, finite_numbers, not_bool, redact_flag
+from tandem.io.secrets import redact_value
 from tandem.schedules.methods import METHODS, build_stages, get_method
 from tandem.config.aliases import canonical_key, normalise
 from tandem.config.defaults import implied_objectives
@@ -143,6 +146,7 @@ class ObjectiveConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     name: str
+    _finite = model_validator(mode="after")(finite_extras)  # beta: .inf refused here, not blamed on the lr later
 
 
 class RegularizerConfig(BaseModel):
@@ -190,11 +194,9 @@ class HBATConfig(Strict):
     @field_validator("ewc", "freeze", "fisher", "l2", "l1")
     @classmethod
     def _finite_numbers(cls, v: dict[str, Any]) -> dict[str, Any]:
-        """Each regularizer checks its own ranges when built; a NaN or an infinity is refused here."""
-        for k, x in v.items():
-            if isinstance(x, float) and not math.isfinite(x):
-                raise ValueError(f"{k} must be a finite number, got {x}")
-        return v
+        """Each regularizer checks its own ranges when built; a NaN or an infinity (and a percent outside [0, 100]) is
+        refused here."""
+        return finite_numbers(v)
 
 
 class CheckpointConfig(Strict):
@@ -267,8 +269,8 @@ class HubConfig(Strict):
 
 class Recipe(Strict):
     name: str = "run"
-    output_dir: str
-    seed: int = Field(default=0, ge=0, le=SEED_MAX)
+    output_dir: Annotated[str, AfterValidator(expand_path)]  # ~ and $HOME expanded
+    seed: Annotated[int, BeforeValidator(not_bool)] = Field(default=0, ge=0, le=SEED_MAX)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     model: ModelConfig
     data: DataConfig
@@ -369,7 +371,7 @@ def parse_recipe(raw: dict, source: str = "<recipe>", text: str | None = None,
             key = ".".join(str(x) for x in loc) or "(top level)"
             flag = flag_of(overrides or [], loc) if loc else None
             if flag is not None:
-                where = f"--set {flag}"
+                where = f"--set {redact_flag(flag)}"
             else:
                 where = source
                 at = next((moved[loc[:n]] + loc[n:] for n in range(len(loc), 0, -1) if loc[:n] in moved), loc)
@@ -386,5 +388,5 @@ def parse_recipe(raw: dict, source: str = "<recipe>", text: str | None = None,
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(lines)) from None
 
 
-def dump_recipe(recipe: Recipe) -> str:
-    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+def dump_recipe(recipe: Recipe) -> str:  # API keys and URL passwords redacted (RUN/recipe.yaml, model cards)
+    return yaml.safe_dump(redact_value("", recipe.model_dump(mode="json")), sort_keys=False)
