@@ -85,12 +85,12 @@ def data_inspect(
 
 def _mount() -> None:
     """Commands that live next to their packages (each module holds a typer app)."""
-    from tandem.cli import conflict_cmd, eval_cmd, merge_cmd, models_cmd, probe_cmd, push_cmd, study_cmd, tax_cmd
+    from tandem.cli import conflict_cmd, contrasts_cmd, eval_cmd, merge_cmd, models_cmd, probe_cmd, push_cmd, study_cmd, tax_cmd
 
     app.add_typer(models_cmd.app, name="models", help="Fetch and describe models.")
     app.add_typer(probe_cmd.app, name="probe", help="Probe a model without training it (gradient entanglement).")
     app.add_typer(conflict_cmd.app, name="conflict", help="The conflict benchmark: make its files, score replies.")
-    for sub in (merge_cmd, eval_cmd, tax_cmd, push_cmd, study_cmd):
+    for sub in (merge_cmd, eval_cmd, tax_cmd, push_cmd, study_cmd, contrasts_cmd):
         app.registered_commands.extend(sub.app.registered_commands)
 
 

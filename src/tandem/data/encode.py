@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tandem.data.errors import DataError
-from tandem.data.types import Message, PreferenceExample, SFTExample
+from tandem.data.types import Message, PreferenceExample, SFTExample, UnpairedExample
 
 IGNORE = -100
 FALLBACK_ROLES = {"system": "System", "user": "User", "assistant": "Assistant"}
@@ -194,7 +194,25 @@ def _encode_pref(tokenizer, example: PreferenceExample, max_length: int, overlon
     c_ids, c_labels = _join(p, rc)
     r_ids, r_labels = _join(p, rr)
     feat = {"chosen_input_ids": c_ids, "chosen_labels": c_labels, "rejected_input_ids": r_ids, "rejected_labels": r_labels}
+    if example.margin is not None:
+        feat["margin"] = float(example.margin)
     return feat, truncated
+
+
+def _encode_unpaired(tokenizer, example: UnpairedExample, kl_completion: str, max_length: int, overlong: str):
+    """KTO: the prompt with its completion (``input_ids``/``labels``), ``label`` 1.0 (desirable) or 0.0, and the
+    prompt with another example's completion (``kl_input_ids``/``kl_labels``: the KL term's mismatched pair, always
+    truncated, never a reason to drop)."""
+    p = prompt_ids(tokenizer, example.prompt)
+    fitted = _fit(p, [response_ids(tokenizer, example.completion)], max_length, overlong)
+    kl = _fit(p, [response_ids(tokenizer, kl_completion)], max_length, "truncate")
+    if fitted is None or kl is None:
+        return None, False
+    ids, labels = _join(fitted[0], fitted[1][0])
+    kl_ids, kl_labels = _join(kl[0], kl[1][0])
+    feat = {"input_ids": ids, "labels": labels, "kl_input_ids": kl_ids, "kl_labels": kl_labels,
+            "label": 1.0 if example.label else 0.0}
+    return feat, fitted[2]
 
 
 def encode_sft(tokenizer, example: SFTExample, max_length: int, overlong: str = "truncate",
@@ -218,18 +236,25 @@ def drop_reason(max_length: int, overlong: str) -> str:
 
 def encode_all(tokenizer, examples, max_length: int, overlong: str = "truncate",
                loss_on: str = "last") -> tuple[list[dict], EncodeStats]:
-    """Encode SFT and/or preference examples; returns the kept features and :class:`EncodeStats`.
-    ``loss_on`` applies to SFT examples (see the module docstring)."""
+    """Encode SFT, preference and/or unpaired examples; returns the kept features and :class:`EncodeStats`.
+    ``loss_on`` applies to SFT examples (see the module docstring). An unpaired (KTO) example's KL pair takes the
+    completion of the unpaired example before it (the first takes the last's): TRL's rotation by one, over the whole
+    list rather than within each batch."""
     stats = EncodeStats()
     feats = []
+    unpaired = [ex.completion for ex in examples if isinstance(ex, UnpairedExample)]
+    k = 0
     for ex in examples:
         stats.total += 1
         if isinstance(ex, PreferenceExample):
             feat, truncated = _encode_pref(tokenizer, ex, max_length, overlong)
+        elif isinstance(ex, UnpairedExample):
+            feat, truncated = _encode_unpaired(tokenizer, ex, unpaired[k - 1], max_length, overlong)
+            k += 1
         elif isinstance(ex, SFTExample):
             feat, truncated = _encode_sft(tokenizer, ex, max_length, overlong, loss_on)
         else:
-            raise TypeError(f"expected SFTExample or PreferenceExample, got {type(ex).__name__}")
+            raise TypeError(f"expected SFTExample, PreferenceExample or UnpairedExample, got {type(ex).__name__}")
         if feat is None:
             stats.dropped += 1
             reason = drop_reason(max_length, overlong)

@@ -26,6 +26,9 @@ name                    fields                                                  
 ``tldr_comparison``     post fields (top level or under ``info``), ``summaries:      preference
                         [a, b]`` (strings or ``{"text": ...}``) or ``summary_0``/
                         ``summary_1``, and ``choice`` (0 or 1)
+``unpaired_preference`` ``prompt``, ``completion`` (or ``response``), ``label``      unpaired
+                        (true: desirable, false: undesirable) -- TRL's unpaired
+                        preference (KTO) format; read for the ``unpaired`` role
 ======================= ========================================================== ===========
 
 Conventions:
@@ -48,7 +51,9 @@ Conventions:
 * A column map (``columns={field: column}``, :mod:`tandem.data.columns`) renames columns before detection.
 * The format is detected from the first record unless declared; a row missing a field its format needs is a
   :class:`DataError` naming the source, the 1-based row (and its line when they differ) and the field.
-* ``role="sft"|"preference"`` checks the data against the stage that will train on it (see
+* A preference row may carry a ``margin`` (a number, Llama-2 style; read by the reward objective): kept as
+  :attr:`PreferenceExample.margin`; a non-number is a :class:`DataError` naming the row.
+* ``role="sft"|"preference"|"unpaired"`` checks the data against the stage that will train on it (see
   :mod:`tandem.data.roles`): a format of the other kind and KTO-style unpaired rows are refused, empty replies
   are left out, and a source with no row left is an error counting each filter.
 """
@@ -56,7 +61,7 @@ Conventions:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from tandem.data.columns import FIELDS, apply_columns, check_columns
@@ -64,15 +69,16 @@ from tandem.data.converters import (  # noqa: F401 - re-exported: tandem.data.fo
     CONVERTERS,
     HH_ASSISTANT,
     Skip,
+    margin_field,
     parse_hh_transcript,
     split_hh,
     tldr_prompt,
 )
 from tandem.data.errors import DataError
 from tandem.data.readers import MAX_RECORD_BYTES, iter_records
-from tandem.data.roles import all_filtered_message, check_format_fits, check_role, check_unpaired, role_skip
+from tandem.data.roles import all_filtered_message, check_format_fits, check_role, check_unpaired, role_format, role_skip
 from tandem.data.roles import where as _where
-from tandem.data.types import PreferenceExample, SFTExample
+from tandem.data.types import PreferenceExample, SFTExample, UnpairedExample
 
 
 
@@ -99,6 +105,7 @@ FORMATS: dict[str, str] = {
     "hh_rlhf": "chosen, rejected (full '\\n\\nHuman: ... \\n\\nAssistant: ...' transcripts)",
     "tldr": "subreddit, title, post|instruction, summary|gold_response",
     "tldr_comparison": "subreddit, title, post (or info{...}), summaries [a, b] | summary_0, summary_1, choice",
+    "unpaired_preference": "prompt, completion|response, label (true|false)",
 }
 
 _CONTENT_KEYS = FIELDS - {"label"}
@@ -164,6 +171,13 @@ def detect_format(record: dict) -> str:
                     "or map your columns (data.<role>.columns in the recipe)")
 
 
+def _margin(value, where: str) -> float | None:
+    try:
+        return margin_field(value)
+    except TypeError as e:
+        raise DataError(f"{where}: {e} (the pair's margin for the reward model's loss)") from None
+
+
 def convert(record: dict, format: str, where: str = "record"):
     """One record -> example; raises :class:`Skip` for rows to leave out, :class:`DataError` for bad rows."""
     if format not in CONVERTERS:
@@ -209,18 +223,21 @@ def examples_from_rows(rows: Iterable[tuple[dict, int | None]], source: str, for
                     format = detect_format(rec)
                 except DataError as e:
                     raise DataError(f"{where}: {e}") from None
-                report.format = format
+            format = role_format(format, role, rec, declared)
+            report.format = format
             if role is not None:
-                check_unpaired(rec, where)
+                check_unpaired(rec, where, role)
                 check_format_fits(format, role, rec, where, declared)
         report.rows += 1
         if role is not None:
-            check_unpaired(rec, where)
+            check_unpaired(rec, where, role)
         try:
             ex = convert(rec, format, where)
             reason = role_skip(ex, role)
             if reason is not None:
                 raise Skip(reason)
+            if isinstance(ex, PreferenceExample) and rec.get("margin") is not None:
+                ex = replace(ex, margin=_margin(rec["margin"], where))
         except Skip as s:
             report.skipped[s.reason] = report.skipped.get(s.reason, 0) + 1
             continue
@@ -251,7 +268,7 @@ def load_examples(
     source: str, format: str | None = None, split: str = "train", limit: int | None = None,
     role: str | None = None, max_record_bytes: int = MAX_RECORD_BYTES, columns: dict[str, str] | None = None,
     streaming: bool = False, skip: int = 0,
-) -> tuple[list[SFTExample | PreferenceExample], LoadReport]:
+) -> tuple[list[SFTExample | PreferenceExample | UnpairedExample], LoadReport]:
     """Read ``source`` row by row (see :func:`tandem.data.readers.iter_records`) and convert its rows.
 
     ``format`` overrides detection (detection looks at the first row). ``limit`` stops after that many kept

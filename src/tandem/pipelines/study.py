@@ -153,6 +153,13 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
         raise ValueError("--seeds: give at least one seed")
     check_run_dir(out_dir, resume=resume, overwrite=overwrite)
     rows_of = load_study(study_dir, overrides, out_dir, seeds[0], only)
+    if (Path(study_dir) / "_contrasts.yaml").is_file():  # a bad questions file is refused before any training
+        from tandem.pipelines.contrasts import read_questions
+
+        asked = read_questions(Path(study_dir) / "_contrasts.yaml")[0]
+        unknown = {x for q in asked for x in q} - {p.stem for p in recipe_files(study_dir)}
+        if unknown:
+            raise ValueError(f"{Path(study_dir) / '_contrasts.yaml'}: no recipe for arm(s) {', '.join(sorted(unknown))}")
     for name, (path, _) in rows_of.items():
         for seed in seeds:
             check_inputs(run_recipe(path, None, seed, out_dir / f"{name}-s{seed}", overrides))
@@ -176,4 +183,13 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
                      time.perf_counter() - t0, f", {scores}" if scores else "")
         x, y = default_axes(rows, x_key, y_key)
         write_tables(out_dir, rows, x, y, f"Study: {Path(study_dir).name}")
+        questions = Path(study_dir) / "_contrasts.yaml"
+        if questions.is_file():  # the study's questions: paired contrasts with CIs (OUT/contrasts.md)
+            from tandem.pipelines.contrasts import read_questions, write_contrasts
+
+            asked, names, metrics = read_questions(questions)
+            present = {str(r["method"]) for r in rows}
+            kept = [(q, n) for q, n in zip(asked, names) if set(q) <= present]  # --only: the questions it can answer
+            if kept:
+                write_contrasts(out_dir, rows, [q for q, _ in kept], metrics, [n for _, n in kept])
     return rows
