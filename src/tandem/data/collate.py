@@ -1,7 +1,9 @@
 """Features -> batch tensors (see the batch contract in docs/architecture.md), and batch index lists.
 
 Sequences: an SFT feature is one sequence; ``B`` preference features give ``2B`` sequences, the chosen ones
-``0..B-1`` then the rejected ones ``B..2B-1`` in pair order.
+``0..B-1`` then the rejected ones ``B..2B-1`` in pair order; ``B`` unpaired (KTO) features give their completions
+``0..B-1`` then their KL sequences ``B..2B-1``, in rows of their own (no row mixes the two halves), so the KTO objective
+can run the KL half without gradients.
 
 Layouts:
 
@@ -14,7 +16,8 @@ Layouts:
 Every sequence's ``position_ids`` restart at 0, so packed sequences do not attend to each other (the model is
 called without an attention mask). Padding has ``input_ids = pad_id``, ``labels = -100``, ``seq_ids = -1`` and
 ``position_ids`` ``0, 1, 2, ...`` (a block of its own, after every real token, so it is never attended to).
-``ref_*`` scalars are stacked per feature into float32 tensors of shape ``[len(features)]``.
+``ref_*`` scalars, a KTO feature's ``label`` and a pair's ``margin`` are stacked per feature into float32 tensors of
+shape ``[len(features)]`` (a pair without a margin, from another source, counts 0).
 
 ``prefix_sharing`` (pack mode, preference features): each pair is one block [prompt][chosen][rejected] with a
 ``[R, 1, T, T]`` boolean ``attention_mask`` (see :mod:`tandem.data.prefix`); the blocks are packed like sequences.
@@ -31,6 +34,7 @@ from tandem.data.prefix import blocks, collate_shared
 
 IGNORE = -100
 PREFERENCE_KEYS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
+SCALAR_KEYS = ("label", "margin")  # besides ref_*: per-feature numbers batched as float32 tensors
 
 
 def sequences(features: list[dict]) -> list[tuple[list[int], list[int]]]:
@@ -41,6 +45,8 @@ def sequences(features: list[dict]) -> list[tuple[list[int], list[int]]]:
         return [(f["chosen_input_ids"], f["chosen_labels"]) for f in features] + [
             (f["rejected_input_ids"], f["rejected_labels"]) for f in features
         ]
+    if "kl_input_ids" in features[0]:
+        return [(f["input_ids"], f["labels"]) for f in features] + [(f["kl_input_ids"], f["kl_labels"]) for f in features]
     return [(f["input_ids"], f["labels"]) for f in features]
 
 
@@ -81,6 +87,10 @@ def collate(features: list[dict], mode: str = "pack", pad_id: int = 0, max_token
         return _with_refs(collate_shared(blks, _pack_layout([len(b) for b in blks], max_tokens_per_row), pad_id), features)
     if mode == "pad":
         layout = [[i] for i in range(len(seqs))]
+    elif mode == "pack" and "kl_input_ids" in features[0]:  # KTO: completions and KL sequences in separate rows
+        b = len(features)
+        layout = _pack_layout([len(s[0]) for s in seqs[:b]], max_tokens_per_row) + [
+            [i + b for i in row] for row in _pack_layout([len(s[0]) for s in seqs[b:]], max_tokens_per_row)]
     elif mode == "pack":
         layout = _pack_layout([len(s[0]) for s in seqs], max_tokens_per_row)
     else:
@@ -119,13 +129,18 @@ def collate(features: list[dict], mode: str = "pack", pad_id: int = 0, max_token
 def _with_refs(batch: dict, features: list[dict]) -> dict:
     for key in sorted(k for k in features[0] if k.startswith("ref_")):
         batch[key] = torch.tensor([float(f[key]) for f in features], dtype=torch.float32)
+    for key in SCALAR_KEYS:
+        if any(key in f for f in features):
+            batch[key] = torch.tensor([float(f.get(key, 0.0)) for f in features], dtype=torch.float32)
     return batch
 
 
 def feature_length(feature: dict) -> int:
-    """Tokens of a feature (both sequences of a preference pair)."""
+    """Tokens of a feature (both sequences of a preference pair, a KTO completion and its KL sequence)."""
     if "chosen_input_ids" in feature:
         return len(feature["chosen_input_ids"]) + len(feature["rejected_input_ids"])
+    if "kl_input_ids" in feature:
+        return len(feature["input_ids"]) + len(feature["kl_input_ids"])
     return len(feature["input_ids"])
 
 

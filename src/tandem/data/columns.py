@@ -16,7 +16,7 @@ from tandem.data.errors import DataError
 FIELDS = frozenset({
     "prompt", "response", "completion", "instruction", "input", "output", "messages", "conversations", "system",
     "chosen", "rejected", "subreddit", "title", "post", "summary", "gold_response", "summaries", "summary_0",
-    "summary_1", "choice", "info", "label",
+    "summary_1", "choice", "info", "label", "margin",
 })
 
 

@@ -1,4 +1,5 @@
-"""One converter per format: a raw record -> :class:`SFTExample` / :class:`PreferenceExample`.
+"""One converter per format: a raw record -> :class:`SFTExample` / :class:`PreferenceExample` /
+:class:`UnpairedExample`.
 
 A converter raises :class:`Skip` for a row to leave out (counted by reason in the load report), ``KeyError``
 naming a missing field and ``TypeError`` for a field of the wrong shape (both turned into a
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from tandem.data.types import Message, PreferenceExample, SFTExample, user
+from tandem.data.types import Message, PreferenceExample, SFTExample, UnpairedExample, user
 
 HH_ASSISTANT = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -262,6 +263,38 @@ def _choice(value) -> int:
     return int(value)
 
 
+def _label(value) -> bool:
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"  # CSV cells are strings
+    if not isinstance(value, bool):
+        raise TypeError(f"field 'label' must be true or false (desirable or undesirable completion), got {value!r}")
+    return value
+
+
+def unpaired_preference(rec: dict) -> UnpairedExample:
+    """TRL's unpaired preference (KTO) row: ``prompt``, ``completion`` (or ``response``), ``label`` true/false."""
+    prompt, hh = prompt_field(need(rec, "prompt"))
+    completion = response_field(need(rec, "completion", "response"), "completion")
+    if hh and completion.startswith(" "):
+        completion = completion[1:]
+    return UnpairedExample(check_prompt(prompt), completion, _label(need(rec, "label")))
+
+
+def margin_field(value) -> float | None:
+    """A pair's optional ``margin`` (a number; a numeric string from CSV; null: none)."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        out = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"field 'margin' must be a number, got {value!r}") from None
+    if out != out or out in (float("inf"), float("-inf")):
+        raise TypeError(f"field 'margin' must be a finite number, got {value!r}")
+    return out
+
+
 def tldr_comparison(rec: dict) -> PreferenceExample:
     prompt = tldr_prompt(*_post_fields(rec))
     if "summaries" in rec:
@@ -288,4 +321,5 @@ CONVERTERS = {
     "hh_rlhf": hh_rlhf,
     "tldr": tldr,
     "tldr_comparison": tldr_comparison,
+    "unpaired_preference": unpaired_preference,
 }

@@ -9,10 +9,15 @@ A *role* is the kind of example a training stage needs (an objective's ``data_ki
   rejected reply are left out (``empty_chosen`` / ``empty_rejected``), as are pairs with
   ``chosen == rejected`` (``identical``, for every caller).
 
+* ``"unpaired"`` (the ``kto`` objective): format ``unpaired_preference``, TRL's unpaired preference rows
+  (``prompt``, ``completion``, ``label``: true for a desirable completion, false for an undesirable one; ``label``
+  may be a boolean or, from a CSV file, the text ``true``/``false``). A ``prompt``/``completion`` source whose first
+  row carries such a label is read in this format for this role; a later row whose ``label`` is missing or not
+  true/false is an error naming it. Rows with an empty completion are left out (``empty_completion``).
+
 A source whose format does not fit the role is refused at its first row, naming the file, the row (and line)
-and the fields found. A KTO-style unpaired row (one completion with a boolean ``label``) is refused for every
-role: it needs a KTO-style objective, which tandem does not have (``label`` may be a boolean or, from a CSV
-file, the text ``true``/``false``). With a role, a source whose rows are all
+and the fields found. An unpaired (KTO-style) row is refused for the ``sft`` and ``preference`` roles, saying to
+train on it with the ``kto`` objective. With a role, a source whose rows are all
 left out is an error that says how many rows each filter removed (:func:`all_filtered_message`).
 """
 
@@ -22,15 +27,20 @@ from typing import Literal
 
 from tandem.data.errors import DataError
 
-Role = Literal["sft", "preference"]
+Role = Literal["sft", "preference", "unpaired"]
 
 SFT_FORMATS = frozenset({"prompt_response", "alpaca", "messages", "sharegpt", "tldr"})
 PREFERENCE_FORMATS = frozenset({"preference", "implicit_preference", "sharegpt_preference", "hh_rlhf", "tldr_comparison"})
-ROLE_FORMATS: dict[str, frozenset[str]] = {"sft": SFT_FORMATS, "preference": PREFERENCE_FORMATS}
+UNPAIRED_FORMATS = frozenset({"unpaired_preference"})
+ROLE_FORMATS: dict[str, frozenset[str]] = {"sft": SFT_FORMATS, "preference": PREFERENCE_FORMATS,
+                                          "unpaired": UNPAIRED_FORMATS}
 ROLE_FIELDS = {
     "sft": "a prompt and one reply (prompt/response, instruction/output, messages, ...)",
     "preference": "a prompt and two replies (prompt/chosen/rejected, HH-RLHF chosen/rejected transcripts, ...)",
+    "unpaired": "a prompt, one completion and a true/false label (prompt/completion/label, TRL's unpaired format)",
 }
+ROLE_USE = {"sft": "data.sft", "preference": "data.preference with a paired objective (dpo, ...)",
+            "unpaired": "data.preference with objective kto"}
 
 #: Why a row (loader) or an example (encoder) was left out, in words.
 REASONS = {
@@ -39,6 +49,7 @@ REASONS = {
     "empty_chosen": "empty chosen reply",
     "empty_rejected": "empty rejected reply",
     "empty_response": "empty response",
+    "empty_completion": "empty completion",
     "prompt_not_user_last": "the prompt does not end with a user turn",
     "no_assistant_turn": "no assistant turn",
     "no_assistant_marker": "no '\\n\\nAssistant:' in the transcript",
@@ -64,25 +75,39 @@ def check_format_fits(format: str, role: str | None, record: dict, at: str, decl
     """Refuse a source whose format cannot feed ``role`` (``at`` names the first row)."""
     if role is None or format in ROLE_FORMATS[role]:
         return
-    other = "sft" if role == "preference" else "preference"
+    other = next((r for r, fmts in ROLE_FORMATS.items() if format in fmts), "other")
     how = "declared" if declared else "detected"
     raise DataError(
         f"{at}: the {role} data needs {ROLE_FIELDS[role]}, but the rows are '{format}' ({how}; fields found: "
-        f"{sorted(record)}), which is {other} data; give {role} rows here, or use this source as data.{other}"
+        f"{sorted(record)}), which is {other} data; give {role} rows here, or use this source as "
+        f"{ROLE_USE.get(other, 'data of its kind')}"
     )
 
 
-def check_unpaired(record: dict, at: str) -> None:
-    """Refuse a KTO-style unpaired preference row: one completion with a boolean ``label``."""
+def is_unpaired(record: dict) -> bool:
+    """A KTO-style unpaired preference row: a completion (or response) with a true/false ``label``, no pair."""
     label = record.get("label")
     is_bool = isinstance(label, bool) or (isinstance(label, str) and label.strip().lower() in ("true", "false"))
-    if is_bool and ({"completion", "response"} & set(record)) and not (
-        {"chosen", "rejected"} <= set(record)
-    ):
+    return is_bool and bool({"completion", "response"} & set(record)) and not {"chosen", "rejected"} <= set(record)
+
+
+def role_format(format: str, role: str | None, record: dict, declared: bool) -> str:
+    """The format to read a source in for ``role``: a detected ``prompt_response`` source whose first row is
+    unpaired (:func:`is_unpaired`) is ``unpaired_preference`` for the ``unpaired`` role."""
+    if role == "unpaired" and not declared and format == "prompt_response" and is_unpaired(record):
+        return "unpaired_preference"
+    return format
+
+
+def check_unpaired(record: dict, at: str, role: str | None = None) -> None:
+    """Refuse a KTO-style unpaired preference row (one completion with a boolean ``label``) for the ``sft`` and
+    ``preference`` roles."""
+    if role != "unpaired" and is_unpaired(record):
         raise DataError(
             f"{at}: unpaired preference row (one completion with a true/false 'label', KTO-style; fields found: "
-            f"{sorted(record)}): training on it needs a KTO-style objective, which tandem does not have yet; "
-            "give paired rows (prompt, chosen, rejected), or keep only the good completions, without 'label', as SFT data"
+            f"{sorted(record)}): train on it with the kto objective (schedule.method: kto, or "
+            "objectives.preference.name: kto), or give paired rows (prompt, chosen, rejected), or keep only the good "
+            "completions, without 'label', as SFT data"
         )
 
 
@@ -90,6 +115,8 @@ def role_skip(example, role: str | None) -> str | None:
     """The role filter that leaves ``example`` out (``empty_response``, ``empty_chosen``, ...) or ``None``."""
     if role == "sft" and not example.response.strip():
         return "empty_response"
+    if role == "unpaired" and not example.completion.strip():
+        return "empty_completion"
     if role == "preference":
         if not example.chosen.strip():
             return "empty_chosen"

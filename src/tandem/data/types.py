@@ -24,6 +24,17 @@ class PreferenceExample:
     chosen: str
     rejected: str
     meta: dict = field(default_factory=dict, compare=False)
+    margin: float | None = None  # the row's optional ``margin`` (reward models: -log sigmoid(r_c - r_r - margin))
+
+
+@dataclass(frozen=True)
+class UnpairedExample:
+    """One completion of a prompt, desirable (``label`` True) or not: TRL's unpaired preference (KTO) row."""
+
+    prompt: list[Message]
+    completion: str
+    label: bool
+    meta: dict = field(default_factory=dict, compare=False)
 
 
 def user(text: str) -> list[Message]:

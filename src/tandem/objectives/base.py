@@ -1,7 +1,8 @@
 """The contract of a training objective (a loss over a batch), shared by the engine and every objective here.
 
-- ``data_kind``: which examples it trains on: ``"sft"`` (prompt + response) or ``"preference"`` (chosen and
-  rejected responses; also the reward model's Bradley-Terry loss).
+- ``data_kind``: which examples it trains on: ``"sft"`` (prompt + response), ``"preference"`` (chosen and
+  rejected responses; also the reward model's Bradley-Terry loss) or ``"unpaired"`` (one completion with a
+  desirable/undesirable label: KTO).
 - ``unit``: how a shard is weighted in its global batch under gradient accumulation and data parallelism:
   ``"tokens"`` (by its labelled-token count: a token mean stays a token mean) or ``"examples"`` (by its number of
   examples / pairs). Every objective class declares it explicitly.
@@ -21,7 +22,7 @@ import torch
 
 from tandem.io.prepared import load_prepared, save_prepared
 
-DataKind = Literal["sft", "preference"]
+DataKind = Literal["sft", "preference", "unpaired"]
 Unit = Literal["tokens", "examples"]
 BatchFn = Callable[[list[dict]], dict]
 

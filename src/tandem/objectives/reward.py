@@ -1,8 +1,9 @@
 """Reward model: Bradley-Terry ranking loss on (chosen, rejected) pairs.
 
-    loss = mean over pairs of -log sigmoid(r_c - r_r)   [+ center_coef * mean((r_c + r_r)^2)]
+    loss = mean over pairs of -log sigmoid(r_c - r_r - m)   [+ center_coef * mean((r_c + r_r)^2)]
 
-The optional centering term (off by default, ``center_coef = 0``) keeps rewards near zero, since the
+``m`` is the pair's ``margin`` when the data has that column (Llama 2's margin loss, Touvron et al. 2023, as TRL's
+RewardTrainer applies it: a pair rated far apart must be separated by more), else 0. The optional centering term (off by default, ``center_coef = 0``) keeps rewards near zero, since the
 Bradley-Terry loss only sees differences. Metrics: ``loss``, ``accuracy`` (fraction of pairs with
 r_c > r_r), ``margin`` (mean r_c - r_r), ``reward_chosen`` / ``reward_rejected`` (means).
 
@@ -56,9 +57,11 @@ def sequence_rewards(model, batch: dict, num_seqs: int) -> torch.Tensor:
     return score(h.to(head[0].dtype)).squeeze(-1).float()
 
 
-def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0) -> torch.Tensor:
-    """``mean(-logsigmoid(r_c - r_r)) + center_coef * mean((r_c + r_r)^2)``."""
-    loss = -F.logsigmoid(r_chosen - r_rejected).mean()
+def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0,
+                       margin: torch.Tensor | None = None) -> torch.Tensor:
+    """``mean(-logsigmoid(r_c - r_r - margin)) + center_coef * mean((r_c + r_r)^2)`` (``margin`` None: 0)."""
+    diff = r_chosen - r_rejected
+    loss = -F.logsigmoid(diff if margin is None else diff - margin.to(diff)).mean()
     if center_coef:
         loss = loss + center_coef * ((r_chosen + r_rejected) ** 2).mean()
     return loss
@@ -85,7 +88,7 @@ class Reward:
         r = sequence_rewards(model, batch, n)
         b = n // 2
         rc, rr = r[:b], r[b:]
-        loss = bradley_terry_loss(rc, rr, self.center_coef)
+        loss = bradley_terry_loss(rc, rr, self.center_coef, batch.get("margin"))
         return loss, {
             "loss": float(loss.detach()),
             "accuracy": float((rc > rr).float().mean()),

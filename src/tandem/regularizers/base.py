@@ -75,8 +75,8 @@ class StageData:
         the trained values of the weights (``weights`` above)."""
 
         def single_batches(n: int) -> list[dict]:
-            single = [f if "input_ids" in f else {"input_ids": f["chosen_input_ids"], "labels": f["chosen_labels"]}
-                      for f in features[:n]]
+            single = [{"input_ids": f["input_ids"], "labels": f["labels"]} if "input_ids" in f  # SFT; KTO: no KL pair
+                      else {"input_ids": f["chosen_input_ids"], "labels": f["chosen_labels"]} for f in features[:n]]
             return [batch_fn([f]) for f in single]
 
         return cls(single_batches, weights)

@@ -24,9 +24,14 @@ Every method shares the engine; a method only decides *which* stages run and *wh
 | sft+ppo         | SFT (driven by PPO)                     | + gamma * PPO loss on prompts of the preference data        |
 | rlhf+pt         | SFT, preference                         | preference stage + gamma * LM loss on data.pretrain (ptx)  |
 | ppo+pt          | SFT, preference (PPO)                   | PPO stage + gamma * LM loss on data.pretrain (InstructGPT) |
+| grpo            | preference (GRPO or RLOO)               | -                                                          |
+| sequential-grpo | SFT, preference (GRPO or RLOO)          | -                                                          |
+| hbat-grpo       | SFT-1, GRPO-1, ..., SFT-N, GRPO-N       | modified EWC                                               |
+| hbat-grpo-no-ewc| SFT-1, GRPO-1, ..., SFT-N, GRPO-N       | -                                                          |
 | orpo            | preference (ORPO: SFT NLL + odds ratio) | -                                                          |
 | simpo           | preference (SimPO, reference-free)      | -                                                          |
 | dpop            | preference (DPO-Positive)               | -                                                          |
+| kto             | preference (KTO, unpaired rows)         | -                                                          |
 | alright         | one mixed stage                         | each step: SFT, or DPO with probability hbat.alternate_weight |
 | maxright        | one mixed stage                         | each step: the objective furthest from its best loss so far |
 
@@ -37,6 +42,9 @@ Every run records the examples it trained on per role (``summary.json`` ``budget
 Methods marked PPO train their preference stages with the ``ppo`` objective (``Method.preference_objective``):
 its settings come from ``objectives.ppo`` when the recipe has that block, else from ``objectives.preference``,
 which must then name ``ppo`` (so one recipe can hold both a DPO and a PPO configuration for ``tandem compare``).
+
+Methods marked GRPO train their preference stages online with group-relative RL: ``objectives.preference.name``
+(or an ``objectives.grpo`` / ``objectives.rloo`` block) picks ``grpo`` or ``rloo``; the group loop runs them.
 
 The regularizer's settings come from the recipe's ``hbat`` block (``recipes/hbat.yaml`` writes them out);
 an explicit ``regularizer`` block in the recipe overrides the method's choice.
@@ -61,13 +69,16 @@ class Method:
 
     @property
     def ppo_role(self) -> str | None:
-        """The role trained online by PPO (its stages, and stages that mix it in, run the PPO loop)."""
-        return "preference" if self.preference_objective == "ppo" else None
+        """The role trained online (PPO, or GRPO / RLOO): its stages, and stages that mix it in, run the PPO loop
+        (``ppo``) or the group loop (``grpo``: GRPO or RLOO, chosen by the objective)."""
+        return "preference" if self.preference_objective in ("ppo", "grpo") else None
 
-    def loop(self, stage: Stage) -> Literal["offline", "ppo"]:
+    def loop(self, stage: Stage) -> Literal["offline", "ppo", "group"]:
         """Which engine loop runs ``stage``."""
         role = self.ppo_role
-        return "ppo" if role is not None and role in (stage.role, self.aux_role) else "offline"
+        if role is None or role not in (stage.role, self.aux_role):
+            return "offline"
+        return "group" if self.preference_objective == "grpo" else "ppo"
 
 
 METHODS: dict[str, Method] = {
@@ -92,9 +103,14 @@ METHODS: dict[str, Method] = {
     "sft+ppo": Method(single("sft"), aux_role="preference", preference_objective="ppo"),
     "rlhf+pt": Method(sequential, aux_role="pretrain", aux_in=("preference",)),
     "ppo+pt": Method(sequential, aux_role="pretrain", aux_in=("preference",), preference_objective="ppo"),
+    "grpo": Method(single("preference"), preference_objective="grpo"),
+    "sequential-grpo": Method(sequential, preference_objective="grpo"),
+    "hbat-grpo": Method(alternating, regularizer="ewc", preference_objective="grpo"),
+    "hbat-grpo-no-ewc": Method(alternating, preference_objective="grpo"),
     "orpo": Method(single("preference"), preference_objective="orpo"),
     "simpo": Method(single("preference"), preference_objective="simpo"),
     "dpop": Method(single("preference"), preference_objective="dpop"),
+    "kto": Method(single("preference"), preference_objective="kto"),
     "alright": Method(single("sft"), aux_role="preference", alternate="alright"),
     "maxright": Method(single("sft"), aux_role="preference", alternate="maxright"),
 }
