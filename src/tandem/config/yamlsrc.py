@@ -26,8 +26,47 @@ class DuplicateKeyError(yaml.YAMLError):
         self.key, self.first, self.second = key, first, second
 
 
+class YamlLimitError(yaml.YAMLError):
+    """YAML past a size bound: aliases that expand to too many nodes, nesting too deep, an integer too long."""
+
+
+#: nodes a document may expand to once its aliases are followed (a recipe has a few hundred; an alias bomb billions)
+MAX_EXPANDED_NODES = 100_000
+
+
+def expanded_size(node, memo: dict | None = None) -> int:
+    """Nodes of ``node`` with every alias expanded (what ``model_dump`` would walk), computed without expanding."""
+    memo = {} if memo is None else memo
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = 1  # a cycle (a recursive alias) counts once here; it is refused by the constructor anyway
+    if isinstance(node, yaml.MappingNode):
+        n = 1 + sum(expanded_size(k, memo) + expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        n = 1 + sum(expanded_size(v, memo) for v in node.value)
+    else:
+        n = 1
+    memo[id(node)] = n
+    return n
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (merge keys ``<<`` excepted)."""
+    """``yaml.SafeLoader`` that refuses a mapping with the same key twice (merge keys ``<<`` excepted), aliases that
+    expand past :data:`MAX_EXPANDED_NODES` nodes (an alias bomb) and integers too long for Python."""
+
+    def compose_document(self):
+        node = super().compose_document()
+        if node is not None and (n := expanded_size(node)) > MAX_EXPANDED_NODES:
+            raise YamlLimitError(f"aliases (*name) expand to {n} values, more than the {MAX_EXPANDED_NODES} a recipe may "
+                                 "hold (an alias bomb?); write the values out or use fewer aliases")
+        return node
+
+    def construct_yaml_int(self, node):
+        try:
+            return super().construct_yaml_int(node)
+        except ValueError:
+            raise YamlLimitError(f"line {node.start_mark.line + 1}: an integer with {len(node.value)} digits is too long; "
+                                 "give a number that fits (a float such as 1e300, or a smaller integer)") from None
 
     def construct_mapping(self, node, deep=False):
         if isinstance(node, yaml.MappingNode):
@@ -48,9 +87,38 @@ UniqueKeyLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
+UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", UniqueKeyLoader.construct_yaml_int)
+MAX_FLOW_DEPTH = 200
+
+
+def flow_depth(text: str) -> int:
+    """The deepest nesting of ``[``/``{`` in ``text`` outside quotes (a cheap bound checked before parsing)."""
+    if text.count("[") + text.count("{") <= MAX_FLOW_DEPTH:
+        return 0
+    depth = deepest = 0
+    quote = ""
+    for ch in text:
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(depth - 1, 0)
+    return deepest
+
+
 def load_yaml(text: str):
-    """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a key given twice in one mapping."""
-    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    """``yaml.safe_load`` that raises :class:`DuplicateKeyError` for a key given twice in one mapping and
+    :class:`YamlLimitError` for YAML past a size bound (alias bomb, nesting thousands of levels deep, huge integer)."""
+    if flow_depth(text) > MAX_FLOW_DEPTH:  # before PyYAML, whose scanner slows down with each level
+        raise YamlLimitError(f"nested more than {MAX_FLOW_DEPTH} levels deep ([ or {{); a recipe is a few levels deep")
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise YamlLimitError("nested too deeply (thousands of levels of [ or {); a recipe is a few levels deep") from None
 
 
 def override_key(item: str) -> list[str]:
