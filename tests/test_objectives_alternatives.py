@@ -134,7 +134,7 @@ def test_dpop_on_a_model_uses_dpos_reference_pass():
 def test_every_offline_objective_declares_its_contract(name):
     obj = build(name)
     assert isinstance(obj, Objective)
-    assert obj.data_kind in ("sft", "preference") and obj.unit in ("tokens", "examples")
+    assert obj.data_kind in ("sft", "preference", "unpaired") and obj.unit in ("tokens", "examples")
     assert "unit" in type(obj).__dict__  # declared on the class itself, not inherited by accident
 
 

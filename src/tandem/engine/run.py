@@ -54,6 +54,7 @@ class RunPlan:
     batch_fn: BatchFn
     save_merged: bool
     meta: dict  # the resolved recipe as plain data: tracker hyperparameters and the model card
+    hooks: object | None = None  # tandem.io.hooks.RunHooks: the callbacks (the metrics log calls them)
 
 class Checkpointer:
     """Atomic checkpoints of the run (``checkpoints/``); every process calls ``save``, the main one writes."""
@@ -105,7 +106,7 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
            for role, f in plan.val.items()}
     runner = Runner(model) if is_sharded(model) else acc.prepare(Runner(model))  # FSDP2 reduces the gradients
     metrics = MetricsLog(run_dir, enabled=main, report_to=cfg.report_to, project=cfg.project, run_name=run_dir.name,
-                         config=plan.meta)
+                         config=plan.meta, hooks=plan.hooks)
     saver = Checkpointer(plan, cfg, metrics)
     scaling = GradScaling(cfg.loss_scaling, acc.device.type)  # one loss scale for the whole run (fp16)
     start_stage, start_step, global_step, resume_from = 0, 0, 0, None
@@ -184,6 +185,7 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
                 if report is not None:
                     (stage_dir / "importance.json").write_text(json.dumps(report, indent=2))
             saver.save(stage, total, global_step, True)
+            metrics.stop_if_requested(info, last=stage is plan.stages[-1])  # on_stage_end callbacks, "stop"
         acc.wait_for_everyone()
         summary = _finish(plan, cfg, summaries, global_step, time.perf_counter() - t_start, tracked(prog, "save final/", 1))
     metrics.close()

@@ -29,7 +29,7 @@ OBJECTIVES: dict[str, Callable] = {  # listed in this order in error messages
     "dpop": DPOP,  # beta, lam: DPO-Positive (arXiv 2402.13228)
     "kto": KTO,  # beta, desirable_weight, undesirable_weight: unpaired prompt/completion/label rows (arXiv 2402.01306)
     "normalized": Normalized,  # beta (None: no sigmoid weight, no reference), rescale ("none"|"norm"|"dpo"), eps
-    "orpo": ORPO,  # lam: SFT NLL + odds-ratio term, reference-free (arXiv 2403.07691)
+    "orpo": ORPO,  # lam, nll_on ("response" | "prompt_response", TRL's): SFT NLL + odds-ratio term, reference-free (arXiv 2403.07691)
     "simpo": SimPO,  # beta, gamma: length-normalised, reference-free, target margin (arXiv 2405.14734)
     "sparse_token": SparseToken,  # beta, shared_weight
     "ppo": PPO,  # online: reward_model | reward_fn, critic, beta, kl_control, gamma, lam, clip, ... (engine's PPO loop)
