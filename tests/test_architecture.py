@@ -13,10 +13,10 @@ PKG = SRC / "tandem"
 
 # floor of each top-level package: a module may import its own floor or lower ones
 LAYERS = {
-    "cli": 5,
+    "cli": 5, "api": 5,
     "pipelines": 4, "demos": 4,
     "engine": 3,
-    "objectives": 2, "regularizers": 2, "evaluation": 2, "probes": 2, "merging": 2, "report": 2, "optim": 2,
+    "objectives": 2, "rewards": 2, "regularizers": 2, "evaluation": 2, "probes": 2, "merging": 2, "report": 2, "optim": 2,
     "distributed": 2,
     "models": 1,
     "data": 0, "config": 0, "schedules": 0, "io": 0, "errors": 0,

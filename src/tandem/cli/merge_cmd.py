@@ -5,15 +5,12 @@ Mounted by ``tandem.cli.main``; also usable alone: ``python -m tandem.cli.merge_
 
 from __future__ import annotations
 
-import math
-import shutil
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from tandem.cli.common import console, make_app, parse_list, user_errors
-from tandem.cli.common import fail as _fail
 
 app = make_app()
 
@@ -44,35 +41,15 @@ def merge(
 
       tandem merge models/sft runs/dpo-lora/final --alphas 0.2,0.5,0.8 --groups block3 -o merged/hma --mergekit-config merged/hma.yaml
     """
-    if (alpha is None) == (alphas is None):
-        _fail("give exactly one of --alpha (global) or --alphas (one per group)")
     alpha_list = parse_list("--alphas", alphas, float, "0.2,0.5,0.8") if alphas is not None else None
-    given = [("--alpha", alpha)] + [("--alphas", a) for a in alpha_list or []] + [("--head-alpha", head_alpha)]
-    for flag, a in given:
-        if a is not None and not math.isfinite(a):
-            _fail(f"{flag} {a}: an alpha must be a finite number (1 = tuned, 0 = base)")
-        if a is not None and not 0.0 <= a <= 1.0:
-            console.print(f"[yellow]warning:[/] alpha {a} is outside [0, 1]: extrapolating")
     with user_errors(out):
-        from tandem.io.rundir import check_run_dir, is_run_dir, open_run_dir
-        from tandem.merging.loading import merge_checkpoints
-        from tandem.models import check_exists
+        from tandem.api import merge as run_merge
+        from tandem.pipelines.merge import check_alphas
 
-        check_exists(base, "base model")
-        check_exists(tuned, "tuned model")
-        check_run_dir(out, resume=False, overwrite=True)  # a file or a directory tandem did not write: refused
-        if is_run_dir(out) and not overwrite:
-            _fail(f"{out} holds an earlier tandem output; pass --overwrite to replace it or choose another --out")
-        fresh = not out.exists()
-        try:
-            with open_run_dir(out, resume=False, overwrite=overwrite, command="merge"):
-                record = merge_checkpoints(base, tuned, out, group_spec=groups, alpha=alpha, alphas=alpha_list,
-                                           head_alpha=head_alpha, mergekit_config=mergekit_config)
-        except KeyError as e:
-            _fail(f"{base} and {tuned} do not hold the same tensors (missing {e}); merge two checkpoints of one model")
-        finally:
-            if fresh and out.is_dir() and not (out / "config.json").exists():
-                shutil.rmtree(out)  # created by this failed merge: leave nothing behind
+        for note in check_alphas(alpha, alpha_list, head_alpha):
+            console.print(f"[yellow]warning:[/] {note}")
+        record = run_merge(base, tuned, out, alpha=alpha, alphas=alpha_list, groups=groups, head_alpha=head_alpha,
+                           mergekit_config=mergekit_config, overwrite=overwrite)
     console.print(f"[green]merged[/] groups {record['groups']} alphas {record['alphas']} "
                   f"head {record['head_alpha']:.4g} -> {out}")
 

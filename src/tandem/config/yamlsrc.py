@@ -13,9 +13,11 @@ import re
 
 import yaml
 
+from tandem.errors import TandemError
 
-class RecipeError(ValueError):
-    pass
+
+class RecipeError(TandemError, ValueError):
+    """A bad recipe, ``--set`` flag or ``Recipe.set`` value; the message names the field, line and file."""
 
 
 class DuplicateKeyError(yaml.YAMLError):

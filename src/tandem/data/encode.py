@@ -74,8 +74,21 @@ def render_fallback(prompt: list[Message], add_generation_prompt: bool = True) -
     return "".join(parts) + ("### Assistant:\n" if add_generation_prompt else "")
 
 
+#: :func:`render_fallback` as a Jinja chat template (BOS first, when the tokenizer has one): what a tokenizer without a
+#: template gets (tandem.data.templates.ensure_chat_template), so the saved model renders prompts as it was trained.
+#: A tokenizer holding exactly this template is encoded by the fallback path, token for token as before.
+FALLBACK_TEMPLATE = (
+    "{{ bos_token if bos_token else '' }}{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{% set name = 'System' %}{% elif message['role'] == 'user' %}"
+    "{% set name = 'User' %}{% elif message['role'] == 'assistant' %}{% set name = 'Assistant' %}"
+    "{% else %}{% set name = message['role'] | capitalize %}{% endif %}"
+    "{{ '### ' + name + ':\n' + message['content'] + '\n\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
+)
+
+
 def _has_template(tokenizer) -> bool:
-    return bool(tokenizer.chat_template)
+    return bool(tokenizer.chat_template) and tokenizer.chat_template != FALLBACK_TEMPLATE
 
 
 def render(tokenizer, messages: list[Message], add_generation_prompt: bool = True) -> str:

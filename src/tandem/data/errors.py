@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from tandem.errors import TandemError
 
-class DataError(ValueError):
+
+class DataError(TandemError, ValueError):
     """Bad input data: the message names the file (or dataset), the line or row, and the field at fault."""
 
 

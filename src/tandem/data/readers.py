@@ -36,6 +36,7 @@ from pathlib import Path
 from tandem.data import tables
 from tandem.data.errors import DataError, DataFileNotFound
 from tandem.data.lines import MAX_RECORD_BYTES, iter_lines, open_binary
+from tandem.data.memory import is_memory, iter_rows
 
 JSON_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz")
 LOCAL_SUFFIXES = JSON_SUFFIXES + tables.CSV_SUFFIXES + (".parquet",)
@@ -107,7 +108,7 @@ def iter_json(path: Path, max_record_bytes: int = MAX_RECORD_BYTES) -> Rows:
 
 def looks_local(source: str) -> bool:
     """True when ``source`` reads as a local path rather than a Hub dataset name (see the module docstring)."""
-    return (
+    return not is_memory(source) and (
         source.lower().endswith(LOCAL_SUFFIXES)
         or source.startswith((".", "/", "~"))
         or source.count("/") > 1
@@ -120,6 +121,8 @@ def iter_records(source: str, split: str = "train", max_record_bytes: int = MAX_
     """``(record, line)`` pairs of ``source`` (a local file, a saved dataset directory, or a Hub dataset name),
     one at a time; ``line`` is the record's 1-based line (``None`` where rows are not lines). A missing local
     file, an unsupported suffix or a dataset that cannot be opened is refused here, before iteration."""
+    if is_memory(source):  # rows given as Python objects (tandem.data.memory)
+        return iter_rows(source)
     path = Path(source).expanduser()
     if path.is_dir():
         return tables.iter_saved(path, split)

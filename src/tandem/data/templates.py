@@ -77,6 +77,24 @@ def resolve_chat_template(spec: str) -> str:
     return text
 
 
+def ensure_chat_template(tokenizer) -> bool:
+    """Give a tokenizer without a chat template tandem's fallback (:data:`tandem.data.encode.FALLBACK_TEMPLATE`),
+    with one warning line; it is saved with the model, so ``apply_chat_template`` on the trained model renders
+    prompts as training did. Returns True when the fallback was set."""
+    import logging
+
+    from tandem.data.encode import FALLBACK_TEMPLATE
+
+    if tokenizer.chat_template:
+        return False
+    tokenizer.chat_template = FALLBACK_TEMPLATE
+    logging.getLogger("tandem").warning(
+        "the tokenizer has no chat template: tandem uses its plain fallback template ('### User:\\n...\\n\\n### "
+        "Assistant:\\n', BOS first) and saves it with the model in final/; set data.chat_template (chatml, llama3, "
+        "zephyr or a file) to choose another")
+    return True
+
+
 def set_chat_template(tokenizer, spec: str | None) -> None:
     """Give ``tokenizer`` the template ``spec`` names (``None``: leave it as it is); a template that cannot
     render a one-turn conversation is refused."""

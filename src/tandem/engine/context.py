@@ -43,6 +43,7 @@ class LoopConfig:
     weight_decay: float = 0.0
     scheduler: str = "cosine"
     warmup_ratio: float = 0.0
+    warmup_steps: int | None = None  # warm-up steps of each stage (instead of warmup_ratio)
     max_grad_norm: float | None = 1.0
     log_every: int = 1
     val_every: int = 0  # optimizer steps between validations inside a stage (0: stage ends only)
@@ -103,7 +104,3 @@ class StageContext:  # what a stage loop needs; built by tandem.engine.run for e
     alternation: "Alternation | None" = None
     seen: dict[str, int] = field(default_factory=dict)  # examples trained on per role (the compare budget)
     scaling: GradScaling = field(default_factory=GradScaling)  # the run's loss scaling (identity unless fp16)
-
-    @property
-    def stage_dir(self) -> Path:
-        return self.config.output_dir / "stages" / self.stage.name

@@ -73,8 +73,8 @@ def fault_hook(global_step: int) -> None:
 
 def make_optimizer(model, cfg: LoopConfig, total_steps: int):
     opt = adamw(trainable_params(model), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
-    sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=int(cfg.warmup_ratio * total_steps),
-                          num_training_steps=total_steps)
+    warm = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total_steps)
+    sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=min(warm, total_steps), num_training_steps=total_steps)
     return opt, sched
 
 
@@ -135,7 +135,7 @@ def run_stage(ctx: StageContext, optimizer, scheduler, start_step: int, total_st
             optimizer.zero_grad(set_to_none=True)
             raise diverged(stage.name, step + 1)
         stats.update(apply_step(ctx, optimizer))
-        scheduler.step()
+        lr, _ = scheduler.get_last_lr()[0], scheduler.step()  # the rate this step used (logged)
         ctx.global_step += 1
         for t in [term, *mixed]:
             ctx.seen[t.role] = ctx.seen.get(t.role, 0) + len(global_batch)
@@ -145,13 +145,14 @@ def run_stage(ctx: StageContext, optimizer, scheduler, start_step: int, total_st
         stats.update(probed or {})
         if ((step + 1) % cfg.log_every == 0 or step + 1 == total_steps or probed) and acc.is_main_process:
             epoch = step // max(1, len(ctx.features) // cfg.batch_size)
-            ctx.log.write(train_row(ctx, step + 1, epoch, scheduler.get_last_lr()[0], role=term.role,
+            ctx.log.write(train_row(ctx, step + 1, epoch, lr, role=term.role,
                                     tokens=n_tokens_all, tokens_per_s=tps, **stats))
         ctx.progress.update(task, advance=1, loss=f"{stats['loss']:.4f}", tps=f"{tps:,.0f}")
         if ctx.on_validate is not None and cfg.val_every and (step + 1) % cfg.val_every == 0 and step + 1 < total_steps:
             ctx.on_validate(step + 1)
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total_steps:
+        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 or ctx.log.stopping) and step + 1 < total_steps:
             ctx.on_checkpoint(step + 1, optimizer, scheduler)
+            ctx.log.stop_if_requested()  # a callback's "stop" (tandem.io.hooks): the checkpoint above holds the state
         fault_hook(ctx.global_step)
     return ctx.global_step
 

@@ -51,7 +51,7 @@ def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int,
         raise RuntimeError("ppo: its prompts were not encoded (PPO.encode), so the tokenizer is unknown")
     acc, cfg, stage, policy = ctx.accelerator, ctx.config, ctx.stage, ctx.model
     P, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
-    stage_dir = ctx.stage_dir
+    stage_dir = ctx.config.output_dir / "stages" / stage.name
     term, offline = ppo_terms(ctx, ppo)
     eval_feats, train_feats = ppo.eval_split(term.features, cfg.seed, stage.index)
     B = cfg.batch_size
@@ -140,12 +140,12 @@ def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int,
         kl_ctl.update(kl_mean, int(n))
         with warnings.catch_warnings():  # warm-up steps leave the policy optimizer untouched: torch warns
             warnings.filterwarnings("ignore", message=".*lr_scheduler.step.*")
-            scheduler.step()
+            lr, _ = scheduler.get_last_lr()[0], scheduler.step()  # the rate this step used
         ctx.global_step += 1
         ctx.seen[term.role] = ctx.seen.get(term.role, 0) + len(idx)
         dt = time.perf_counter() - t0
         row = train_row(
-            ctx, step + 1, epoch, scheduler.get_last_lr()[0], role=term.role, warmup=int(warm), reward_mean=mean,
+            ctx, step + 1, epoch, lr, role=term.role, warmup=int(warm), reward_mean=mean,
             reward_std=math.sqrt(max(s2_sum / n - mean**2, 0.0)), score_mean=raw_sum / n, kl=kl_mean, beta=beta,
             beta_next=kl_ctl.value, response_len=len_sum / n, ended_frac=ended_sum / n,
             explained_variance=ev_sum / (P - n_bad_ev) if P > n_bad_ev else math.nan,
@@ -236,7 +236,7 @@ def _update(ctx: StageContext, ppo: PPO, optimizer, critic, critic_opt, ro, adv,
 
 
 def _finish_stage(ctx: StageContext, ppo: PPO, critic, beta, best, info, total, fresh) -> None:
-    acc, stage_dir = ctx.accelerator, ctx.stage_dir
+    acc, stage_dir = ctx.accelerator, ctx.config.output_dir / "stages" / ctx.stage.name
     best_file = stage_dir / BEST_FILE
     restored = bool(ppo.keep_best and best["step"] is not None and best["step"] != total and best_file.exists())
     if restored:

@@ -28,6 +28,7 @@ import re
 from pathlib import Path
 from typing import Sequence
 
+from tandem.io.hooks import RunHooks
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 log = logging.getLogger("tandem")
@@ -51,6 +52,17 @@ def role_of(row: dict) -> str | None:
 
 def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def overlay_layout(roles: Sequence[str] = ("sft", "preference", "reward", "pretrain", "ppo")) -> dict:
+    """TensorBoard's custom-scalars layout (the CUSTOM SCALARS tab): one chart per role where the training and the
+    validation curves of a metric overlay (``train/sft/loss`` with ``val/sft/loss``, ``train/rewards/margin``
+    with ``val/preference/rewards/margin``, ...)."""
+    charts = {f"{role} loss": ["Multiline", [f"^(train|val)/{role}/loss$"]] for role in roles}
+    charts.update({f"preference {m}": ["Multiline", [f"^(train|val)/(preference/)?{m}$"]]
+                   for m in ("rewards/margin", "rewards/accuracy", "chosen_logp", "rejected_logp")})
+    charts["learning rate"] = ["Multiline", ["^train/lr$"]]
+    return {"train and validation": charts}
 
 
 def tracker_values(row: dict) -> dict[str, float]:
@@ -115,9 +127,10 @@ class MetricsLog:
 
     def __init__(self, run_dir: Path, tensorboard: bool = False, enabled: bool = True,
                  report_to: Sequence[str] = (), project: str = "tandem", run_name: str | None = None,
-                 config: dict | None = None):
+                 config: dict | None = None, hooks: RunHooks | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
         self.enabled = enabled
+        self.hooks = hooks  # the run's callbacks (tandem.io.hooks): each written row goes to them
         names = check_trackers([*report_to, *(["tensorboard"] if tensorboard else [])])
         self.trackers = []
         if not enabled or not names:
@@ -131,6 +144,8 @@ class MetricsLog:
                 tracker.start()
                 if config:
                     tracker.store_init_configuration(config if name == "wandb" else flat_config(config))
+                if name == "tensorboard":
+                    tracker.writer.add_custom_scalars(overlay_layout())
             except Exception as e:  # a tracker that cannot start must say why in one line
                 self.close()
                 raise RuntimeError(f"logging.report_to {name}: could not start ({type(e).__name__}: "
@@ -153,6 +168,8 @@ class MetricsLog:
             f.write(json.dumps(clean) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self.hooks is not None:
+            self.hooks.row(row)
         values = tracker_values(row)
         if not values:
             return
@@ -163,6 +180,22 @@ class MetricsLog:
                 log.warning("tracker %s failed (%s: %s); it is off for the rest of the run", tracker.name,
                             type(e).__name__, e)
                 self.trackers.remove(tracker)
+
+    @property
+    def stopping(self) -> bool:
+        """A callback asked the run to stop (tandem.io.hooks)."""
+        return self.hooks is not None and self.hooks.stop_requested
+
+    def stop_if_requested(self, stage: dict | None = None, last: bool = False) -> None:
+        """``stage``: a finished stage for the ``on_stage_end`` callbacks. Raises :class:`RunStopped` (trackers
+        closed) when a callback asked to stop, unless ``last`` (nothing is left to run)."""
+        if self.hooks is None or not self.enabled:
+            return
+        if stage is not None:
+            self.hooks.stage_end(stage)
+        if self.hooks.stop_requested and not last:
+            self.close()
+            self.hooks.stop_if_requested()
 
     def close(self) -> None:
         for tracker in self.trackers:

@@ -9,22 +9,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 
 import torch
 
 from tandem.config.recipe import Recipe, dump_recipe
-from tandem.data import collate, encode_all, split_parts, train_val_split
-from tandem.data.errors import DataError, DataFileNotFound
-from tandem.data.formats import load_source
-from tandem.data.readers import looks_local
-from tandem.data.roles import no_usable_message
+from tandem.data import collate, split_parts
 from tandem.distributed.settings import check_supported, read_settings
 from tandem.engine.context import LoopConfig
 from tandem.engine.run import RunPlan, run
 from tandem.io.rundir import RunDirError, check_run_dir, open_run_dir, path_inputs
 from tandem.models.precision import apply_precision, resolve, training_attention
+from tandem.pipelines.train_data import check_source, data_sources, load_data, load_role_features  # noqa: F401 - re-exported
 from tandem.pipelines.resume import check_data_unchanged, record_changes, record_data, resume_changes
 from tandem.schedules import Method, build_stages, get_method
 
@@ -44,9 +40,10 @@ def loop_config(recipe: Recipe, progress: bool | None = None) -> LoopConfig:
         max_steps_per_stage=s.max_steps_per_stage, alternate=get_method(s.method).alternate,
         alternate_weight=h.alternate_weight, lr=o.lr, betas=tuple(o.betas),
         eps=o.eps, weight_decay=o.weight_decay, scheduler=o.scheduler, warmup_ratio=o.warmup_ratio,
-        max_grad_norm=o.max_grad_norm, log_every=recipe.logging.every,
-        val_every=recipe.logging.val_every, checkpoint_every=c.every,
-        checkpoint_keep=c.keep, stage_weights=c.stage_weights, reference=h.reference, select_metric=h.select_metric,
+        warmup_steps=o.warmup_steps, max_grad_norm=o.max_grad_norm, log_every=recipe.logging.every,
+        val_every=recipe.logging.val_every, checkpoint_every=c.every, checkpoint_keep=c.keep,
+        stage_weights=c.stage_weights if c.stage_weights is not None else stage_weights_needed(recipe),
+        reference=h.reference, select_metric=h.select_metric,
         select_mode=h.select_mode, final=h.final, probe_every=p.every, probe_pairs=p.pairs, probe_params=p.params,
         progress=recipe.logging.progress if progress is None else progress,
         report_to=tuple(recipe.logging.report_to), project=recipe.logging.project or recipe.name,
@@ -54,24 +51,57 @@ def loop_config(recipe: Recipe, progress: bool | None = None) -> LoopConfig:
     )
 
 
-def load_model(recipe: Recipe, reward: bool, device=None, attn_implementation: str | None = None):
+def stage_weights_needed(recipe: Recipe) -> bool:
+    """Whether the run needs ``stages/`` weights: several stages (``tandem tax`` and stage models read them), an online
+    stage (PPO, GRPO, RLOO: its KL reference), ``hbat.final: best`` or ``hbat.reference: initial``."""
+    method, stages = get_method(recipe.schedule.method), build_stages(recipe.schedule.method, recipe.schedule.parts)
+    return (len(stages) > 1 or any(method.loop(s) != "offline" for s in stages) or recipe.hbat.final == "best"
+            or recipe.hbat.reference == "initial")
+
+
+def prepare_tokenizer(recipe: Recipe, tok):
+    """``data.chat_template`` applied; a tokenizer with no template gets tandem's fallback, with a warning line."""
+    from tandem.data.templates import ensure_chat_template, set_chat_template
+
+    set_chat_template(tok, recipe.data.chat_template)
+    ensure_chat_template(tok)
+    return tok
+
+
+def load_model(recipe: Recipe, reward: bool, device=None, attn_implementation: str | None = None, model=None,
+               tokenizer=None):
     """The recipe's model and tokenizer (LoRA applied); ``attn_implementation`` as resolved by
-    :func:`tandem.models.precision.training_attention`."""
-    from tandem.data.templates import set_chat_template
+    :func:`tandem.models.precision.training_attention`. ``model``: a model object to train instead of loading one
+    (a peft model keeps its adapters; ``model.lora`` then must be unset); ``tokenizer``: one already prepared."""
     from tandem.models import apply_lora, load_policy, load_reward_model
     from tandem.models.lora import prepare_for_training
 
     m = recipe.model
     kw = dict(gguf_file=m.gguf_file, dtype=m.dtype, trust_remote_code=m.trust_remote_code, revision=m.revision,
               attn_implementation=attn_implementation, quantization=m.quantization, device=device)
-    model, tok = (load_reward_model if reward else load_policy)(m.name_or_path, **kw)
-    set_chat_template(tok, recipe.data.chat_template)
+    if model is not None:
+        if is_peft(model):
+            if m.lora is not None:
+                raise ValueError("model: a peft model already holds its adapters; leave model.lora out of the recipe")
+            return model, tokenizer
+        tok = tokenizer
+    else:
+        model, tok = (load_reward_model if reward else load_policy)(m.name_or_path, **kw)
+        tok = tokenizer if tokenizer is not None else prepare_tokenizer(recipe, tok)
     model = prepare_for_training(model, gradient_checkpointing=m.gradient_checkpointing,
                                  quantized=m.quantization is not None, lora=m.lora is not None)
     if m.lora is not None:
         model = apply_lora(model, r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
                            target_modules=m.lora.target_modules, task_type="SEQ_CLS" if reward else "CAUSAL_LM")
     return model, tok
+
+
+def is_peft(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - a core dependency
+        return False
+    return isinstance(model, PeftModel)
 
 
 def build_objective(recipe: Recipe, role: str, forced: str | None = None):
@@ -85,7 +115,11 @@ def build_objective(recipe: Recipe, role: str, forced: str | None = None):
         return build("sft")  # the LM loss on the pretraining-like texts, unless objectives.pretrain says otherwise
     if role not in recipe.objectives:
         raise ValueError(f"the schedule needs objectives.{role}, which the recipe does not define")
-    if forced is not None and forced != "ppo" and recipe.objectives[role].name != forced:
+    if forced == "grpo":  # GRPO methods: objectives.preference names grpo or rloo, else an objectives.grpo/rloo block
+        role = next((r for r in ("preference", "grpo", "rloo") if r in recipe.objectives
+                     and recipe.objectives[r].name in ("grpo", "rloo")), "grpo")
+        forced = recipe.objectives[role].name if role in recipe.objectives else "grpo"
+    if forced is not None and forced not in ("ppo", "grpo", "rloo") and recipe.objectives[role].name != forced:
         return build(forced)  # orpo / simpo / dpop with their defaults (an objectives.<name> block sets them)
     if forced is not None and recipe.objectives[role].name != forced:
         raise ValueError(f"schedule.method {recipe.schedule.method!r} trains the preference stages with {forced!r}: add an "
@@ -116,90 +150,12 @@ def build_regularizer(recipe: Recipe, method: Method):
         raise ValueError(f"{where} ({name}): {e}") from None
 
 
-def data_sources(recipe: Recipe, role: str) -> list:
-    """The sources (``SourceConfig``) a role trains on, in order: ``data.sft``, ``data.pretrain`` or
-    ``data.preference`` (also for reward and PPO), one or a list."""
-    key = role if role in ("sft", "pretrain") else "preference"
-    srcs = recipe.data.sources(key)
-    if not srcs:
-        raise ValueError(f"the schedule trains on '{role}' data but the recipe has no data.{key}")
-    return srcs
-
-
-def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None, data_kind: str | None = None
-                       ) -> tuple[list[dict], list[dict], dict]:
-    """(train features, validation features, load/encode stats) for a data role; rows are checked against
-    ``data_kind`` (the objective's: ``sft`` or ``preference``), default the role's own kind. Several sources are
-    read in order and concatenated (each must give usable rows); the validation split is drawn from the whole."""
-    kind = data_kind or ("sft" if role in ("sft", "pretrain") else "preference")
-
-    def plain_text(source) -> bool:  # pretrain's plain text; "format: sft" reads SFT examples
-        return role == "pretrain" and source.format in (None, "text")
-
-    def read(source):  # examples of a source -> (features, load report, encode stats)
-        if plain_text(source):
-            from tandem.data.text import encode_texts
-            from tandem.evaluation.inputs import read_texts
-
-            feats = encode_texts(tokenizer, read_texts(source.source)[: source.limit], recipe.data.max_length)
-            return feats, {"kept": len(feats)}, {}
-        if source.format == "sft":
-            source = source.model_copy(update={"format": None})  # SFT examples, format detected
-        examples, report = load_source(source, role=kind, max_record_bytes=int(recipe.data.max_record_mb * 2**20))
-        if encoder is not None:
-            return (*encoder(tokenizer, examples, recipe.data.max_length, recipe.data.overlong), report)
-        return (*encode_all(tokenizer, examples, recipe.data.max_length, recipe.data.overlong, loss_on=source.loss_on),
-                report)
-
-    srcs, feats, per_source = data_sources(recipe, role), [], []
-    for src in srcs:
-        f, stats, report = read(src)
-        if not f and plain_text(src):
-            raise DataError(f"{src.source}: no text to train on (data.{role} plain text: paragraphs, or JSONL with 'text')")
-        if not f:
-            raise DataError(no_usable_message(src.source, report, stats, recipe.data.max_length, recipe.data.overlong))
-        feats += f
-        per_source.append({"source": src.source, "load": _as_dict(report), "encode": _as_dict(stats), "rows": len(f)})
-    held_out = recipe.data.val.get(kind if role == "reward" else role) if role != "pretrain" else None
-    if held_out is not None:  # validation rows from their own source: train on every row of this one
-        train, (val, _, _) = feats, read(held_out)
-        if not val:
-            raise DataError(f"data.val.{kind}: no usable rows in {held_out.source} (all longer than data.max_length "
-                            f"{recipe.data.max_length} with overlong: {recipe.data.overlong}?)")
-    elif recipe.data.val_size and not all(plain_text(src) for src in srcs):
-        train, val = train_val_split(feats, val_size=recipe.data.val_size, seed=recipe.seed)
-    else:
-        train, val = feats, []
-    if len(per_source) == 1:
-        info = {k: v for k, v in per_source[0].items() if k != "rows"}
-    else:  # counts summed over the sources, each source's own under "sources"
-        info = {"source": [p["source"] for p in per_source], "load": _summed([p["load"] for p in per_source]),
-                "encode": _summed([p["encode"] for p in per_source]), "sources": per_source}
-    info.update({"train": len(train), "val": len(val), **({"val_source": held_out.source} if held_out is not None else {})})
-    return train, val, info
-
-
-def _summed(dicts: list[dict]) -> dict:
-    """Numbers summed key by key (nested dicts too) over ``dicts``; other values from the first that has them."""
-    out: dict = {}
-    for d in dicts:
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out[k] = _summed([out.get(k, {}), v])
-            elif isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[k] = out.get(k, 0) + v
-            else:
-                out.setdefault(k, v)
-    return out
-
-
-def _as_dict(x) -> dict:
-    return x if isinstance(x, dict) else asdict(x) if is_dataclass(x) else {"value": str(x)}
-
-
-def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None) -> RunPlan:
+def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None, model=None, tokenizer=None,
+               data: tuple[dict, dict, dict] | None = None, hooks=None) -> RunPlan:
     """Load the model and the data of every role, split the data into parts: the engine's ``RunPlan``. With
-    ``fsdp`` (:class:`tandem.distributed.FSDPSettings`) the model is sharded with FSDP2 after loading."""
+    ``fsdp`` (:class:`tandem.distributed.FSDPSettings`) the model is sharded with FSDP2 after loading. ``model``,
+    ``tokenizer``: objects to train instead of loading them; ``data``: :func:`load_data`'s result when already
+    loaded; ``hooks``: the callbacks (:class:`tandem.io.hooks.RunHooks`)."""
     method = get_method(recipe.schedule.method)
     stages = build_stages(recipe.schedule.method, recipe.schedule.parts)
     run_dir = Path(recipe.output_dir)
@@ -210,8 +166,9 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None) ->
     attn, why = training_attention(recipe.model.attn_implementation, precision, dev, rows, bc.prefix_sharing)
     if acc.is_main_process:
         log.info("%s", why)
+    given = model
     model, tok = load_model(recipe, reward=any(s.role == "reward" for s in stages), device=acc.device,
-                            attn_implementation=attn)
+                            attn_implementation=attn, model=model, tokenizer=tokenizer)
     if recipe.model.quantization is None:  # quantized models are placed on their device when loaded
         model.to(acc.device)
     if fsdp is not None:
@@ -229,15 +186,9 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None) ->
                     prefix_sharing=bc.prefix_sharing)
         return {k: (v.to(acc.device) if torch.is_tensor(v) else v) for k, v in b.items()}
 
-    train, val = {}, {}
-    for role, objective in objectives.items():
-        encoder = objective.encode if role == method.ppo_role else None
-        train[role], val[role], info = load_role_features(recipe, role, tok, encoder, objective.data_kind)
+    train, val, infos = data if data is not None else load_data(recipe, tok, objectives, acc.is_main_process)
+    for role, info in infos.items():
         if acc.is_main_process:
-            enc = info["encode"]
-            log.info("data %s: %s -> %d train / %d val examples (%s truncated, %s dropped as over-long; skipped rows: %s)",
-                     role, info["source"], info["train"], info["val"], enc.get("truncated", 0), enc.get("dropped", 0),
-                     info["load"].get("skipped", {}))
             (run_dir / f"data-{role}.json").write_text(json.dumps(info, indent=2, default=str))
     n_parts = {role: max([s.n_parts for s in stages if s.role == role] or [1]) for role in objectives}
     parts = {role: split_parts(train[role], n, seed=recipe.seed) if n > 1 else [train[role]] for role, n in n_parts.items()}
@@ -246,17 +197,11 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None) ->
                    train=train, val=val, aux_role=method.aux_role, aux_weight=recipe.hbat.mix_gamma,
                    aux_in=set(method.aux_in) if method.aux_in else None,
                    ppo_role=method.ppo_role, regularizer=regularizer, batch_fn=batch_fn,
-                   save_merged=recipe.save_merged and recipe.model.lora is not None,
-                   meta=recipe.model_dump(mode="json"))
+                   save_merged=recipe.save_merged and (recipe.model.lora is not None or (given is not None and is_peft(given))),
+                   meta=recipe.model_dump(mode="json"), hooks=hooks)
 
 
-def check_source(source: str) -> None:
-    """A data source that names a local file must exist (checked before anything is written)."""
-    if source and looks_local(source) and not Path(source).expanduser().exists():
-        raise DataFileNotFound(f"data file not found: {source}")
-
-
-def check_recipe(recipe: Recipe) -> tuple[dict, object]:
+def check_recipe(recipe: Recipe, model_given: bool = False) -> tuple[dict, object]:
     """Everything ``train`` would refuse, checked without writing anything (method, objectives, regularizer, model
     and data paths); returns the built objectives and regularizer."""
     from tandem.data.templates import resolve_chat_template
@@ -265,7 +210,8 @@ def check_recipe(recipe: Recipe) -> tuple[dict, object]:
 
     objectives = build_objectives(recipe)
     regularizer = build_regularizer(recipe, get_method(recipe.schedule.method))
-    check_exists(recipe.model.name_or_path, "model.name_or_path")
+    if not model_given:  # a model object (tandem.train(model=...)) is not loaded from model.name_or_path
+        check_exists(recipe.model.name_or_path, "model.name_or_path")
     check_model_options(recipe.model.quantization, recipe.model.attn_implementation)
     if recipe.data.chat_template:
         resolve_chat_template(recipe.data.chat_template)
@@ -290,18 +236,27 @@ def build_objectives(recipe: Recipe) -> dict:
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
-          allow_changes: list[str] | None = None) -> dict:
+          allow_changes: list[str] | None = None, model=None, tokenizer=None, callbacks=()) -> dict:
     """Build everything the recipe names, prepare and lock the run directory, run the engine; returns the summary.
 
     Nothing is written before the recipe's method, objectives, regularizer and data sources are checked. The run
     directory is tandem's own (``tandem.io.rundir``): a directory without tandem's marker is never replaced, and a
     second writer is refused. ``resume`` refuses a recipe that differs from the run's ``recipe.yaml`` except in the
     fields named by ``allow_changes`` (only fields in ``SAFE_CHANGES``); what changed is recorded.
+
+    Every data check (reading, format detection, role checks, encoding) runs before the run directory is created.
+    ``model``/``tokenizer``: objects to train instead of loading ``model.name_or_path`` (:mod:`tandem.api`);
+    ``callbacks``: :class:`tandem.io.hooks.Callback` objects. A callback's ``"stop"`` returns the summary so far with
+    ``"stopped": True`` (the last checkpoint holds the state: resume continues).
     """
+    from tandem.io.hooks import RunHooks, RunStopped
+    from tandem.models import load_tokenizer
+
     from accelerate import Accelerator
     from accelerate.utils import GradScalerKwargs, set_seed
 
-    objectives, regularizer = check_recipe(recipe)
+    hooks = RunHooks(callbacks)
+    objectives, regularizer = check_recipe(recipe, model_given=model is not None)
     run_dir = Path(recipe.output_dir)
     # --overwrite must not delete the model, data, tokenizer or chat template it reads (eval/tax/probe: other commands)
     inputs = path_inputs(recipe.model_dump(mode="json"), exclude=("output_dir", "eval", "tax", "probe", "logging"))
@@ -316,6 +271,11 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
     fsdp = check_supported(fsdp, loops={get_method(recipe.schedule.method).loop(s) for s in stages},
                            probe_every=recipe.probe.every, mixed_precision=mixed_precision(recipe.precision),
                            num_processes=acc.num_processes)
+    if tokenizer is None:
+        m = recipe.model
+        tokenizer = load_tokenizer(m.name_or_path, m.gguf_file, m.trust_remote_code, m.revision)
+    tokenizer = prepare_tokenizer(recipe, tokenizer)
+    data = load_data(recipe, tokenizer, objectives, acc.is_main_process)  # before the run directory exists
     with contextlib.ExitStack() as stack:
         if acc.is_main_process:
             stack.enter_context(open_run_dir(run_dir, resume=resume, overwrite=overwrite, command="train", inputs=inputs))
@@ -326,8 +286,14 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
                 (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
         acc.wait_for_everyone()
         set_seed(recipe.seed)
-        plan = build_plan(recipe, acc, objectives, regularizer, fsdp)
-        return run(plan, loop_config(recipe, progress), resume=resume)
+        plan = build_plan(recipe, acc, objectives, regularizer, fsdp, model=model, tokenizer=tokenizer, data=data,
+                          hooks=hooks)
+        try:
+            return run(plan, loop_config(recipe, progress), resume=resume)
+        except RunStopped as e:
+            log.info("%s", e)
+            return {"name": recipe.name, "method": recipe.schedule.method, "stopped": True, "global_steps": e.global_step}
 
 
-__all__ = ["RunDirError", "build_objective", "build_plan", "load_role_features", "loop_config", "train"]
+__all__ = ["RunDirError", "build_objective", "build_plan", "check_source", "load_data", "load_role_features",
+           "loop_config", "train"]
