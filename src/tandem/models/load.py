@@ -27,6 +27,7 @@ import logging
 from importlib.util import find_spec
 from pathlib import Path
 
+from tandem.models.checks import ModelInputError, check_finite_weights, check_model_files, check_tokenizer_files
 from tandem.models.resolve import (
     DTYPES,
     adapter_base,
@@ -142,6 +143,8 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote
     kw = {"gguf_file": gguf_file} if gguf_file else {}
     source = name if gguf_file else tokenizer_source(name)
     check_exists(source, "tokenizer")
+    if not gguf_file:
+        check_tokenizer_files(source)
     tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision, **kw)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -150,11 +153,13 @@ def load_tokenizer(name_or_path: str, gguf_file: str | None = None, trust_remote
 
 
 def _from_pretrained(auto_cls, name_or_path: str, gguf_file: str | None, dtype, trust_remote_code: bool = False,
-                     revision: str | None = None, **extra):
-    """``auto_cls.from_pretrained`` of a resolved reference (safetensors only; GGUF dequantised to dense)."""
+                     revision: str | None = None, loading_info: dict | None = None, **extra):
+    """``auto_cls.from_pretrained`` of a resolved reference (safetensors only; GGUF dequantised to dense); its weights
+    are checked to be finite. ``loading_info``: filled with transformers' (``missing_keys``: newly initialised)."""
     name_or_path, gguf_file = _split_gguf(name_or_path, gguf_file)
     if not gguf_file:
         check_safetensors(name_or_path)
+        check_model_files(name_or_path)  # config.json there, safetensors not truncated: one line, not a traceback
     elif looks_local(name_or_path):
         check_exists(Path(name_or_path) / gguf_file)
     kw = dict(trust_remote_code=trust_remote_code, revision=revision, **extra)
@@ -170,7 +175,12 @@ def _from_pretrained(auto_cls, name_or_path: str, gguf_file: str | None, dtype, 
     want = torch_dtype(dtype)
     if want != "auto":
         kw["dtype"] = want
-    model = auto_cls.from_pretrained(name_or_path, **kw)
+    if loading_info is not None:
+        model, info = auto_cls.from_pretrained(name_or_path, output_loading_info=True, **kw)
+        loading_info.update(info)
+    else:
+        model = auto_cls.from_pretrained(name_or_path, **kw)
+    check_finite_weights(model, f"{name_or_path}{'/' + gguf_file if gguf_file else ''}")
     if gguf_file and model.is_quantized:  # transformers sets hf_quantizer only for a quantised load
         model.hf_quantizer.remove_quantization_config(model)  # dense now: a normal, trainable, saveable model
     if gguf_file and want != "auto":
@@ -216,7 +226,7 @@ def load_policy(name_or_path: str, gguf_file: str | None = None, dtype: str = "a
 
 def load_reward_model(name_or_path: str, gguf_file: str | None = None, dtype: str = "auto",
                       trust_remote_code: bool = False, revision: str | None = None, device=None,
-                      attn_implementation: str | None = None, quantization: str | None = None):
+                      attn_implementation: str | None = None, quantization: str | None = None, scorer: bool = False):
     """``(AutoModelForSequenceClassification(num_labels=1), tokenizer)``: the LM with a scalar head ``score``.
 
     * a saved reward model (dir or Hub id): everything is loaded;
@@ -226,16 +236,24 @@ def load_reward_model(name_or_path: str, gguf_file: str | None = None, dtype: st
       with normal(0, initializer_range)) -- the start of reward-model training.
 
     The model's ``pad_token_id`` is the tokenizer's; with ``device`` the model is moved there (a quantized
-    model is loaded there). ``attn_implementation`` / ``quantization``: see the module docstring.
+    model is loaded there). ``attn_implementation`` / ``quantization``: see the module docstring. ``scorer``: the
+    model scores (tax, evaluation), so a head that would be newly initialised -- a random reward -- is refused.
     """
     from transformers import AutoModelForSequenceClassification
 
     path = resolve_model_path(name_or_path, "reward model")
+    info: dict = {}
     if is_adapter_dir(path):
         model = _load_adapter(path, dtype, reward=True, merge=True)
     else:
         model = _from_pretrained(AutoModelForSequenceClassification, path, gguf_file, dtype, trust_remote_code,
-                                 revision, num_labels=1, **pretrained_options(dtype, attn_implementation, quantization, device))
+                                 revision, loading_info=info, num_labels=1,
+                                 **pretrained_options(dtype, attn_implementation, quantization, device))
+    new_head = [k for k in info.get("missing_keys") or [] if k.split(".")[0] in ("score", "classifier")]
+    if scorer and new_head:
+        raise ModelInputError(f"reward model {name_or_path}: has no trained reward head ({', '.join(sorted(new_head))} "
+                              "would be initialised at random: a different reward each run); give a trained reward "
+                              "model, e.g. a run of `tandem train` with schedule.method: reward")
     tok = load_tokenizer(path, gguf_file, trust_remote_code, revision)
     model.config.pad_token_id = tok.pad_token_id
     return (model.to(device) if device is not None and quantization is None else model), tok

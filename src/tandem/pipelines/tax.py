@@ -93,7 +93,7 @@ def _search(recipe, out: Path, resume: bool, show_progress: bool, base_path: str
     merger = Merger.from_models(model, tuned)
     del tuned
     tok = tokenizer_of(base_path)
-    rm, rtok = load_reward_model(reward_path)
+    rm, rtok = load_reward_model(reward_path, scorer=True)  # a causal LM would score with a random head
     score = make_scorer(tok, prompts, rm, rtok, cfg.tax_metric, heldout, mc_rows, cfg.max_new_tokens, cfg.temperature,
                         cfg.batch_size, cfg.seed)
     total = 1 + len(cfg.sweep) + cfg.trials + (1 if cfg.adaptive.enabled else 0)

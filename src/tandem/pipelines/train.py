@@ -91,6 +91,9 @@ def load_model(recipe: Recipe, reward: bool, device=None, attn_implementation: s
     model = prepare_for_training(model, gradient_checkpointing=m.gradient_checkpointing,
                                  quantized=m.quantization is not None, lora=m.lora is not None)
     if m.lora is not None:
+        from tandem.models.checks import check_lora
+
+        check_lora(model, m.lora.r, m.lora.target_modules)  # matching nothing, or a rank past the width: one line
         model = apply_lora(model, r=m.lora.r, alpha=m.lora.alpha, dropout=m.lora.dropout,
                            target_modules=m.lora.target_modules, task_type="SEQ_CLS" if reward else "CAUSAL_LM")
     return model, tok
