@@ -210,7 +210,7 @@ def evaluate(target: str | os.PathLike, recipe: str | os.PathLike | None = None,
 
 def merge(base: str | os.PathLike, tuned: str | os.PathLike, out: str | os.PathLike, *, alpha: float | None = None,
           alphas: Sequence[float] | None = None, groups: str = "block3", head_alpha: float | None = None,
-          mergekit_config: str | os.PathLike | None = None, overwrite: bool = False) -> dict:
+          mergekit_config: str | os.PathLike | None = None, overwrite: bool = False, extrapolate: bool = False) -> dict:
     """``tandem merge``: theta = (1 - alpha) * base + alpha * tuned (per layer group with ``alphas``); returns the
     merge record (groups, alphas, head alpha)."""
     from tandem.pipelines.merge import merge_models
@@ -218,7 +218,8 @@ def merge(base: str | os.PathLike, tuned: str | os.PathLike, out: str | os.PathL
     with user_errors(out):
         return merge_models(str(base), str(tuned), Path(out), alpha=alpha, alphas=list(alphas) if alphas else None,
                             groups=groups, head_alpha=head_alpha,
-                            mergekit_config=Path(mergekit_config) if mergekit_config else None, overwrite=overwrite)
+                            mergekit_config=Path(mergekit_config) if mergekit_config else None, overwrite=overwrite,
+                            extrapolate=extrapolate)
 
 
 def probe(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike = "runs/probe", **settings) -> dict:

@@ -26,6 +26,7 @@ def merge(
     out: Path = typer.Option(..., "--out", "-o", help="Output dir for the merged model."),
     mergekit_config: Optional[Path] = typer.Option(None, "--mergekit-config", help="Also write the equivalent mergekit YAML here."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier merge in OUT (only a directory tandem wrote)."),
+    extrapolate: bool = typer.Option(False, "--extrapolate", help="Allow alphas outside [0, 1] (beyond the two models)."),
 ) -> None:
     """Merge two checkpoints: theta = (1 - alpha) * base + alpha * tuned, per tensor.
 
@@ -46,10 +47,10 @@ def merge(
         from tandem.api import merge as run_merge
         from tandem.pipelines.merge import check_alphas
 
-        for note in check_alphas(alpha, alpha_list, head_alpha):
+        for note in check_alphas(alpha, alpha_list, head_alpha, extrapolate):
             console.print(f"[yellow]warning:[/] {note}")
         record = run_merge(base, tuned, out, alpha=alpha, alphas=alpha_list, groups=groups, head_alpha=head_alpha,
-                           mergekit_config=mergekit_config, overwrite=overwrite)
+                           mergekit_config=mergekit_config, overwrite=overwrite, extrapolate=extrapolate)
     console.print(f"[green]merged[/] groups {record['groups']} alphas {record['alphas']} "
                   f"head {record['head_alpha']:.4g} -> {out}")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field
 
@@ -28,8 +28,9 @@ class TaxConfig(Strict):
     tuned: str | None = Field(default=None, description="theta_1; default OUTPUT_DIR/final")
     out: str | None = Field(default=None, description="default OUTPUT_DIR/tax")
     groups: str = "block3"
-    head_alpha: float | None = None
-    sweep: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    head_alpha: float | None = Field(default=None, ge=0.0, le=1.0)
+    sweep: list[Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], description="global alphas tried, each in [0, 1]")
     trials: int = Field(default=16, ge=0, description="optuna trials over per-group ratios")
     seed: int = Field(default=0, ge=0, le=SEED_MAX)
     prompts: SourceConfig | None = Field(default=None, description="reward side prompts; default eval.data")

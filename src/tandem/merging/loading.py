@@ -2,13 +2,21 @@
 
 Loading the full weights of a run's output (a full model dir / Hub id, or a LoRA adapter dir merged into its
 base) lives in :mod:`tandem.models.merged`.
+
+The merged model is checked to be finite before anything is written, saved into a temporary directory inside OUT,
+moved in (weights first), and ``tandem_merge.json`` is written last: a merge without it was interrupted, and
+loading such a directory is refused (:func:`tandem.models.checks.check_model_files`).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
+from tandem.models.checks import check_finite_weights
 from tandem.models.merged import load_full_weights
 from tandem.models.resolve import tokenizer_source
 
@@ -64,9 +72,17 @@ def merge_checkpoints(
     merger = Merger(base_params, theta1, names=names, clone=False)
     del base_model
     merger.merge_into(model, per_tensor)
+    check_finite_weights(model, f"the merge of {base} and {tuned} with alphas {group_alphas} (nothing written)")
     out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tok_src = _copy_tokenizer([str(tuned), str(base)], out)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out))  # a kill leaves no half model in out
+    try:
+        model.save_pretrained(stage)
+        tok_src = _copy_tokenizer([str(tuned), str(base)], stage)
+        weights = sorted(stage.glob("*.safetensors*"))  # the weights first, config.json after them
+        for f in weights + sorted(set(stage.iterdir()) - set(weights)):
+            os.replace(f, out / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
     record = {
         "convention": "theta = (1 - alpha) * base + alpha * tuned",
         "base": str(base),
@@ -77,7 +93,9 @@ def merge_checkpoints(
         "head_alpha": sum(group_alphas) / len(group_alphas) if head_alpha is None else float(head_alpha),
         "tokenizer_from": tok_src,
     }
-    (out / "tandem_merge.json").write_text(json.dumps(record, indent=2) + "\n")
+    tmp = out / "tandem_merge.json.tmp"  # written last: a merge without it was interrupted
+    tmp.write_text(json.dumps(record, indent=2) + "\n")
+    os.replace(tmp, out / "tandem_merge.json")
     if mergekit_config is not None:
         from tandem.merging.mergekit import write_mergekit_config
 

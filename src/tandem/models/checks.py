@@ -26,9 +26,14 @@ def check_model_files(path: str | Path, what: str = "model") -> None:
     """A local full-model dir must hold ``config.json`` and safetensors whose headers match their sizes."""
     from safetensors import SafetensorError, safe_open
 
+    from tandem.io.rundir import read_marker
+
     p = Path(path)
     if not p.is_dir() or (p / "adapter_config.json").is_file():
         return
+    if read_marker(p).get("command") == "merge" and not (p / "tandem_merge.json").is_file():
+        raise ModelInputError(f"{what} {p}: an interrupted `tandem merge` (no tandem_merge.json, written last); run the "
+                              "merge again with --overwrite")
     if not (p / "config.json").is_file():
         raise ModelInputError(f"{what} {p}: no config.json in this directory (an incomplete copy?); copy the whole "
                               "model directory (config.json, *.safetensors, tokenizer files)")
