@@ -12,6 +12,9 @@
 ``rank``      ``r_i / (N - 1)``, ``r`` the 0-based rank of ``AC``  ``F_max/F_min = e^(1/T)`` whatever the changes
               (ties: mean rank)
 ``relative``  ``log(AC / M)``: ``F ∝ (AC/M)^(1/T)``              change relative to the tensor's own magnitude
+``uniform``   ``F_i = F_max / N`` whatever ``AC``                control: the damping without the importance
+``shuffled``  ``zscore``'s ``F``, permuted across the tensors     control: the same spread of ``F`` on the wrong
+              (fixed permutation of the names in sorted order)   tensors
 ============  =================================================  ==============================================
 
 Degenerate inputs give a uniform ``F``: ``mean`` 0, ``std`` 0, every ``AC`` 0 under ``log``/``relative``, ``N = 1``.
@@ -30,9 +33,10 @@ docs/methods.md (benchmarks/importance_real.py, benchmarks/ewc_sweep.py).
 from __future__ import annotations
 
 import math
+import random
 from typing import Mapping
 
-NORMALISATIONS = ("none", "mean", "zscore", "scale", "log", "rank", "relative")
+NORMALISATIONS = ("none", "mean", "zscore", "scale", "log", "rank", "relative", "uniform", "shuffled")
 
 
 def _ranks(x: list[float]) -> list[float]:
@@ -90,6 +94,14 @@ def importance(
         return {}
     x = [float(ac[n]) for n in names]
     n = len(x)
+    if normalise == "uniform":
+        return {k: f_max / n for k in names}
+    if normalise == "shuffled":  # the zscore F, on a fixed permutation of the tensors (seeded: the same on resume)
+        f = importance(ac, f_max, "zscore", temperature)
+        order = sorted(names)
+        perm = list(order)
+        random.Random(len(order)).shuffle(perm)
+        return {a: f[b] for a, b in zip(order, perm)}
     if normalise in ("log", "relative"):
         if normalise == "relative":
             if magnitude is None:

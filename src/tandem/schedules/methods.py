@@ -9,6 +9,7 @@ Every method shares the engine; a method only decides *which* stages run and *wh
 | reward          | reward model                            | -                                                          |
 | sequential      | SFT, preference                         | -                                                          |
 | sequential-ewc  | SFT, preference                         | modified EWC (the preference stage is pulled to the SFT end)|
+| sequential-restarts | SFT-1, ..., SFT-N, pref-1, ..., pref-N | - (control: as many optimizer restarts as hbat)         |
 | hbat            | SFT-1, pref-1, ..., SFT-N, pref-N       | modified EWC                                               |
 | hbat-no-ewc     | SFT-1, pref-1, ..., SFT-N, pref-N       | -                                                          |
 | hbat-freeze     | SFT-1, pref-1, ..., SFT-N, pref-N       | freeze the top p% tensors most important to the other side |
@@ -55,7 +56,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from tandem.schedules.stages import Stage, alternating, sequential, single
+from tandem.schedules.stages import Stage, alternating, sequential, sequential_parts, single
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,7 @@ METHODS: dict[str, Method] = {
     "reward": Method(single("reward")),
     "sequential": Method(sequential),
     "sequential-ewc": Method(sequential, regularizer="ewc"),
+    "sequential-restarts": Method(sequential_parts),
     "hbat": Method(alternating, regularizer="ewc"),
     "hbat-no-ewc": Method(alternating),
     "hbat-freeze": Method(alternating, regularizer="freeze"),

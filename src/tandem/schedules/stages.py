@@ -50,3 +50,9 @@ def alternating(parts: int) -> list[Stage]:
         out.append(_stage(len(out), "sft", p, parts))
         out.append(_stage(len(out), "preference", p, parts))
     return out
+
+
+def sequential_parts(parts: int) -> list[Stage]:
+    """SFT-1, ..., SFT-N, then pref-1, ..., pref-N: the sequential order restarted (optimizer and schedule) as often as
+    HBAT's alternation restarts, to separate the effect of the order from that of the restarts."""
+    return [_stage(p, "sft", p, parts) for p in range(parts)] + [_stage(parts + p, "preference", p, parts) for p in range(parts)]

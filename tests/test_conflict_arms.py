@@ -1,0 +1,29 @@
+"""The conflict benchmark's control arms: uniform and shuffled importance (damping without / with the wrong
+importance) and the sequential order with as many restarts as hbat."""
+
+import pytest
+
+from tandem.regularizers.importance import importance
+from tandem.schedules import get_method
+
+AC = {"a": 1.0, "b": 2.0, "c": 10.0, "d": 0.5}
+
+
+def test_uniform_importance_is_f_max_over_n():
+    assert importance(AC, 4.0, "uniform") == {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}
+    assert importance({"x": 3.0}, 2.0, "uniform") == {"x": 2.0}
+
+
+def test_shuffled_importance_permutes_the_zscore_values():
+    z, s = importance(AC, 4.0, "zscore"), importance(AC, 4.0, "shuffled")
+    assert sorted(s.values()) == pytest.approx(sorted(z.values()))  # the same spread ...
+    assert s != z  # ... on other tensors
+    assert importance(dict(reversed(list(AC.items()))), 4.0, "shuffled") == pytest.approx(s)  # fixed: by the names, not the order
+    assert sum(s.values()) == pytest.approx(4.0)
+
+
+def test_sequential_restarts_orders_sft_parts_before_preference_parts():
+    stages = get_method("sequential-restarts").schedule(2)
+    assert [(s.role, s.part) for s in stages] == [("sft", 0), ("sft", 1), ("preference", 0), ("preference", 1)]
+    assert len(stages) == len(get_method("hbat").schedule(2))  # as many optimizer restarts as hbat
+    assert get_method("sequential-restarts").regularizer is None
