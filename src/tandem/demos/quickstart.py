@@ -127,7 +127,8 @@ def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool =
     check_run_dir(output_dir, resume=False, overwrite=True)  # a file or a directory tandem did not create: refused
     if model:
         check_exists(model, "--model")
-    with open_run_dir(output_dir, resume=False, overwrite=overwrite, command="quickstart"):
+    with open_run_dir(output_dir, resume=False, overwrite=overwrite, command="quickstart",
+                      inputs={"--model": model} if model else None):
         return _run(output_dir, model, n_train, n_eval, methods)
 
 

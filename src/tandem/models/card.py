@@ -78,7 +78,9 @@ class CardInfo:
 def card_info(recipe: dict | None = None, summary: dict | None = None, **extra) -> CardInfo:
     """A :class:`CardInfo` from a resolved recipe dict (``Recipe.model_dump(mode="json")``) and a run summary
     (``summary.json``: ``method``, ``stages``, ``final_val``); ``extra`` fields override."""
-    recipe, summary = recipe or {}, summary or {}
+    from tandem.io.secrets import redact_value
+
+    recipe, summary = redact_value("", recipe or {}), summary or {}  # API keys and URL passwords never reach a card
     data = recipe.get("data") or {}
     sources = [DataSource(role=role, source=str(src["source"]), split=str(src.get("split") or "train"),
                           licence=src.get("licence"))

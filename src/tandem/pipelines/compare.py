@@ -88,17 +88,20 @@ def eval_row(r, run_dir: Path, sweep: bool, reuse: bool, model_dir: Path | None 
 
 def compare(recipe_path: Path, methods: list[str], seeds: list[int], out_dir: Path, overrides: list[str] | None = None,
             resume: bool = False, x_key: str | None = None, y_key: str | None = None, overwrite: bool = False) -> list[dict]:
-    from tandem.io.rundir import check_run_dir, open_run_dir
+    from tandem.io.rundir import check_run_dir, open_run_dir, path_inputs
     from tandem.schedules import get_method
 
     out_dir = Path(out_dir)
     check_run_dir(out_dir, resume=resume, overwrite=overwrite)
     for m in methods:
         get_method(m)  # fail early on a typo, before hours of training
+    inputs = {"recipe": str(recipe_path)}  # what --overwrite must not delete
     for method in methods:
         for seed in seeds:
-            check_recipe(run_recipe(recipe_path, method, seed, out_dir / f"{method}-s{seed}", overrides or []))
-    with open_run_dir(out_dir, resume=resume, overwrite=overwrite, command="compare"):
+            r = run_recipe(recipe_path, method, seed, out_dir / f"{method}-s{seed}", overrides or [])
+            check_recipe(r)
+            inputs.update(path_inputs(r.model_dump(mode="json"), exclude=("output_dir", "tax.out")))
+    with open_run_dir(out_dir, resume=resume, overwrite=overwrite, command="compare", inputs=inputs):
         rows = []
         for method in methods:
             for seed in seeds:

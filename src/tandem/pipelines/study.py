@@ -146,7 +146,7 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
           only: list[str] | None = None) -> list[dict]:
     """Run every recipe of ``study_dir`` (or the rows ``only`` names) for every seed into ``out_dir``; returns the
     table rows."""
-    from tandem.io.rundir import check_run_dir, open_run_dir
+    from tandem.io.rundir import check_run_dir, open_run_dir, path_inputs
 
     out_dir, overrides = Path(out_dir), list(overrides or [])
     if not seeds:
@@ -154,18 +154,24 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
     check_run_dir(out_dir, resume=resume, overwrite=overwrite)
     rows_of = load_study(study_dir, overrides, out_dir, seeds[0], only)
     if (Path(study_dir) / "_contrasts.yaml").is_file():  # a bad questions file is refused before any training
-        from tandem.pipelines.contrasts import read_questions
+        from tandem.pipelines.contrasts import read_frontier, read_questions
 
         asked = read_questions(Path(study_dir) / "_contrasts.yaml")[0]
-        unknown = {x for q in asked for x in q} - {p.stem for p in recipe_files(study_dir)}
+        spec = read_frontier(Path(study_dir) / "_contrasts.yaml")
+        named = {x for q in asked for x in q} | {b[k] for b, k in ((spec.get("early_stop"), "arm"),
+                                                                    (spec.get("wise_ft"), "toward")) if b}
+        unknown = {x for x in named if "@" not in x and "~" not in x} - {p.stem for p in recipe_files(study_dir)}
         if unknown:
             raise ValueError(f"{Path(study_dir) / '_contrasts.yaml'}: no recipe for arm(s) {', '.join(sorted(unknown))}")
+    inputs = {"study": str(study_dir)}  # what --overwrite must not delete
     for name, (path, _) in rows_of.items():
         for seed in seeds:
-            check_inputs(run_recipe(path, None, seed, out_dir / f"{name}-s{seed}", overrides))
+            r = run_recipe(path, None, seed, out_dir / f"{name}-s{seed}", overrides)
+            check_inputs(r)
+            inputs.update(path_inputs(r.model_dump(mode="json"), exclude=("output_dir", "tax.out")))
     plan = [(name, path, seed) for name, (path, _) in rows_of.items() for seed in seeds]
     first = next(iter(rows_of.values()))[1]
-    with open_run_dir(out_dir, resume=resume, overwrite=overwrite, command="study"):
+    with open_run_dir(out_dir, resume=resume, overwrite=overwrite, command="study", inputs=inputs):
         rows: list[dict] = []
         if "reward_win_rate" in first.eval.metrics and first.eval.baseline is None:
             rows.append(base_row(first, out_dir / "base", reuse=resume))
@@ -181,9 +187,16 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
             scores = ", ".join(f"{k} {row[k]:.4g}" for k in (x, y) if k in row)
             log.info("study %d/%d: %s seed %d, %d steps, %.0fs%s", i, len(plan), name, seed, row["steps"],
                      time.perf_counter() - t0, f", {scores}" if scores else "")
+        questions = Path(study_dir) / "_contrasts.yaml"
+        if questions.is_file():  # frontier points (early stops, Wise-FT) of the rows, then the contrasts
+            from tandem.pipelines.contrasts import read_frontier
+            from tandem.pipelines.frontier import frontier_rows
+
+            spec = read_frontier(questions)
+            if spec:
+                rows += frontier_rows(spec, rows, {n: r for n, (_, r) in rows_of.items()}, reuse=resume)
         x, y = default_axes(rows, x_key, y_key)
         write_tables(out_dir, rows, x, y, f"Study: {Path(study_dir).name}")
-        questions = Path(study_dir) / "_contrasts.yaml"
         if questions.is_file():  # the study's questions: paired contrasts with CIs (OUT/contrasts.md)
             from tandem.pipelines.contrasts import read_questions, write_contrasts
 

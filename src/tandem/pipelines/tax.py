@@ -21,7 +21,7 @@ def run_tax(recipe, resume: bool = False, overwrite: bool = False, show_progress
     from tandem.data.formats import load_source
     from tandem.evaluation.inputs import eval_inputs, read_texts
     from tandem.evaluation.metrics import load_mc_rows
-    from tandem.io.rundir import check_run_dir, open_run_dir
+    from tandem.io.rundir import check_run_dir, open_run_dir, path_inputs
     from tandem.models import check_exists
 
     cfg = recipe.tax
@@ -49,7 +49,9 @@ def run_tax(recipe, resume: bool = False, overwrite: bool = False, show_progress
         heldout = heldout[: cfg.heldout_limit]
     mc_path = cfg.mc or recipe.eval.mc
     mc_rows = load_mc_rows(mc_path) if mc_path else None
-    with open_run_dir(out, resume=resume, overwrite=overwrite, command="tax"):
+    inputs = {"tax.base": base_path, "tax.tuned": tuned_path, "tax.reward_model": reward_path,
+              **path_inputs(recipe.tax.model_dump(mode="json"), "tax", exclude=("tax.out",))}
+    with open_run_dir(out, resume=resume, overwrite=overwrite, command="tax", inputs=inputs):
         return _search(recipe, out, resume, show_progress, base_path, tuned_path, reward_path, prompts, heldout, mc_rows,
                        fit_prompts)
 

@@ -121,10 +121,32 @@ def load_data(recipe: Recipe, tok, objectives: dict, log_main: bool = True) -> t
             log.info("data %s: %s -> %d train / %d val examples (%s truncated, %s dropped as over-long; skipped rows: %s)",
                      role, info["source"], info["train"], info["val"], enc.get("truncated", 0), enc.get("dropped", 0),
                      info["load"].get("skipped", {}))
+    check_sizes(recipe, train, infos)
     return train, val, infos
 
 
+def check_sizes(recipe: Recipe, train: dict, infos: dict) -> None:
+    """Refuse data smaller than a batch, or than the number of parts a role is split into (before the model loads)."""
+    from tandem.schedules import build_stages
+
+    stages = build_stages(recipe.schedule.method, recipe.schedule.parts)
+    for role, feats in train.items():
+        where = f"data.{role} ({infos[role]['source']})"
+        parts = max([s.n_parts for s in stages if s.role == role] or [1])
+        if len(feats) < parts:
+            raise DataError(f"schedule.parts {parts}: more parts than the {len(feats)} training examples of {where}; "
+                            "lower schedule.parts or add data")
+        if len(feats) < recipe.batching.batch_size:
+            raise DataError(f"batching.batch_size {recipe.batching.batch_size} is larger than the {len(feats)} training "
+                            f"examples of {where}; lower batching.batch_size or add data")
+
+
 def check_source(source: str) -> None:
-    """A data source that names a local file must exist (checked before anything is written)."""
+    """A data source that names a local file must exist and be a file (checked before anything is written): a symlink
+    loop or a device is said to be one, not "not found"."""
+    from tandem.io.paths import input_problem
+
+    if source and looks_local(source) and (problem := input_problem(source)):
+        raise DataError(problem)
     if source and looks_local(source) and not Path(source).expanduser().exists():  # (memory:// is not local)
         raise DataFileNotFound(f"data file not found: {source}")
