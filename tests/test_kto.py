@@ -237,3 +237,13 @@ def test_paired_data_for_kto_is_one_line_exit_2(tmp_path, tiny_model_dir, synthe
     errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
     assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
     assert "row 1" in errors[0] and "unpaired" in errors[0] and "label" in errors[0]
+
+
+def test_the_entanglement_probe_is_refused_with_kto(tmp_path, tiny_model_dir, synthetic_files):
+    from tandem.config.recipe import RecipeError
+
+    for method, over in (("kto", {}), ("hbat", {"objectives.preference": {"name": "kto"}})):
+        raw = base_raw(tmp_path, tiny_model_dir, synthetic_files, method)
+        with pytest.raises(RecipeError, match="probe.every: the entanglement probe .* kto objective"):
+            with_overrides(raw, {**over, "probe.every": 2})
+    with_overrides(base_raw(tmp_path, tiny_model_dir, synthetic_files, "hbat"), {"probe.every": 2})  # dpo: fine

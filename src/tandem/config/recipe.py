@@ -78,6 +78,16 @@ def prefix_sharing_problem(method: str, objectives: dict) -> str | None:
             f"schedule.method {method} trains {what}: set batching.prefix_sharing: false")
 
 
+def _preference_objective(method: str, objectives: dict) -> str | None:
+    """The objective a run of ``method`` trains its preference role with (None: unknown method or no block)."""
+    try:
+        forced = get_method(method).preference_objective
+    except ValueError:
+        return None
+    block = objectives.get("preference")
+    return forced or (block.name if block is not None else None)
+
+
 class BatchingConfig(Strict):
     mode: Literal["pack", "pad"] = "pack"
     batch_size: int = Field(default=8, ge=1, description="examples (or pairs) per optimizer step, all processes")
@@ -304,6 +314,9 @@ class Recipe(Strict):
                              "named after its objective (e.g. objectives.ppo with name: ppo)")
         if self.batching.prefix_sharing and (problem := prefix_sharing_problem(self.schedule.method, self.objectives)):
             raise ValueError(problem)
+        if self.probe.every and _preference_objective(self.schedule.method, self.objectives) == "kto":
+            raise ValueError("probe.every: the entanglement probe compares chosen and rejected replies; the kto "
+                             "objective trains on unpaired rows: set probe.every: 0")
         return self
 
     @classmethod
