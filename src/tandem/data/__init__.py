@@ -11,7 +11,7 @@ from tandem.data.readers import MAX_RECORD_BYTES, iter_records, read_records
 from tandem.data.templates import NAMED_TEMPLATES, resolve_chat_template, set_chat_template
 from tandem.data.roles import ROLE_FORMATS, no_usable_message
 from tandem.data.splits import split_parts, train_val_split
-from tandem.data.types import PreferenceExample, SFTExample
+from tandem.data.types import PreferenceExample, SFTExample, UnpairedExample
 
 __all__ = [
     "DataError",
@@ -24,6 +24,7 @@ __all__ = [
     "PreferenceExample",
     "ROLE_FORMATS",
     "SFTExample",
+    "UnpairedExample",
     "batches",
     "collate",
     "detect_format",
