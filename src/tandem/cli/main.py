@@ -64,22 +64,31 @@ def data_inspect(
     format: Optional[str] = typer.Option(None, "--format", help="Declare the format instead of detecting it."),
     tokenizer: Optional[str] = typer.Option(None, "--tokenizer", help="Tokenizer (model dir or Hub id) for token lengths."),
     split: str = typer.Option("train", "--split"),
+    columns: Optional[str] = typer.Option(None, "--columns", help="The recipe's column map: field=column pairs "
+                                          "(prompt=question,response=answer) or a JSON object."),
+    role: Optional[str] = typer.Option(None, "--role", help="Check the rows as a stage of this role would: sft, "
+                                       "preference or pretrain (plain text)."),
 ) -> None:
     """Detected format, row count, skipped rows, token-length percentiles and a sample.
 
-    Example: tandem data inspect ../shared/data/hh-rlhf/helpful-online/test.jsonl.gz --tokenizer models/smollm2-135m-instruct
+    Examples:
+
+      tandem data inspect ../shared/data/hh-rlhf/helpful-online/test.jsonl.gz --tokenizer models/smollm2-135m-instruct
+
+      tandem data inspect qa.csv --columns prompt=question,response=answer --role sft
     """
     from rich.console import Console as C
 
     with user_errors():
-        from tandem.data.inspect import inspect_source, render_inspection
+        from tandem.data.inspect import inspect_source, parse_columns, render_inspection
 
+        cols = parse_columns(columns)
         tok = None
         if tokenizer:
             from tandem.models import load_tokenizer
 
             tok = load_tokenizer(tokenizer)
-        report = inspect_source(source, tokenizer=tok, format=format, split=split)
+        report = inspect_source(source, tokenizer=tok, format=format, split=split, columns=cols, role=role)
     C().print(render_inspection(report))
 
 

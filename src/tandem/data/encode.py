@@ -29,7 +29,9 @@ boundary between prompt and response is exact: ``input_ids = prompt_ids + respon
   (exact boundaries, like the prompt/response cut), so ``input_ids`` may differ from ``loss_on="last"`` at the
   cuts. A template whose renderings are not prefixes of one another (one that rewrites earlier turns) is
   refused; assistant turns before the first user turn stay unlabelled. Truncation cuts ``labels`` with the
-  prompt's tail.
+  prompt's tail. A template that marks assistant turns with ``{% generation %}`` is read through transformers'
+  ``return_assistant_tokens_mask`` instead: every token it marks is labelled (the whole conversation tokenized at
+  once, as ``apply_chat_template`` does).
 
 Over-long examples (``len(prompt) + len(response) > max_length``):
 
@@ -43,6 +45,7 @@ Over-long examples (``len(prompt) + len(response) > max_length``):
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -134,6 +137,15 @@ def assistant_spans(tokenizer, prompt: list[Message]) -> tuple[str, list[tuple[i
     return full, spans
 
 
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def marks_assistant_turns(tokenizer) -> bool:
+    """The chat template marks assistant turns with ``{% generation %}`` (transformers'
+    ``return_assistant_tokens_mask``): ``loss_on: all_assistant`` then labels exactly the tokens it marks."""
+    return _has_template(tokenizer) and bool(_GENERATION_TAG.search(tokenizer.chat_template))
+
+
 def prompt_ids_labels(tokenizer, prompt: list[Message], loss_on: str = "last") -> tuple[list[int], list[int]]:
     """``(prompt ids, their labels)``: all ``-100`` with ``loss_on="last"``; with ``"all_assistant"`` the
     earlier assistant turns are labelled (see the module docstring)."""
@@ -142,6 +154,11 @@ def prompt_ids_labels(tokenizer, prompt: list[Message], loss_on: str = "last") -
     if loss_on == "last" or not any(m["role"] == "assistant" for m in prompt):
         ids = prompt_ids(tokenizer, prompt)
         return ids, [IGNORE] * len(ids)
+    if marks_assistant_turns(tokenizer):  # the template marks assistant turns: transformers' own mask
+        out = tokenizer.apply_chat_template(prompt, tokenize=True, add_generation_prompt=True, return_dict=True,
+                                            return_assistant_tokens_mask=True)
+        ids = list(out["input_ids"])
+        return ids, [t if m else IGNORE for t, m in zip(ids, out["assistant_masks"])]
     full, spans = assistant_spans(tokenizer, prompt)
     ids: list[int] = []
     labels: list[int] = []

@@ -31,11 +31,65 @@ def _measure(tokenizer):
     return (lambda msgs: len(prompt_ids(tokenizer, msgs))), (lambda text: len(_ids(tokenizer, text)))
 
 
+def parse_columns(text: str | None) -> dict[str, str] | None:
+    """``--columns prompt=question,response=answer`` (or the JSON object a recipe's ``columns`` holds) as a map."""
+    import json
+
+    from tandem.data.columns import check_columns
+    from tandem.data.errors import DataError
+
+    if not text:
+        return None
+    if text.strip().startswith("{"):
+        try:
+            cols = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise DataError(f"--columns {text!r}: not valid JSON ({e.msg})") from None
+    else:
+        pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+        if any(len(p) != 2 or not p[0].strip() or not p[1].strip() for p in pairs):
+            raise DataError(f"--columns {text!r}: expected field=column pairs, e.g. prompt=question,response=answer")
+        cols = {k.strip(): v.strip() for k, v in pairs}
+    if not isinstance(cols, dict) or not all(isinstance(v, str) for v in cols.values()):
+        raise DataError(f"--columns {text!r}: expected a map of tandem field -> column name")
+    check_columns(cols)
+    return cols
+
+
+def _inspect_text(source: str, tokenizer, split: str) -> dict:
+    from tandem.data.text import read_plain_texts
+
+    texts = read_plain_texts(source, split)
+    _, text_len = _measure(tokenizer)
+    return {"source": source, "format": "text", "kind": "text (continued pre-training: data.pretrain, or data.sft "
+            "with format: text)", "rows": len(texts), "kept": sum(1 for t in texts if t.strip()), "skipped": {},
+            "length_unit": "tokens" if tokenizer is not None else "whitespace words",
+            "lengths": {"text": percentiles([text_len(t) for t in texts])},
+            "sample": {"text": texts[0]} if texts else None}
+
+
 def inspect_source(source: str, tokenizer=None, format: str | None = None, split: str = "train",
-                   columns: dict[str, str] | None = None) -> dict:
+                   columns: dict[str, str] | None = None, role: str | None = None) -> dict:
     """Detected format, row/kept/skipped counts, length percentiles and one sample of ``source`` (rows read one at
-    a time; ``columns``: a column map, see :mod:`tandem.data.columns`)."""
-    examples, report = examples_from_rows(iter_records(source, split=split), source, format=format, columns=columns)
+    a time; ``columns``: a column map, see :mod:`tandem.data.columns`; ``role``: ``sft``, ``preference`` or
+    ``pretrain``, the rows checked as a stage of that role checks them, with the same errors). Plain text
+    (``format: text``, ``{"text": ...}`` rows, a ``.txt`` file) is reported as such."""
+    from tandem.data.text import looks_like_text
+
+    if role not in (None, "sft", "preference", "pretrain"):
+        from tandem.data.errors import DataError
+
+        raise DataError(f"--role {role!r}: choose sft, preference or pretrain")
+    if format == "text" or (format is None and not columns and (role == "pretrain" or looks_like_text(source, split))):
+        if role == "preference":
+            from tandem.data.errors import DataError
+
+            raise DataError(f"{source}: plain text (format text) cannot train the preference role: it needs "
+                            "prompt, chosen and rejected")
+        return _inspect_text(source, tokenizer, split)
+    check = None if role is None else "sft" if role == "pretrain" else role
+    examples, report = examples_from_rows(iter_records(source, split=split), source, format=format, columns=columns,
+                                          role=check)
     prompt_len, text_len = _measure(tokenizer)
     kind = "preference" if examples and isinstance(examples[0], PreferenceExample) else "sft"
     lengths: dict[str, list[int]] = {"prompt": [prompt_len(e.prompt) for e in examples]}
@@ -85,7 +139,9 @@ def render_inspection(report: dict):
             f"p50 {p['p50']:.0f} · p90 {p['p90']:.0f} · p99 {p['p99']:.0f} · max {p['max']:.0f}",
         )
     s = report.get("sample")
-    if s:
+    if s and "text" in s:
+        t.add_row("sample text", Text(_short(s["text"])))
+    elif s:
         # Text(): data is shown literally, never parsed as rich markup ("[user]" would vanish)
         t.add_row("sample prompt", Text(_short("\n".join(f"[{m['role']}] {m['content']}" for m in s["prompt"]))))
         for key in ("response", "chosen", "rejected"):

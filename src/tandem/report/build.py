@@ -112,11 +112,14 @@ def _compare_section(d: Path, plots_dir: Path, base: Path, x_key: str | None, y_
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     keys = sorted({k for s in summary.values() for k in s})
-    lines = ["## Methods (mean ± std over seeds)", "", "| method | seeds | " + " | ".join(keys) + " |",
+    several = any(v["n"] > 1 for s in summary.values() for v in s.values())  # one seed: values, no ± 0
+    lines = ["## Methods (mean ± std over seeds)" if several else "## Methods (one seed)", "",
+             "| method | seeds | " + " | ".join(keys) + " |",
              "|---" * (len(keys) + 2) + "|"]
     for method, s in summary.items():
         seeds = len({r.get("seed") for r in table if str(r["method"]) == method})
-        cells = [f"{_fmt(s[k]['mean'])} ± {_fmt(s[k]['std'])}" if k in s else "—" for k in keys]
+        cells = [("—" if k not in s else f"{_fmt(s[k]['mean'])} ± {_fmt(s[k]['std'])}" if s[k]["n"] > 1
+                  else _fmt(s[k]["mean"])) for k in keys]
         lines.append(f"| {method} | {seeds} | " + " | ".join(cells) + " |")
     lines.append("")
     x, y = pick_axes(keys, x_key, y_key)

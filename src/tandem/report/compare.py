@@ -5,6 +5,7 @@ a console table that fits 100 columns (the full table stays in the markdown repo
 from __future__ import annotations
 
 import math
+import re
 import statistics
 from pathlib import Path
 
@@ -18,8 +19,16 @@ X_CANDIDATES = ("instruction_following", "ifeval", "if_score", "rouge/rougeL", "
 Y_CANDIDATES = ("judge_win_rate/win_rate", "judge_win_rate", "reward_win_rate/win_rate", "reward_win_rate",
                 "win_rate", "reward/mean", "reward", "preference/rewards/accuracy", "rewards/accuracy",
                 "preference_accuracy", "preference/rewards/margin", "reward/accuracy")
+# every metric family `tandem eval` reports (tandem.evaluation.registry.METRIC_TABLE; a test keeps them equal), and
+# which side of the trade-off each measures: the console table shows these first, the scatter's defaults come from them
+EVAL_FAMILIES = ("exact_match", "rouge", "reward", "reward_win_rate", "reward_fn", "judge_win_rate", "bartscore",
+                 "perplexity", "reference_nll", "implicit_reward_accuracy", "conflict", "mc_accuracy", "lm_eval")
+X_FAMILIES = ("instruction_following", "ifeval", "conflict", "exact_match", "rouge", "bartscore", "mc_accuracy",
+              "reference_nll", "perplexity", "lm_eval")
+Y_FAMILIES = ("judge_win_rate", "reward_win_rate", "reward_fn", "reward", "implicit_reward_accuracy")
 LOWER_IS_BETTER = ("loss", "nll", "ppl", "perplexity", "tax", "seconds")
 BOOKKEEPING = ("seed", "steps", "seconds")
+NEUTRAL = ("budget/", "seed", "steps", "seconds")  # counts and costs: no "better" direction
 COUNT_SUFFIXES = ("/n", "/n_tokens", "/wins", "/losses", "/ties", "/baseline_mean")
 SHORT = {"sft/loss": "sft loss", "sft/ppl": "sft ppl", "preference/loss": "pref loss",
          "preference/rewards/accuracy": "pref acc", "preference/rewards/margin": "pref margin",
@@ -33,25 +42,52 @@ def lower_is_better(key: str) -> bool:
     return key.split("/")[-1] in LOWER_IS_BETTER or key.endswith("perplexity")
 
 
+def direction(key: str) -> str:
+    """The header arrow: ``↑`` higher is better, ``↓`` lower is better, ``·`` neither (budgets, steps, time)."""
+    if key.startswith(NEUTRAL) or key in NEUTRAL:
+        return "·"
+    return "↓" if lower_is_better(key) else "↑"
+
+
+def is_eval_metric(key: str) -> bool:
+    """A metric of ``tandem eval`` (``rouge/rougeL``, ``reward_win_rate/win_rate``, ``t0.7/reward/mean``), not a
+    training-time validation metric (``sft/loss``, ``preference/rewards/accuracy``) or a budget."""
+    family = key.split("/")[1] if re.match(r"^t\d", key) and "/" in key else key.split("/")[0]
+    if family == "reward" and key.split("/")[-1] in ("loss", "accuracy", "margin"):
+        return False  # a reward model's own validation metrics
+    return family in EVAL_FAMILIES or family in ("instruction_following", "ifeval", "if_score", "win_rate")
+
+
+def _family_pick(keys: list[str], families: tuple[str, ...], avoid: str | None) -> str | None:
+    for fam in families:
+        hits = [k for k in keys if k != avoid and (k == fam or k.startswith(fam + "/")) and is_score(k)]
+        if hits:
+            return min(hits, key=lambda k: (k.count("/"), k.endswith(("/std", "/stderr")), k))
+    return None
+
+
 def is_score(key: str) -> bool:
-    """A metric of quality (not a seed, step count, time or sample count)."""
-    return key not in BOOKKEEPING and not key.endswith(COUNT_SUFFIXES)
+    """A metric of quality (not a seed, step count, time, budget or sample count)."""
+    return key not in BOOKKEEPING and not key.startswith("budget/") and not key.endswith(COUNT_SUFFIXES)
 
 
 def pick_axes(keys: list[str], x_key: str | None = None, y_key: str | None = None) -> tuple[str | None, str | None]:
     """The scatter's x (instruction following) and y (preference) metrics: the given ones (a missing one is a
-    ``ValueError`` listing what there is), else the first of :data:`X_CANDIDATES` / :data:`Y_CANDIDATES` present,
-    else the first quality metrics (never a count)."""
-    def pick(wanted, candidates, avoid):
+    ``ValueError`` listing what there is), else an evaluation metric of each side (:data:`X_CANDIDATES` /
+    :data:`Y_CANDIDATES` that are evaluation metrics, then any key of :data:`X_FAMILIES` / :data:`Y_FAMILIES`), else
+    the validation candidates, else the first quality metrics (never a count or a budget)."""
+    def pick(wanted, candidates, families, avoid):
         if wanted is not None:
             if wanted not in keys:
                 raise ValueError(f"metric {wanted!r} is not in table.json (have: {', '.join(keys)})")
             return wanted
-        rest = [k for k in keys if is_score(k) and k != avoid]
-        return next((c for c in candidates if c in rest), rest[0] if rest else None)
+        rest = [k for k in keys if is_score(k) and k != avoid and not re.match(r"^t\d", k)]
+        evals = [c for c in candidates if c in rest and is_eval_metric(c)]
+        return (evals[0] if evals else _family_pick(rest, families, avoid)
+                or next((c for c in candidates if c in rest), rest[0] if rest else None))
 
-    x = pick(x_key, X_CANDIDATES, None)
-    return x, pick(y_key, Y_CANDIDATES, x)
+    x = pick(x_key, X_CANDIDATES, X_FAMILIES, None)
+    return x, pick(y_key, Y_CANDIDATES, Y_FAMILIES, x)
 
 
 def axis_label(key: str, axis: str) -> str:
@@ -73,20 +109,34 @@ def role_name(key: str) -> str:
 LABEL_OFFSETS = ((7, 6), (7, -16), (-7, 6), (-7, -16), (7, 20), (7, -30))
 
 
-def label_points(fig, ax, pts: list[tuple[str, float, float]], fontsize: int = 9) -> None:
-    """Name each point next to it, at the first offset of :data:`LABEL_OFFSETS` where its text overlaps no label
-    placed before it (the legend names the point when none is free: no label is drawn over another)."""
+def label_points(fig, ax, pts: list[tuple[str, float, float]], fontsize: int = 9, keep_clear: list | None = None) -> int:
+    """Name each point next to it, at the first offset of :data:`LABEL_OFFSETS` where its text lies inside the axes
+    and overlaps no label placed before it, no point's marker and nothing in ``keep_clear`` (artists, e.g. the
+    "better" arrow); the legend names a point when no place is free: no label is drawn over another. Returns the
+    number of labels drawn."""
     fig.canvas.draw()  # fixes the axes limits and the renderer the extents are measured with
-    renderer, placed = fig.canvas.get_renderer(), []
+    renderer = fig.canvas.get_renderer()
+    inside = ax.get_window_extent(renderer)
+    marker = 6.0 * fig.dpi / 72  # half a marker (8 pt) plus a little, in pixels
+    from matplotlib.transforms import Bbox
+
+    placed = [a.get_window_extent(renderer) for a in keep_clear or []]
+    for x, y in ((x, y) for _, x, y in pts):
+        px, py = ax.transData.transform((x, y))
+        placed.append(Bbox.from_extents(px - marker, py - marker, px + marker, py + marker))
+    drawn = 0
     for name, x, y in pts:
         for dx, dy in LABEL_OFFSETS:
             t = ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=fontsize,
                             ha="left" if dx > 0 else "right")
             box = t.get_window_extent(renderer)
-            if not any(box.overlaps(b) for b in placed):
+            fits = inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            if fits and not any(box.overlaps(b) for b in placed):
                 placed.append(box)
+                drawn += 1
                 break
             t.remove()
+    return drawn
 
 
 def plot_method_scatter(summary: dict[str, dict], x_key: str, y_key: str, out_png: str | Path,
@@ -100,23 +150,28 @@ def plot_method_scatter(summary: dict[str, dict], x_key: str, y_key: str, out_pn
     fig, ax = plt.subplots(figsize=(8.6, 5.2))
     cmap = plt.get_cmap("tab10")
     markers = "osD^vP*Xh<>"
+    several = any(min(x["n"], y["n"]) > 1 for _, x, y in pts)
     for i, (method, x, y) in enumerate(pts):
-        ax.errorbar(x["mean"], y["mean"], xerr=x["std"], yerr=y["std"], fmt=markers[i % len(markers)], markersize=8,
-                    capsize=4, color=cmap(i % 10), label=f"{method} (n={min(x['n'], y['n'])})")
-    ax.margins(0.2)
+        n = min(x["n"], y["n"])
+        ax.errorbar(x["mean"], y["mean"], xerr=x["std"] if n > 1 else None, yerr=y["std"] if n > 1 else None,
+                    fmt=markers[i % len(markers)], markersize=8, capsize=4, color=cmap(i % 10),
+                    label=f"{method} (n={n})" if several else method)
+    ax.margins(0.25)
     ax.set_xlabel(axis_label(x_key, "x"))
     ax.set_ylabel(axis_label(y_key, "y"))
     if lower_is_better(x_key):
         ax.invert_xaxis()  # better is always to the right
     if lower_is_better(y_key):
         ax.invert_yaxis()  # and up
-    # legend and the "better" arrow outside the axes, where no point can hide under them
-    ax.annotate("better", xy=(1.16, 0.22), xytext=(1.06, 0.08), xycoords="axes fraction", textcoords="axes fraction",
-                fontsize=9, color="0.35", ha="center", va="center", annotation_clip=False,
-                arrowprops=dict(arrowstyle="-|>", color="0.35", lw=1.5))
-    ax.set_title(title or "Instruction following vs preference (mean ± std over seeds)", fontsize=11)
+    # the "better" arrow inside the axes, in the upper-right corner (better is always right and up); the legend outside
+    arrow = ax.annotate("better", xy=(0.975, 0.955), xytext=(0.885, 0.85), xycoords="axes fraction",
+                        textcoords="axes fraction", fontsize=9, color="0.35", ha="center", va="center",
+                        arrowprops=dict(arrowstyle="-|>", color="0.35", lw=1.5))
+    default = ("Instruction following vs preference (mean ± std over seeds)" if several
+               else "Instruction following vs preference (one seed)")
+    ax.set_title(title or default, fontsize=11)
     ax.grid(alpha=0.3)
-    label_points(fig, ax, [(m, x["mean"], y["mean"]) for m, x, y in pts])
+    label_points(fig, ax, [(m, x["mean"], y["mean"]) for m, x, y in pts], keep_clear=[arrow])
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     fig.tight_layout()
     return save_figure(fig, out_png)
@@ -162,13 +217,17 @@ def _short(key: str) -> str:
 def console_table(rows: list[dict], keys: list[str] | None = None, width: int = WIDTH) -> str:
     """Mean ± std per method over seeds, as plain text no wider than ``width``: the scatter's two metrics first,
     then the other quality metrics while they fit; a last line names what was left out (it is in
-    ``table.md`` / ``report.md``). Headers say which way is better (↑ / ↓)."""
+    ``table.md`` / ``report.md``). Evaluation metrics come first; headers say which way is better (↑ / ↓; ``·``
+    for budgets and counts). One seed shows the value alone, several ``mean±std``."""
     summary = summarize(rows)
     seeds = {m: len({r.get("seed") for r in rows if str(r["method"]) == m}) for m in summary}
     have = sorted({k for s in summary.values() for k in s if is_score(k)})
+    budgets = sorted({k for s in summary.values() for k in s if k.startswith("budget/")})
     x, y = pick_axes(have)
+    evals = [k for k in have if is_eval_metric(k) and not re.match(r"^t\d", k)]  # evaluation metrics first
     known = [c for c in (*X_CANDIDATES, *Y_CANDIDATES) if c in have]
-    order = keys or [k for k in dict.fromkeys([x, y, *known, *[k for k in have if k.endswith("/loss")], *have]) if k]
+    order = keys or [k for k in dict.fromkeys([x, y, *evals, *known, *[k for k in have if k.endswith("/loss")], *have,
+                                               *budgets]) if k]
     cell = {m: {k: f"{_num(s[k]['mean'])}±{s[k]['std']:.2g}" if s[k]["n"] > 1 else _num(s[k]["mean"])
                 for k in s} for m, s in summary.items()}
     name_w = min(22, max(len("method"), *(len(m) for m in summary)))
@@ -176,7 +235,7 @@ def console_table(rows: list[dict], keys: list[str] | None = None, width: int = 
     used = name_w + 2 + len("seeds")
     left = []
     for k in order:
-        head = f"{_short(k)} {'↓' if lower_is_better(k) else '↑'}"
+        head = f"{_short(k)} {direction(k)}"
         w = max(len(head), *(len(cell[m].get(k, "—")) for m in summary))
         if used + 2 + w <= width:
             cols.append((k, head, w))

@@ -257,11 +257,13 @@ def plot_temperature_sweep(rows: list[dict], out_png: str | Path, title: str = "
             mu = [r["mean"] for r in pts]
             sd = [r.get("std") or 0.0 for r in pts]
             reps = max((r.get("n") or 1) for r in pts)
-            (line,) = ax.plot(t, mu, marker="o", label=f"{method} mean" if method else "mean")
-            ax.fill_between(t, [m - s for m, s in zip(mu, sd)], [m + s for m, s in zip(mu, sd)],
-                            color=line.get_color(), alpha=0.2,
-                            label=f"{method} ± 1 std ({reps} seeds)" if method else f"± 1 std ({reps} seeds)")
-        ax.set_title(f"{metric} (mean ± std over seeds)", fontsize=10)
+            (line,) = ax.plot(t, mu, marker="o", label=(f"{method} " if method else "") + ("mean" if reps > 1 else "(one seed)"))
+            if reps > 1:  # one seed: no band (a std of one value is not a spread)
+                ax.fill_between(t, [m - s for m, s in zip(mu, sd)], [m + s for m, s in zip(mu, sd)],
+                                color=line.get_color(), alpha=0.2,
+                                label=f"{method} ± 1 std ({reps} seeds)" if method else f"± 1 std ({reps} seeds)")
+        several = any((r.get("n") or 1) > 1 for pts in lines.values() for r in pts)
+        ax.set_title(f"{metric} (mean ± std over seeds)" if several else f"{metric} (one seed)", fontsize=10)
         ax.set_xlabel("sampling temperature (0 = greedy)")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
