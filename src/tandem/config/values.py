@@ -25,6 +25,20 @@ def finite_extras(model):
     return model
 
 
+def number_arguments(where: str, ctor, kwargs: dict[str, Any]) -> None:
+    """Arguments whose default in ``ctor`` is a number must be numbers: ``beta: abc`` is refused naming the field
+    (not ``'>' not supported between 'str' and 'int'`` from inside the objective)."""
+    import inspect
+
+    if ctor is None:
+        return
+    params = inspect.signature(ctor).parameters
+    for k, v in kwargs.items():
+        default = params[k].default if k in params else None
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and isinstance(v, (str, bool)):
+            raise ValueError(f"{where}.{k}: {v!r} is not a number (default {default}); give a number")
+
+
 def not_bool(v: Any) -> Any:
     """Before-validator of an integer field: ``seed: true`` is refused (YAML's booleans are ints to pydantic)."""
     if isinstance(v, bool):
@@ -45,4 +59,4 @@ def redact_flag(flag: str) -> str:
     return f"{key}{sep}{redact_value(key.strip(), value)}" if sep else flag
 
 
-__all__ = ["expand_path", "finite_extras", "finite_numbers", "not_bool", "redact_flag"]
+__all__ = ["expand_path", "finite_extras", "finite_numbers", "not_bool", "number_arguments", "redact_flag"]

@@ -110,7 +110,9 @@ def is_peft(model) -> bool:
 def build_objective(recipe: Recipe, role: str, forced: str | None = None):
     """The objective of ``role``. ``forced`` (a method's ``preference_objective``, e.g. ``ppo``) takes its settings
     from ``objectives.<forced>`` when present, else from ``objectives.<role>``, which must then name it."""
+    from tandem.config.values import number_arguments
     from tandem.objectives import build
+    from tandem.objectives.registry import OBJECTIVES
 
     if forced is not None and forced in recipe.objectives:
         role = forced
@@ -129,6 +131,7 @@ def build_objective(recipe: Recipe, role: str, forced: str | None = None):
                          f"objectives.{forced} block (or set objectives.{role}.name: {forced})")
     cfg = recipe.objectives[role].model_dump()
     name = cfg.pop("name")
+    number_arguments(f"objectives.{role}", OBJECTIVES.get(name), cfg)  # beta: abc named here, not a TypeError inside
     try:
         return build(name, **cfg)
     except TypeError as e:
