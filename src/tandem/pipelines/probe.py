@@ -7,11 +7,14 @@ or an earlier probe's (tandem's marker); it is locked while it is written.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tandem.probes.report import summary_markdown
+
+log = logging.getLogger("tandem")
 
 
 class ProbeInputError(ValueError):
@@ -51,12 +54,17 @@ def entanglement(s: ProbeSettings, progress) -> dict:
     again = is_run_dir(out)  # an earlier probe's output: its files are replaced
     check_run_dir(out, resume=again, overwrite=False)  # before loading anything
     try:
-        examples, _ = load_examples(s.data, format=s.format, split=s.split, limit=None)
+        examples, report = load_examples(s.data, format=s.format, split=s.split, limit=None)
     except (DataError, FileNotFoundError, ValueError) as e:
         raise ProbeInputError(f"--data {s.data}: {e}") from None
     prefs = [e for e in examples if isinstance(e, PreferenceExample)][: s.pairs]
+    same = report.skipped.get("identical", 0)
     if not prefs:
-        raise ProbeInputError(f"--data {s.data}: no preference pairs (expected chosen/rejected records)")
+        raise ProbeInputError(f"--data {s.data}: no preference pairs " + (
+            f"({same} pairs have chosen == rejected: no preference to probe)" if same else
+            "(expected chosen/rejected records)"))
+    if same:
+        log.warning("--data %s: %d pairs with chosen == rejected skipped (no preference to probe)", s.data, same)
     try:
         m, tok = load_any(s.model, dtype=s.dtype)
     except (OSError, ValueError) as e:
