@@ -234,7 +234,10 @@ def test_default_scatter_axes_are_instruction_following_and_preference_never_a_c
     from tandem.report.compare import lower_is_better, pick_axes
 
     keys = sorted({k for r in COMPARE_ROWS for k in r if k not in ("method", "seed", "run")})
-    assert pick_axes(keys) == ("sft/loss", "preference/rewards/accuracy")
+    # an evaluation metric beats a validation one on each side (held-out perplexity over the SFT validation loss);
+    # with no preference evaluation metric the DPO validation accuracy stays
+    assert pick_axes(keys) == ("perplexity/perplexity", "preference/rewards/accuracy")
+    assert pick_axes([k for k in keys if not k.startswith("perplexity")]) == ("sft/loss", "preference/rewards/accuracy")
     assert pick_axes(keys + ["rouge/rougeL", "judge_win_rate/win_rate"]) == ("rouge/rougeL", "judge_win_rate/win_rate")
     assert pick_axes(["perplexity/n", "sft/n_tokens", "steps", "seconds", "score", "other"]) == ("score", "other")
     assert lower_is_better("sft/loss") and lower_is_better("perplexity/perplexity")
@@ -262,12 +265,13 @@ def test_console_table_fits_100_columns_and_names_what_it_left_out():
     text = console_table(wide)
     lines = text.splitlines()
     assert max(len(ln) for ln in lines) <= 100
-    assert lines[0].split()[:4] == ["method", "seeds", "sft", "loss"] and "sft loss ↓" in lines[0]
+    assert lines[0].split()[:4] == ["method", "seeds", "ppl", "↓"]  # evaluation metrics first: the scatter's x
+    assert "sft loss ↓" in lines[0]
     assert "pref acc ↑" in lines[0]
     assert lines[-1].startswith("+ ") and "more metrics in table.md / report.md" in lines[-1]
     short = console_table(COMPARE_ROWS).splitlines()
     hbat = next(ln for ln in short if ln.startswith("hbat"))
-    assert hbat.split()[:4] == ["hbat", "3", "1.770±0.02", "0.740±0.02"]
+    assert hbat.split()[:4] == ["hbat", "3", "13.0±1", "0.740±0.02"]
     assert not short[-1].startswith("+ ")  # everything fitted
     assert "perplexity/n" not in "\n".join(short) and "seconds" not in "\n".join(short)
 

@@ -158,26 +158,34 @@ def test_a_data_error_leaves_no_directory_and_the_corrected_rerun_trains(tmp_pat
     assert invoke(["train", str(path), "--no-progress"]).exit_code == 0  # no --overwrite needed
 
 
-@pytest.mark.parametrize("role", ["sft", "pretrain"])
-def test_plain_text_rows_train_as_continued_pretraining(tmp_path, tiny_model_dir, role):
+def test_plain_text_rows_train_as_continued_pretraining(tmp_path, tiny_model_dir):
     from conftest import write_jsonl
 
     texts = write_jsonl(tmp_path / "corpus.jsonl", [{"text": f"Paragraph {i}: the cat sat on the mat."} for i in range(12)])
     raw = {"output_dir": str(tmp_path / "run"), "model": {"name_or_path": str(tiny_model_dir)},
            "data": {"sft": {"source": str(texts)}, "max_length": 32}, "max_steps": 2,
            "batching": {"batch_size": 4}, "precision": "fp32", "logging": {"progress": False}}
-    if role == "pretrain":  # rlhf+pt's LM term reads the same rows
-        raw.update(method="rlhf+pt", data={"sft": raw["data"]["sft"], "pretrain": {"source": str(texts)},
-                                           "preference": {"source": str(texts)}, "max_length": 32})
-        res = invoke(["data", "inspect", str(texts), "--role", "pretrain"])
-        assert res.exit_code == 0 and "text (continued pre-training" in res.output
-        return
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(raw))
-    res = invoke(["train", str(path), "--no-progress"])
+    res = invoke(["train", str(path), "--no-progress"])  # detected: {"text": ...} rows, no format needed
     assert res.exit_code == 0, res.output
     info = json.loads((tmp_path / "run" / "data-sft.json").read_text())
     assert info["load"]["format"] == "text" and info["train"] == 12
+    res = invoke(["data", "inspect", str(texts), "--role", "pretrain"])
+    assert res.exit_code == 0 and "text (continued pre-training" in res.output
+
+
+def test_plain_text_is_accepted_as_data_pretrain(tmp_path, tiny_model_dir, synthetic_files, one_thread):
+    import tandem
+
+    run = tandem.train({"method": "rlhf+pt", "max_steps": 2, "batching": {"batch_size": 4}, "max_length": 64,
+                        "precision": "fp32", "logging": {"progress": False}, "output_dir": str(tmp_path / "pt")},
+                       model=str(tiny_model_dir),
+                       data={"sft": synthetic_files["sft"], "preference": synthetic_files["preference"],
+                             "pretrain": [f"Plain text number {i} about cats and mats." for i in range(8)]})
+    info = json.loads((run.dir / "data-pretrain.json").read_text())
+    assert info["load"]["format"] == "text" and info["train"] == 8
+    assert any("aux/loss" in r for r in run.metrics if r["split"] == "train")  # the LM term trained
 
 
 def test_data_inspect_with_a_column_map_and_a_role(tmp_path):

@@ -54,7 +54,7 @@ def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None, data_
                                 "preference pairs (prompt, chosen, rejected)")
             texts = read_plain_texts(source.source, source.split, source.skip, source.limit)
             feats = encode_texts(tokenizer, texts, recipe.data.max_length)
-            return feats, {"format": "text", "rows": len(texts), "kept": len(feats)}, {}
+            return feats, {"kept": len(feats)}, {"format": "text", "rows": len(texts), "kept": len(feats)}
         if source.format == "sft":
             source = source.model_copy(update={"format": None})  # SFT examples, format detected
         examples, report = load_source(source, role=kind, max_record_bytes=int(recipe.data.max_record_mb * 2**20))

@@ -29,6 +29,7 @@ Y_FAMILIES = ("judge_win_rate", "reward_win_rate", "reward_fn", "reward", "impli
 LOWER_IS_BETTER = ("loss", "nll", "ppl", "perplexity", "tax", "seconds")
 BOOKKEEPING = ("seed", "steps", "seconds")
 NEUTRAL = ("budget/", "seed", "steps", "seconds")  # counts and costs: no "better" direction
+VALIDATION_ROLES = ("sft", "preference", "pretrain", "ppo", "aux")  # final_val keys: "<role>/<metric>"
 COUNT_SUFFIXES = ("/n", "/n_tokens", "/wins", "/losses", "/ties", "/baseline_mean")
 SHORT = {"sft/loss": "sft loss", "sft/ppl": "sft ppl", "preference/loss": "pref loss",
          "preference/rewards/accuracy": "pref acc", "preference/rewards/margin": "pref margin",
@@ -51,11 +52,12 @@ def direction(key: str) -> str:
 
 def is_eval_metric(key: str) -> bool:
     """A metric of ``tandem eval`` (``rouge/rougeL``, ``reward_win_rate/win_rate``, ``t0.7/reward/mean``), not a
-    training-time validation metric (``sft/loss``, ``preference/rewards/accuracy``) or a budget."""
-    family = key.split("/")[1] if re.match(r"^t\d", key) and "/" in key else key.split("/")[0]
-    if family == "reward" and key.split("/")[-1] in ("loss", "accuracy", "margin"):
-        return False  # a reward model's own validation metrics
-    return family in EVAL_FAMILIES or family in ("instruction_following", "ifeval", "if_score", "win_rate")
+    training-time validation metric (``sft/loss``, ``preference/rewards/accuracy``: a data role's prefix), a budget or
+    a count."""
+    family = key.split("/")[0]
+    if family in VALIDATION_ROLES or (family == "reward" and key.split("/")[-1] in ("loss", "accuracy", "margin")):
+        return False  # validation metrics of a role (a reward model's own: reward/loss, reward/accuracy)
+    return is_score(key)
 
 
 def _family_pick(keys: list[str], families: tuple[str, ...], avoid: str | None) -> str | None:
