@@ -33,11 +33,13 @@ def contrasts(
         from tandem.pipelines.contrasts import contrasts_of_table, parse_contrast, read_questions
 
         if questions is not None:
-            asked, names, metrics = read_questions(questions)
+            asked = read_questions(questions)
         elif contrast:
-            asked, names, metrics = [parse_contrast(c) for c in contrast], None, ["pass"]
+            asked = [{"a": a, "b": b, "name": "", "metrics": ["pass"]} for a, b in map(parse_contrast, contrast)]
         else:
             raise ValueError("give --contrast A:B (repeatable) or --questions FILE")
-        contrasts_of_table(out, asked, list(metric) or metrics, names, n_boot=n_boot)
+        if metric:
+            asked = [{**q, "metrics": list(metric)} for q in asked]
+        contrasts_of_table(out, asked, n_boot=n_boot)
     typer.echo((out / "contrasts.md").read_text())
     console.print(f"wrote {out}/contrasts.md, contrasts.json")

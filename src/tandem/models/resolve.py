@@ -74,21 +74,24 @@ def resolve_model_path(name_or_path: str | os.PathLike, what: str = "") -> str:
 
 
 STAGE_WEIGHTS = "end.safetensors"
+CHECKPOINT_WEIGHTS = "trainable.safetensors"  # RUN/checkpoints/<name>: the trainable weights at that checkpoint
 
 
 def stage_weights(path: str | os.PathLike) -> tuple[str, Path] | None:
     """``(the run's final model dir, the stage's weights file)`` when ``path`` is a stage of a tandem run
     (``RUN/stages/NN-name`` holding ``end.safetensors``: the trainable weights at the end of that stage, e.g. the
-    SFT stage of a sequential run); ``None`` for anything else. The stage's weights are loaded over the run's final
+    SFT stage of a sequential run) or one of its checkpoints (``RUN/checkpoints/<name>`` holding
+    ``trainable.safetensors``: an early stop); ``None`` for anything else. The stage's weights are loaded over the run's final
     model (the LoRA adapter, or the full model), so every other weight is the run's. ``FileNotFoundError`` when the
     run has no ``final/`` yet."""
     p = Path(path).expanduser()
-    if p.parent.name != "stages" or not (p / STAGE_WEIGHTS).is_file():
+    weights = {"stages": STAGE_WEIGHTS, "checkpoints": CHECKPOINT_WEIGHTS}.get(p.parent.name)
+    if weights is None or not (p / weights).is_file():
         return None
     final = p.parent.parent / "final"
     if not is_model_dir(final):
         raise FileNotFoundError(f"{p}: a stage of a run without a final model ({final}); finish or resume the run first")
-    return str(final), p / STAGE_WEIGHTS
+    return str(final), p / weights
 
 
 def adapter_config(adapter_dir: str | os.PathLike) -> dict:

@@ -25,18 +25,37 @@ def parse_contrast(text: str) -> tuple[str, str]:
     return a.strip(), b.strip()
 
 
-def read_questions(path: Path) -> tuple[list[tuple[str, str]], list[str], list[str]]:
-    """``(contrasts, their names, metrics)`` of a ``_contrasts.yaml`` file (checked, one-line errors)."""
+def read_questions(path: Path) -> list[dict]:
+    """The contrasts of a ``_contrasts.yaml`` file as ``{a, b, name, metrics}`` (a contrast's own ``metrics``, else the
+    file's, else ``[pass]``), checked, with one-line errors."""
     import yaml
 
     raw = yaml.safe_load(path.read_text()) or {}
+    unknown = set(raw) - {"contrasts", "metrics", "frontier"} if isinstance(raw, dict) else set()
+    if unknown:
+        raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (keys: contrasts, metrics, frontier)")
     items = raw.get("contrasts") if isinstance(raw, dict) else None
-    if not isinstance(items, list) or not items or not all(isinstance(c, dict) and {"a", "b"} <= set(c) for c in items):
-        raise ValueError(f"{path}: expected 'contrasts: [{{name, a, b}}, ...]' (a and b: row names; a minus b)")
-    metrics = raw.get("metrics", ["pass"])
-    if not isinstance(metrics, list) or not all(isinstance(m, str) for m in metrics):
-        raise ValueError(f"{path}: 'metrics' must be a list of names")
-    return [(str(c["a"]), str(c["b"])) for c in items], [str(c.get("name", "")) for c in items], metrics
+    if not isinstance(items, list) or not items or not all(
+            isinstance(c, dict) and {"a", "b"} <= set(c) <= {"a", "b", "name", "metrics"} for c in items):
+        raise ValueError(f"{path}: expected 'contrasts: [{{name, a, b, metrics (optional)}}, ...]' (a and b: row "
+                         "names; a minus b)")
+    out = []
+    for c in items:
+        metrics = c.get("metrics", raw.get("metrics", ["pass"]))
+        if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+            raise ValueError(f"{path}: 'metrics' must be a non-empty list of names")
+        out.append({"a": str(c["a"]), "b": str(c["b"]), "name": str(c.get("name", "")), "metrics": metrics})
+    return out
+
+
+def read_frontier(path: Path) -> dict:
+    """The checked ``frontier`` block of a ``_contrasts.yaml`` file (``{}`` when it has none)."""
+    import yaml
+
+    from tandem.pipelines.frontier import check_frontier
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    return check_frontier(raw.get("frontier") if isinstance(raw, dict) else None, str(path))
 
 
 def arm_values(rows: list[dict], metric: str) -> dict[str, dict[int, dict[str, float]]]:
@@ -63,10 +82,9 @@ def arm_values(rows: list[dict], metric: str) -> dict[str, dict[int, dict[str, f
     return out
 
 
-def write_contrasts(out_dir: Path, rows: list[dict], asked: list[tuple[str, str]], metrics: list[str],
-                    names: list[str] | None = None, n_boot: int = 2000) -> list[dict]:
-    """``OUT/contrasts.json`` and ``OUT/contrasts.md``: every asked contrast on every metric (Holm across the
-    contrasts of one metric); returns the rows."""
+def write_contrasts(out_dir: Path, rows: list[dict], questions: list[dict], n_boot: int = 2000) -> list[dict]:
+    """``OUT/contrasts.json`` and ``OUT/contrasts.md``: every question (``{a, b, name, metrics}``) on each of its
+    metrics, Holm-corrected across the questions of one metric; returns the rows."""
     from tandem.report.stats import contrasts, contrasts_markdown
 
     out_dir = Path(out_dir)
@@ -74,10 +92,19 @@ def write_contrasts(out_dir: Path, rows: list[dict], asked: list[tuple[str, str]
                       "Difference: mean over seeds of the per-seed mean paired difference; 95% CI: hierarchical bootstrap "
                       f"(seeds, then prompts; {n_boot} draws); p: seed-level paired t-test; Holm across each metric's "
                       "contrasts. One seed: n = 1, no interval.\n"]
-    for metric in metrics:
-        rows_m = contrasts(arm_values(rows, metric), asked, n_boot=n_boot)
-        for r, name in zip(rows_m, names or [""] * len(rows_m)):
-            r.update(metric=metric, name=name)
+    arms = {str(r["method"]) for r in rows}
+    missing = sorted({q[k] for q in questions for k in ("a", "b")} - arms)
+    if missing:
+        raise ValueError(f"contrast arm(s) {', '.join(missing)} not found; arms: {', '.join(sorted(arms))}")
+    for metric in dict.fromkeys(m for q in questions for m in q["metrics"]):
+        qs = [q for q in questions if metric in q["metrics"]]
+        values = arm_values(rows, metric)
+        measured = [q for q in qs if q["a"] in values and q["b"] in values]
+        rows_m = contrasts(values, [(q["a"], q["b"]) for q in measured], n_boot=n_boot) if measured else []
+        rows_m += [{"a": q["a"], "b": q["b"], "diff": None, "ci_low": None, "ci_high": None, "t": None, "p": None,
+                    "p_holm": None, "n_seeds": 0, "n_prompts": 0} for q in qs if q not in measured]  # not measured
+        for r, q in zip(rows_m, measured + [q for q in qs if q not in measured]):
+            r.update(metric=metric, name=q["name"])
         result += rows_m
         md.append(contrasts_markdown(rows_m, metric))
     (out_dir / "contrasts.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -85,10 +112,9 @@ def write_contrasts(out_dir: Path, rows: list[dict], asked: list[tuple[str, str]
     return result
 
 
-def contrasts_of_table(out_dir: Path, asked: list[tuple[str, str]], metrics: list[str], names: list[str] | None = None,
-                       n_boot: int = 2000) -> list[dict]:
+def contrasts_of_table(out_dir: Path, questions: list[dict], n_boot: int = 2000) -> list[dict]:
     """:func:`write_contrasts` on ``OUT/table.json`` of a finished (or partly finished) study or comparison."""
     table = Path(out_dir) / "table.json"
     if not table.is_file():
         raise FileNotFoundError(f"{table} not found: give the output directory of `tandem study` or `tandem compare`")
-    return write_contrasts(Path(out_dir), json.loads(table.read_text()), asked, metrics, names, n_boot)
+    return write_contrasts(Path(out_dir), json.loads(table.read_text()), questions, n_boot)

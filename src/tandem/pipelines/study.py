@@ -156,9 +156,9 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
     if (Path(study_dir) / "_contrasts.yaml").is_file():  # a bad questions file is refused before any training
         from tandem.pipelines.contrasts import read_frontier, read_questions
 
-        asked = read_questions(Path(study_dir) / "_contrasts.yaml")[0]
+        asked = read_questions(Path(study_dir) / "_contrasts.yaml")
         spec = read_frontier(Path(study_dir) / "_contrasts.yaml")
-        named = {x for q in asked for x in q} | {b[k] for b, k in ((spec.get("early_stop"), "arm"),
+        named = {q[k] for q in asked for k in ("a", "b")} | {b[k] for b, k in ((spec.get("early_stop"), "arm"),
                                                                     (spec.get("wise_ft"), "toward")) if b}
         unknown = {x for x in named if "@" not in x and "~" not in x} - {p.stem for p in recipe_files(study_dir)}
         if unknown:
@@ -200,9 +200,8 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
         if questions.is_file():  # the study's questions: paired contrasts with CIs (OUT/contrasts.md)
             from tandem.pipelines.contrasts import read_questions, write_contrasts
 
-            asked, names, metrics = read_questions(questions)
             present = {str(r["method"]) for r in rows}
-            kept = [(q, n) for q, n in zip(asked, names) if set(q) <= present]  # --only: the questions it can answer
+            kept = [q for q in read_questions(questions) if {q["a"], q["b"]} <= present]  # --only: those it can answer
             if kept:
-                write_contrasts(out_dir, rows, [q for q, _ in kept], metrics, [n for _, n in kept])
+                write_contrasts(out_dir, rows, kept)
     return rows

@@ -104,6 +104,9 @@ def contrasts_markdown(rows: list[dict], metric: str) -> str:
     lines = [f"| contrast ({metric}) | difference | 95% CI | p (t-test) | p (Holm) | seeds | prompts |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
+        if r["diff"] is None:
+            lines.append(f"| {r['a']} - {r['b']} | not measured | | | | 0 | 0 |")
+            continue
         ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" if r["ci_low"] is not None else "n = 1"
         lines.append(f"| {r['a']} - {r['b']} | {r['diff']:+.3f} | {ci} | {_fmt(r['p'], '.3g')} | "
                      f"{_fmt(r['p_holm'], '.3g')} | {r['n_seeds']} | {r['n_prompts']} |")

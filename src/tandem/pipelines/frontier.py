@@ -1,0 +1,121 @@
+"""Frontiers instead of points: each trained model's trade-off curve between instruction following and the preferred
+style, so that two methods are compared at the same style rate rather than at wherever each happened to stop.
+
+Two kinds, set in a study's ``_contrasts.yaml`` (``frontier:``)::
+
+    frontier:
+      early_stop: {arm: sequential, at: [0.25, 0.5, 0.75]}   # checkpoints of the arm's last stage
+      wise_ft: {toward: sft-only, alphas: [0.5, 0.75]}       # every final model merged toward the same seed's sft-only
+      style_at: 0.5                                          # pass rate interpolated at this style rate
+
+* Early stop: the arm's checkpoint at each fraction of its last stage (``RUN/checkpoints/<name>``; the recipe must
+  checkpoint there: ``checkpoint.every`` dividing those steps, ``keep: 0``) is evaluated as row ``<arm>@<fraction>``.
+* Wise-FT: ``theta = (1 - alpha) theta_toward + alpha theta_arm`` (full weights, :func:`tandem.pipelines.merge.merge_models`)
+  for every other arm and seed, evaluated as row ``<arm>~<alpha>`` (alpha 1 is the arm itself).
+* ``frontier/pass_at_style``: per arm and seed, the pass rate linearly interpolated along the frontier (its points
+  sorted by style rate) at ``style_at``; ``None`` when ``style_at`` lies outside the frontier's style range. It is a
+  column of the arm's row, so ``tandem contrasts`` compares it across arms (seed-level bootstrap).
+
+Frontier rows are evaluated with the recipe's eval block restricted to the generation metric ``conflict`` (pass and
+style rates; no temperature sweep) under ``OUT/<arm>-s<seed>/frontier/<point>/eval``, reused on ``--resume``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger("tandem")
+
+
+def check_frontier(spec: dict | None, where: str) -> dict:
+    """The ``frontier`` block, checked (one-line errors naming ``where``)."""
+    if spec is None:
+        return {}
+    if not isinstance(spec, dict) or set(spec) - {"early_stop", "wise_ft", "style_at"}:
+        raise ValueError(f"{where}: frontier takes early_stop, wise_ft and style_at")
+    es, wf = spec.get("early_stop"), spec.get("wise_ft")
+    for name, block, keys, field in (("early_stop", es, {"arm", "at"}, "at"), ("wise_ft", wf, {"toward", "alphas"}, "alphas")):
+        if block is None:
+            continue
+        if not isinstance(block, dict) or set(block) != keys or not isinstance(block[field], list) or not block[field] \
+                or not all(isinstance(v, (int, float)) and 0 < v < 1 for v in block[field]):
+            raise ValueError(f"{where}: frontier.{name} needs exactly {sorted(keys)}, with {field} a list of numbers in (0, 1)")
+    s = spec.get("style_at")
+    if s is not None and not (isinstance(s, (int, float)) and 0 <= s <= 1):
+        raise ValueError(f"{where}: frontier.style_at must be a number in [0, 1]")
+    return spec
+
+
+def early_stop_checkpoints(run_dir: Path, fractions: list[float]) -> list[tuple[float, Path]]:
+    """``(fraction, checkpoint dir)`` of the run's last stage at each fraction of its steps (``ValueError`` naming the
+    missing step when the run did not checkpoint there)."""
+    stages = sorted(p for p in (run_dir / "stages").iterdir() if (p / "stage.json").is_file())
+    last = json.loads((stages[-1] / "stage.json").read_text())
+    by_step = {}
+    for c in (run_dir / "checkpoints").glob("*/state.json"):
+        st = json.loads(c.read_text())
+        if st.get("stage_index") == last["index"]:
+            by_step[int(st["stage_step"])] = c.parent
+    out = []
+    for f in fractions:
+        step = round(f * last["steps"])
+        if step not in by_step:
+            raise ValueError(f"{run_dir}: no checkpoint at step {step} of stage {last['name']} ({f:g} of {last['steps']}); "
+                             "set checkpoint.every to divide it and checkpoint.keep: 0 (keep all)")
+        out.append((f, by_step[step]))
+    return out
+
+
+def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
+    """``y`` at ``x`` on the piecewise-linear curve through ``(x, y)`` points (sorted by x; equal x averaged);
+    ``None`` outside ``[min x, max x]``."""
+    merged: dict[float, list[float]] = {}
+    for px, py in points:
+        merged.setdefault(px, []).append(py)
+    pts = sorted((px, sum(v) / len(v)) for px, v in merged.items())
+    if not pts or not pts[0][0] <= x <= pts[-1][0]:
+        return None
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if x0 <= x <= x1:
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    return pts[0][1]
+
+
+def _eval_point(recipe, point_dir: Path, model_dir: Path, reuse: bool) -> dict:
+    from tandem.pipelines.compare import eval_row
+
+    r = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"metrics": ["conflict"], "also": {}})})
+    return eval_row(r, point_dir, sweep=False, reuse=reuse, model_dir=model_dir)
+
+
+def frontier_rows(spec: dict, rows: list[dict], recipes: dict[str, object], reuse: bool) -> list[dict]:
+    """Evaluate every frontier point of ``rows`` (the study's trained rows); returns the new rows and adds
+    ``frontier/pass_at_style`` to the trained rows."""
+    from tandem.pipelines.merge import merge_models
+
+    new: list[dict] = []
+    es, wf = spec.get("early_stop"), spec.get("wise_ft")
+    by_key = {(r["method"], r["seed"]): r for r in rows if r["method"] in recipes}
+    for (arm, seed), row in by_key.items():
+        run_dir, points = Path(row["run"]), []
+        if es and arm == es["arm"]:
+            points += [(f"{arm}@{f:g}", f, ckpt) for f, ckpt in early_stop_checkpoints(run_dir, es["at"])]
+        toward = by_key.get((wf["toward"], seed)) if wf else None
+        if toward is not None and arm != wf["toward"]:
+            for a in wf["alphas"]:
+                merged = run_dir / "frontier" / f"wise-ft-{a:g}" / "model"
+                if not (merged / "config.json").is_file():
+                    merge_models(str(Path(toward["run"]) / "final"), str(run_dir / "final"), merged, alpha=a, overwrite=True)
+                points.append((f"{arm}~{a:g}", a, merged))
+        curve = [(row.get("conflict/style_rate"), row.get("conflict/pass_rate"))]
+        for name, _, model_dir in points:
+            point_dir = run_dir / "frontier" / name.replace("@", "-at-").replace("~", "-wise-")
+            log.info("frontier: %s seed %d", name, seed)
+            res = _eval_point(recipes[arm], point_dir, Path(model_dir), reuse)
+            new.append({"method": name, "seed": seed, "run": str(point_dir), **res})
+            curve.append((res.get("conflict/style_rate"), res.get("conflict/pass_rate")))
+        if spec.get("style_at") is not None and all(v is not None for p in curve for v in p):
+            row["frontier/pass_at_style"] = interpolate(curve, float(spec["style_at"]))
+    return new
