@@ -50,10 +50,24 @@ def compared(tmp_path_factory, tiny_model_dir, synthetic_files):
     return recipe, out, rows
 
 
+def trained(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if r["method"] != "base"]
+
+
+def test_the_base_model_is_the_first_row_on_the_same_evaluation(compared, tiny_model_dir):
+    _, out, rows = compared
+    base = rows[0]
+    assert base["method"] == "base" and base["steps"] == 0 and base["run"] == str(out / "base")
+    res = json.loads((out / "base" / "eval" / "results.json").read_text())
+    assert base["perplexity/perplexity"] == res["metrics"]["perplexity"]["perplexity"] > 0
+    assert all(r["perplexity/perplexity"] != base["perplexity/perplexity"] for r in trained(rows))  # training moved it
+
+
 def test_rows_are_one_per_method_and_seed_scored_from_each_run(compared):
     recipe, out, rows = compared
-    assert [(r["method"], r["seed"]) for r in rows] == [(m, s) for m in METHODS for s in SEEDS]
     assert json.loads((out / "table.json").read_text()) == rows
+    rows = trained(rows)
+    assert [(r["method"], r["seed"]) for r in rows] == [(m, s) for m in METHODS for s in SEEDS]
     base = yaml.safe_load(recipe.read_text())
     for row in rows:
         run = Path(row["run"])
@@ -89,7 +103,8 @@ def test_table_md_has_mean_and_std_per_method(compared):
     assert header[0] == "method" and X in header and Y in header and "steps" in header
     assert "seed" not in header
     body = {ln.strip("|").split("|")[0].strip(): [c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]}
-    assert list(body) == METHODS
+    assert list(body) == ["base", *METHODS]
+    assert body["base"][header.index("steps")] == "0"  # one row: the value, no "± 0"
     for method in METHODS:
         vals = [r[X] for r in rows if r["method"] == method]
         want = f"{statistics.fmean(vals):.4g} ± {statistics.stdev(vals):.2g}"
@@ -101,7 +116,7 @@ def test_report_and_plots_exist(compared):
     _, out, _ = compared
     report = (out / "report.md").read_text()
     assert "Method comparison" in report and "mean ± std" in report
-    assert all(f"| {m} | {len(SEEDS)} |" in report for m in METHODS)
+    assert all(f"| {m} | {len(SEEDS)} |" in report for m in METHODS) and "| base | 1 |" in report
     assert f"{Y} vs {X}" in report
     pngs = list(out.rglob("*.png"))
     assert pngs and all(p.stat().st_size > 1000 for p in pngs)
@@ -110,12 +125,12 @@ def test_report_and_plots_exist(compared):
 
 def test_resume_reuses_finished_runs_and_trains_missing_ones(compared):
     recipe, out, rows = compared
-    summaries = {r["run"]: Path(r["run"]) / "summary.json" for r in rows}
+    summaries = {r["run"]: Path(r["run"]) / "summary.json" for r in trained(rows)}
     before = {k: (p.stat().st_mtime_ns, p.read_text()) for k, p in summaries.items()}
     missing = out / "sequential-s1"
     shutil.rmtree(missing)
     again = compare(recipe, METHODS, SEEDS, out, [], True, X, Y)
-    for r in again:
+    for r in trained(again):
         p = summaries[r["run"]]
         if Path(r["run"]) == missing:
             assert p.exists()  # retrained
