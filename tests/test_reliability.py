@@ -226,7 +226,9 @@ def test_disk_full_is_one_line_naming_the_path(tmp_path, tiny_model_dir, synthet
 
 def test_disk_full_reports_of_torch_and_safetensors_are_recognised():
     torch_msg = RuntimeError("[enforce fail at inline_container.cc:595] . unexpected pos 64 vs 0")
-    st_msg = OSError('Error while serializing: IoError(Os { code: 28, kind: StorageFull, message: "No space left" })')
+    from safetensors import SafetensorError  # the real type (not an OSError), with the message of a full tmpfs
+
+    st_msg = SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
     for e in (torch_msg, st_msg):
         assert user_message(e, "runs/x") == "disk full: runs/x: free some space, then continue with --resume " \
                                             "(finished checkpoints are kept)"
