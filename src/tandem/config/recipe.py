@@ -78,16 +78,6 @@ def prefix_sharing_problem(method: str, objectives: dict) -> str | None:
             f"schedule.method {method} trains {what}: set batching.prefix_sharing: false")
 
 
-def _preference_objective(method: str, objectives: dict) -> str | None:
-    """The objective a run of ``method`` trains its preference role with (None: unknown method or no block)."""
-    try:
-        forced = get_method(method).preference_objective
-    except ValueError:
-        return None
-    block = objectives.get("preference")
-    return forced or (block.name if block is not None else None)
-
-
 class BatchingConfig(Strict):
     mode: Literal["pack", "pad"] = "pack"
     batch_size: int = Field(default=8, ge=1, description="examples (or pairs) per optimizer step, all processes")
@@ -314,7 +304,8 @@ class Recipe(Strict):
                              "named after its objective (e.g. objectives.ppo with name: ppo)")
         if self.batching.prefix_sharing and (problem := prefix_sharing_problem(self.schedule.method, self.objectives)):
             raise ValueError(problem)
-        if self.probe.every and _preference_objective(self.schedule.method, self.objectives) == "kto":
+        pref = self.objectives.get("preference")
+        if self.probe.every and (self.schedule.method == "kto" or (pref is not None and pref.name == "kto")):
             raise ValueError("probe.every: the entanglement probe compares chosen and rejected replies; the kto "
                              "objective trains on unpaired rows: set probe.every: 0")
         return self
