@@ -36,3 +36,21 @@ def with_overrides(raw: dict, over: dict):
             node = node.setdefault(p, {})
         node[last] = v
     return parse_recipe(raw)
+
+
+def unpaired_copy(pairs_file, out_dir) -> str:
+    """KTO's unpaired rows made from a JSONL file of prompt/chosen/rejected pairs (each pair gives a desirable and an
+    undesirable completion), written once under ``out_dir``; returns its path."""
+    import json
+    from pathlib import Path
+
+    out = Path(out_dir) / "unpaired.jsonl"
+    if not out.exists():
+        rows = []
+        for line in Path(pairs_file).read_text().splitlines():
+            p = json.loads(line)
+            rows += [{"prompt": p["prompt"], "completion": p["chosen"], "label": True},
+                     {"prompt": p["prompt"], "completion": p["rejected"], "label": False}]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(out)

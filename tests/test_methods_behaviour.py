@@ -28,7 +28,7 @@ import torch
 import yaml
 from helpers_entry import train
 from helpers_ppo import ppo_recipe
-from helpers_recipe import base_raw, with_overrides
+from helpers_recipe import base_raw, unpaired_copy, with_overrides
 from safetensors.torch import load_file
 
 from tandem.schedules import METHODS
@@ -43,9 +43,9 @@ EXPECTED_STAGES = {
     "hbat": ALT, "hbat-no-ewc": ALT, "hbat-freeze": ALT, "fisher-ewc": ALT, "hbat-ppo": ALT,
     "dpo+sft": ONE_PREF, "sft+dpo": ["01-sft"], "ppo": ONE_PREF, "ppo+sft": ONE_PREF, "sft+ppo": ["01-sft"],
     "rlhf+pt": SEQ, "ppo+pt": SEQ, "orpo": ONE_PREF, "simpo": ONE_PREF, "dpop": ONE_PREF,
-    "alright": ["01-sft"], "maxright": ["01-sft"],
+    "alright": ["01-sft"], "maxright": ["01-sft"], "kto": ONE_PREF,
 }
-NOT_LN2 = {"orpo", "simpo"}  # preference losses that do not start at ln 2 (ORPO adds the SFT NLL; SimPO has a margin)
+NOT_LN2 = {"orpo", "simpo", "kto"}  # not at ln 2 (ORPO adds the SFT NLL; SimPO has a margin; KTO starts at 1 - sigmoid(0))
 PPO_KEYS = {"kl", "reward_mean", "beta", "value_loss"}
 EWC_LIKE = {"ewc", "fisher"}
 L2_LAM, L1_LAM, FISHER_SAMPLES = 1.0, 0.01, 4
@@ -144,6 +144,8 @@ def check_method(method: str, run: Path, summary: dict, steps: int) -> None:
     for s in summary["stages"]:
         if s["role"] == "preference" and not ppo and method not in NOT_LN2:
             assert per[s["name"]][0]["loss"] == pytest.approx(math.log(2), abs=1e-4), s["name"]
+        if s["role"] == "preference" and m.preference_objective == "kto":  # KTO: 1 - sigmoid(0) and no KL at the start
+            assert per[s["name"]][0]["loss"] == pytest.approx(0.5, abs=1e-4) and per[s["name"]][0]["kl"] == 0.0
 
     # PPO stages (and the PPO-driven SFT stage of sft+ppo) log KL and rewards; other stages do not
     for s in summary["stages"]:
@@ -256,6 +258,8 @@ OFFLINE_OVER = {"schedule.parts": 2, "schedule.max_steps_per_stage": STEPS, "che
 def make_recipe(root: Path, model_dir, files, method: str, **over):
     if METHODS[method].aux_role == "pretrain":  # the SFT file stands in for a pretraining corpus
         over = {"data.pretrain": {"source": str(files["sft"]), "format": "sft"}, **over}
+    if METHODS[method].preference_objective == "kto":  # unpaired rows
+        over = {"data.preference": {"source": unpaired_copy(files["preference"], root)}, **over}
     if METHODS[method].preference_objective == "ppo":
         return ppo_recipe(root, model_dir, files, method=method, ppo={"critic_warmup_steps": 0, "max_new_tokens": 4},
                           **{"schedule.parts": 2, "schedule.max_steps_per_stage": STEPS, "checkpoint.stage_weights": True,

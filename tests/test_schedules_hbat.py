@@ -10,6 +10,7 @@ import torch
 from safetensors.torch import load_file
 from test_engine_train import recipe
 from test_methods_behaviour import check_method
+from helpers_recipe import unpaired_copy
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tandem.data import collate, split_parts
@@ -97,6 +98,8 @@ OFFLINE = [m for m in METHODS if "ppo" not in m and m != "reward"]
 def test_every_method_runs_end_to_end(method, tmp_path, tiny_model_dir, synthetic_files):
     pretrain = {"data.pretrain": {"source": str(synthetic_files["sft"]), "format": "sft"}} \
         if METHODS[method].aux_role == "pretrain" else {}  # rlhf+pt: the SFT file stands in for a corpus
+    if METHODS[method].preference_objective == "kto":  # unpaired rows
+        pretrain = {"data.preference": {"source": unpaired_copy(synthetic_files["preference"], tmp_path)}}
     r = recipe(tmp_path, tiny_model_dir, synthetic_files, method=method, **{
         "schedule.parts": 2, "schedule.max_steps_per_stage": 1, "checkpoint.every": 0,
         "hbat.fisher": {"samples": 4}, **pretrain})
