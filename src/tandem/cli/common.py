@@ -220,7 +220,7 @@ def parse_list(flag: str, text: str, kind: type, example: str) -> list:
         fail(f"{flag} {text!r}: expected a comma list of {kind.__name__} values like {example!r}")
     bad = [x for x in values if isinstance(x, float) and not math.isfinite(x)]
     if bad:
-        fail(f"{flag} {text!r}: {bad[0]} is not a finite number; give finite values like {example!r}")
+        fail(f"{flag} {bad[0]}: not a finite number (in {text!r}); give finite values like {example!r}")
     if not values:
         fail(f"{flag} {text!r}: empty; give a comma list like {example!r}")
     return values

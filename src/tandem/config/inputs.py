@@ -102,6 +102,8 @@ class DataConfig(Strict):
         default_factory=dict, description="held-out validation data per role, from its own source (e.g. a file never "
         "trained on); a role listed here trains on all its rows and ignores val_size")
     max_record_mb: float = Field(default=10.0, gt=0, description="largest JSON Lines record (line) read, in MiB")
+    max_truncated: float = Field(default=1.0, ge=0.0, le=1.0, description="largest fraction of a source's rows that "
+                                 "may be cut to max_length (more is an error; over half is always a warning line)")
     chat_template: str | None = Field(default=None, description="chatml, llama3, zephyr or a Jinja file; replaces the tokenizer's template")
 
     def sources(self, key: str) -> list[SourceConfig]:

@@ -127,6 +127,10 @@ def _accepted() -> str:
 
 
 def _pair_format(record: dict, keys: set[str]) -> str:
+    if replies := sorted(keys & {"response", "completion", "output"}):
+        raise DataError(f"ambiguous row: a reply ({', '.join(replies)}) and a preference pair (chosen, rejected) in one "
+                        f"record (keys seen: {sorted(keys)}); keep one kind per file, or map your columns "
+                        "(data.<role>.columns in the recipe)")
     if "prompt" in keys:
         return "preference"
     if "conversations" in keys:

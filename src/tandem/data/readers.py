@@ -66,13 +66,28 @@ def _first_char(path: Path) -> bytes:
     return b""
 
 
+def _strict_json(text: str, where: str):
+    """``json.loads`` that refuses a key given twice in one object and NUL characters (raw or ``\\u0000``)."""
+    def pairs(items):
+        seen = set()
+        for k, _ in items:
+            if k in seen:
+                raise DataError(f"{where}: key {k!r} is given twice in one object; keep one")
+            seen.add(k)
+        return dict(items)
+
+    if "\x00" in text or "\\u0000" in text:
+        raise DataError(f"{where}: a NUL character (\\u0000) in the data; remove it (a binary file or a bad export?)")
+    return json.loads(text, object_pairs_hook=pairs)
+
+
 def _iter_jsonl(path: Path, cap: int) -> Rows:
     for lineno, text in iter_lines(path, cap):
         if not text.strip():
             continue
         where = f"{path}:{lineno}"
         try:
-            rec = json.loads(text)
+            rec = _strict_json(text, where)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
         yield _check_object(rec, where), lineno
@@ -90,7 +105,7 @@ def _read_json_array(path: Path) -> list[dict]:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{path}:{line}: not valid UTF-8 (byte {raw[e.start]:#04x}); convert the file to UTF-8") from None
     try:
-        data = json.loads(text)
+        data = _strict_json(text, str(path))
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
     if not isinstance(data, list):

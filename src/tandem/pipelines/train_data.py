@@ -58,6 +58,7 @@ def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None, data_
         if source.format == "sft":
             source = source.model_copy(update={"format": None})  # SFT examples, format detected
         examples, report = load_source(source, role=kind, max_record_bytes=int(recipe.data.max_record_mb * 2**20))
+        check_prompts(source.source, role, examples)
         if encoder is not None:
             return (*encoder(tokenizer, examples, recipe.data.max_length, recipe.data.overlong), report)
         return (*encode_all(tokenizer, examples, recipe.data.max_length, recipe.data.overlong, loss_on=source.loss_on),
@@ -70,6 +71,7 @@ def load_role_features(recipe: Recipe, role: str, tokenizer, encoder=None, data_
             raise DataError(f"{src.source}: no text to train on (data.{role} plain text: paragraphs, or JSONL with 'text')")
         if not f:
             raise DataError(no_usable_message(src.source, report, stats, recipe.data.max_length, recipe.data.overlong))
+        check_content(src.source, role, f, _as_dict(stats), recipe.data.max_truncated, recipe.data.max_length)
         feats += f
         per_source.append({"source": src.source, "load": _as_dict(report), "encode": _as_dict(stats), "rows": len(f)})
     held_out = recipe.data.val.get(kind if role == "reward" else role) if role != "pretrain" else None
@@ -123,6 +125,31 @@ def load_data(recipe: Recipe, tok, objectives: dict, log_main: bool = True) -> t
                      info["load"].get("skipped", {}))
     check_sizes(recipe, train, infos)
     return train, val, infos
+
+
+def check_content(source: str, role: str, feats: list[dict], stats: dict, max_truncated: float, max_length: int) -> None:
+    """Rows cut to ``data.max_length``: a warning line past half, an error past ``data.max_truncated``."""
+    cut, n = int(stats.get("truncated") or 0), len(feats)
+    if n and cut / n > max_truncated:
+        raise DataError(f"data.{role} {source}: {cut} of {n} rows ({cut / n:.0%}) are longer than data.max_length "
+                        f"{max_length} and were cut, more than data.max_truncated {max_truncated:g}; raise "
+                        "data.max_length, or set data.overlong: drop")
+    if n and cut / n > 0.5:
+        log.warning("data.%s %s: %d of %d rows (%.0f%%) are longer than data.max_length %d and were cut (set "
+                    "data.max_truncated to make this an error)", role, source, cut, n, 100 * cut / n, max_length)
+
+
+def _text(prompt) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    return "".join(str(m.get("content") or "") if isinstance(m, dict) else str(m) for m in prompt or [])
+
+
+def check_prompts(source: str, role: str, examples: list) -> None:
+    """Refuse a source whose every prompt is empty (the model would learn replies to nothing)."""
+    if examples and all(not _text(e.prompt).strip() for e in examples):
+        raise DataError(f"data.{role} {source}: all {len(examples)} prompts are empty; give prompts (prompt/response, "
+                        "or messages with a user turn), or train plain text as data.pretrain")
 
 
 def check_sizes(recipe: Recipe, train: dict, infos: dict) -> None:
