@@ -247,3 +247,14 @@ def test_the_entanglement_probe_is_refused_with_kto(tmp_path, tiny_model_dir, sy
         with pytest.raises(RecipeError, match="probe.every: the entanglement probe .* kto objective"):
             with_overrides(raw, {**over, "probe.every": 2})
     with_overrides(base_raw(tmp_path, tiny_model_dir, synthetic_files, "hbat"), {"probe.every": 2})  # dpo: fine
+
+
+def test_data_inspect_reads_unpaired_rows(tmp_path, tiny_model_dir):
+    p = str(write_jsonl(tmp_path / "kto.jsonl", ROWS))
+    res = CliRunner().invoke(cli_app, ["data", "inspect", p, "--role", "unpaired", "--tokenizer", str(tiny_model_dir)])
+    assert res.exit_code == 0, res.output
+    assert "unpaired_preference (unpaired)" in res.output and "2 of 4 desirable" in res.output
+    res = CliRunner().invoke(cli_app, ["data", "inspect", p, "--format", "unpaired_preference"])
+    assert res.exit_code == 0 and "completion length" in res.output, res.output
+    res = CliRunner().invoke(cli_app, ["data", "inspect", p, "--role", "preference"])
+    assert res.exit_code == 2 and "kto objective" in res.output, res.output

@@ -11,7 +11,7 @@ import numpy as np
 
 from tandem.data.formats import examples_from_rows
 from tandem.data.readers import iter_records
-from tandem.data.types import PreferenceExample
+from tandem.data.types import PreferenceExample, UnpairedExample
 
 
 def percentiles(values: list[int]) -> dict[str, float]:
@@ -76,10 +76,10 @@ def inspect_source(source: str, tokenizer=None, format: str | None = None, split
     (``format: text``, ``{"text": ...}`` rows, a ``.txt`` file) is reported as such."""
     from tandem.data.text import looks_like_text
 
-    if role not in (None, "sft", "preference", "pretrain"):
+    if role not in (None, "sft", "preference", "unpaired", "pretrain"):
         from tandem.data.errors import DataError
 
-        raise DataError(f"--role {role!r}: choose sft, preference or pretrain")
+        raise DataError(f"--role {role!r}: choose sft, preference, unpaired (kto) or pretrain")
     if format == "text" or (format is None and not columns and (role == "pretrain" or looks_like_text(source, split))):
         if role == "preference":
             from tandem.data.errors import DataError
@@ -92,6 +92,8 @@ def inspect_source(source: str, tokenizer=None, format: str | None = None, split
                                           role=check)
     prompt_len, text_len = _measure(tokenizer)
     kind = "preference" if examples and isinstance(examples[0], PreferenceExample) else "sft"
+    if examples and isinstance(examples[0], UnpairedExample):
+        return _unpaired_report(source, report, examples, tokenizer, prompt_len, text_len)
     lengths: dict[str, list[int]] = {"prompt": [prompt_len(e.prompt) for e in examples]}
     if kind == "preference":
         lengths["chosen"] = [text_len(e.chosen) for e in examples]
@@ -113,6 +115,17 @@ def inspect_source(source: str, tokenizer=None, format: str | None = None, split
         "lengths": {k: percentiles(v) for k, v in lengths.items()},
         "sample": sample,
     }
+
+
+def _unpaired_report(source, report, examples, tokenizer, prompt_len, text_len) -> dict:
+    """:func:`inspect_source`'s report of unpaired (KTO) rows: lengths, the desirable count, one sample."""
+    e = examples[0]
+    return {"source": source, "format": report.format, "kind": "unpaired", "rows": report.rows, "kept": report.kept,
+            "skipped": dict(report.skipped), "desirable": sum(1 for x in examples if x.label),
+            "length_unit": "tokens" if tokenizer is not None else "whitespace words",
+            "lengths": {"prompt": percentiles([prompt_len(x.prompt) for x in examples]),
+                        "completion": percentiles([text_len(x.completion) for x in examples])},
+            "sample": {"prompt": e.prompt, "completion": e.completion, "label": e.label}}
 
 
 def _short(text: str, n: int = 400) -> str:
@@ -144,7 +157,9 @@ def render_inspection(report: dict):
     elif s:
         # Text(): data is shown literally, never parsed as rich markup ("[user]" would vanish)
         t.add_row("sample prompt", Text(_short("\n".join(f"[{m['role']}] {m['content']}" for m in s["prompt"]))))
-        for key in ("response", "chosen", "rejected"):
+        for key in ("response", "chosen", "rejected", "completion"):
             if key in s:
                 t.add_row(f"sample {key}", Text(_short(s[key])))
+        if "label" in s:
+            t.add_row("sample label", f"{str(s['label']).lower()} ({report['desirable']} of {report['kept']} desirable)")
     return t
