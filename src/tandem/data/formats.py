@@ -205,7 +205,8 @@ def examples_from_rows(rows: Iterable[tuple[dict, int | None]], source: str, for
     ``limit`` caps the number of kept examples (no row after it is read); ``skip`` leaves out the first rows
     (row numbers in messages stay those of the source); ``columns`` renames columns first (see
     :mod:`tandem.data.columns`); ``role`` (``"sft"``/``"preference"``, optional) checks the rows against it.
-    Each example's ``meta`` holds ``source``, the 1-based ``row`` and the record's other scalar fields.
+    Each example's ``meta`` holds ``source``, the 1-based ``row``, the record's other fields (scalars, objects and
+    lists: the columns reward functions read) and ``conversational`` (False when the row's ``prompt`` is a string).
     """
     check_role(role)
     cols = check_columns(columns, source)
@@ -245,7 +246,9 @@ def examples_from_rows(rows: Iterable[tuple[dict, int | None]], source: str, for
         except Skip as s:
             report.skipped[s.reason] = report.skipped.get(s.reason, 0) + 1
             continue
-        ex.meta.update({k: v for k, v in rec.items() if k not in _CONTENT_KEYS and isinstance(v, (str, int, float, bool))})
+        ex.meta.update({k: v for k, v in rec.items()
+                        if k not in _CONTENT_KEYS and isinstance(v, (str, int, float, bool, dict, list))})
+        ex.meta["conversational"] = not isinstance(rec.get("prompt"), str)  # TRL's standard vs conversational rows
         if isinstance(rec.get("check"), dict):  # a checker as data (tandem conflict make): read by the conflict metric
             ex.meta["check"] = rec["check"]
         ex.meta.update({"source": source, "row": i})

@@ -73,3 +73,8 @@ def style_reward(prompt: str, response: str) -> float:
     """
     words = {w.strip(".,!?;:\"'").lower() for w in response.split()}
     return float(response.strip().lower().startswith("sure")) + 0.25 * sum(w in words for w in STYLE_WORDS)
+
+
+def style_rewards(completions, **kwargs) -> list[float]:
+    """:func:`style_reward` with TRL's reward-function signature (``reward_funcs`` of GRPO / RLOO on the testbed)."""
+    return [style_reward("", c) for c in completions]

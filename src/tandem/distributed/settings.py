@@ -91,6 +91,10 @@ def check_supported(settings: FSDPSettings | None, *, loops: Iterable[str], prob
             "PPO stages are not supported with FSDP (the rollout samples with generate() and keeps a critic and a "
             "reward model beside the policy); run PPO methods with a DDP config (configs/accelerate/ddp.yaml) or one "
             "process")
+    if "group" in set(loops):
+        raise UnsupportedDistributed(
+            "GRPO / RLOO stages are not supported with FSDP (the rollout samples with a KV cache on the whole policy); "
+            "run them with a DDP config (configs/accelerate/ddp.yaml) or one process")
     if probe_every:
         raise UnsupportedDistributed(
             "probe.every > 0 is not supported with FSDP (the gradient probe runs on the main process only); set "

@@ -9,7 +9,6 @@ the formulas; ``tandem.objectives.ppo`` the maths, rollouts, critics and the per
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
@@ -19,21 +18,15 @@ import torch
 
 from tandem.engine.context import AuxTerm, StageContext
 from tandem.engine.loop import apply_step, diverged, fault_hook, reduce_sum, train_row
-from tandem.io.weights import load_trainable_file, save_trainable
+from tandem.io.weights import save_trainable
 from tandem.objectives.logprobs import _forward_hidden
 from tandem.objectives.ppo import ppo_math as pm
-from tandem.objectives.ppo.critic import critic_state, fingerprint, load_critic_state
+from tandem.objectives.ppo.critic import critic_state, fingerprint
 from tandem.objectives.ppo.objective import PPO
 from tandem.models.sampling import eos_ids
 from tandem.objectives.ppo.rollout import collect, gather_hidden, token_index, token_stats
-from tandem.objectives.ppo.setup import (
-    BEST_FILE,
-    reference_policy,
-    reward_scorer,
-    save_resume_state,
-    stage_critic,
-    write_stage_files,
-)
+from tandem.objectives.ppo.setup import (BEST_FILE, finish_stage, load_resume_state, reference_policy, reward_scorer,
+                                        save_resume_state, stage_critic)
 
 def ppo_terms(ctx: StageContext, ppo: PPO) -> tuple[AuxTerm, list[AuxTerm]]:
     """(the PPO term: prompts and weight, the offline terms added to every mini-batch): PPO as the stage objective
@@ -68,12 +61,7 @@ def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int,
     kl_ctl = ppo.kl_controller(info["beta_start"])
     best = {"step": None, "score": -math.inf}
     if first > 0:
-        st = torch.load(stage_dir / f"ppo-resume-step{first:06d}.pt", weights_only=True)
-        load_critic_state(critic, st["critic"])
-        critic_opt.load_state_dict(st["critic_optimizer"])
-        kl_ctl.value, fresh = float(st["beta"]), bool(st["fresh"])
-        best = {"step": st["best_step"], "score": float(st["best_score"])}
-        info = {**info, **json.loads(st["info"])}
+        fresh, best, info = load_resume_state(stage_dir, first, critic, critic_opt, kl_ctl, info)
     info["critic_start_sha256"] = fingerprint(critic_state(critic))
     reference = reference_policy(policy, stage_dir.parent, stage.index, cfg.reference, resumed=first > 0)
     common = dict(batch_fn=ctx.batch_fn, critic=critic, reference=reference,
@@ -164,7 +152,7 @@ def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int,
                 save_resume_state(stage_dir, step + 1, critic, critic_opt, kl_ctl.value, fresh, best, info, cfg.checkpoint_keep)
             ctx.on_checkpoint(step + 1, optimizer, scheduler)
         fault_hook(ctx.global_step)
-    _finish_stage(ctx, ppo, critic, kl_ctl.value, best, info, total, fresh)
+    finish_stage(acc, policy, stage_dir, ppo, critic, kl_ctl.value, best, info, total, fresh)
     return ctx.global_step
 
 
@@ -234,20 +222,3 @@ def _update(ctx: StageContext, ppo: PPO, optimizer, critic, critic_opt, ro, adv,
     out["_tokens"] = tokens
     return out
 
-
-def _finish_stage(ctx: StageContext, ppo: PPO, critic, beta, best, info, total, fresh) -> None:
-    acc, stage_dir = ctx.accelerator, ctx.config.output_dir / "stages" / ctx.stage.name
-    best_file = stage_dir / BEST_FILE
-    restored = bool(ppo.keep_best and best["step"] is not None and best["step"] != total and best_file.exists())
-    if restored:
-        load_trainable_file(ctx.model, best_file)
-    state = critic_state(critic)
-    info = {**info, "critic": ppo.critic_kind, "critic_fresh": fresh,
-            "critic_warmup_steps": ppo.critic_warmup_steps if fresh else 0, "critic_end_sha256": fingerprint(state),
-            "beta_end": beta, "best_step": best["step"], "best_val_score": best["score"] if best["step"] is not None else None,
-            "restored_best": restored, "steps": total}
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        write_stage_files(stage_dir, state, info)
-    acc.wait_for_everyone()
-    ppo.last_stage = info

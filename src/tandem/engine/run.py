@@ -18,6 +18,7 @@ from accelerate.utils import set_seed
 from tandem.engine import checkpoint as ckpt
 from tandem.engine.context import AuxTerm, BatchFn, LoopConfig, Runner, StageContext
 from tandem.engine.loop import make_optimizer, reduce_sum, run_stage
+from tandem.engine.group_loop import run_group_stage
 from tandem.engine.ppo_loop import run_ppo_stage
 from tandem.io.metrics import MetricsLog, progress_bar, tracked
 from tandem.distributed import checkpoint as sharded, is_sharded, save_final
@@ -41,7 +42,7 @@ class RunPlan:
     name: str
     method: str
     stages: list  # [tandem.schedules.Stage]
-    loops: dict[int, Literal["offline", "ppo"]]  # stage index -> which loop runs it (from the method table)
+    loops: dict[int, Literal["offline", "ppo", "group"]]  # stage index -> which loop runs it (from the method table)
     objectives: dict[str, object]  # role -> objective (PPO for PPO roles)
     parts: dict[str, list[list[dict]]]  # role -> data parts
     train: dict[str, list[dict]]  # role -> all training features (auxiliary terms draw from these)
@@ -49,7 +50,7 @@ class RunPlan:
     aux_role: str | None
     aux_weight: float
     aux_in: set[str] | None  # stage roles the auxiliary term joins (None: every stage)
-    ppo_role: str | None  # the role PPO trains (its objective is a PPO), None for offline methods
+    ppo_role: str | None  # the role trained online (a PPO, GRPO or RLOO objective), None for offline methods
     regularizer: object | None
     batch_fn: BatchFn
     save_merged: bool
@@ -168,6 +169,8 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
             first = start_step if mid else 0
             if plan.loops[stage.index] == "ppo":
                 global_step = run_ppo_stage(ctx, plan.objectives[plan.ppo_role], optimizer, scheduler, first, total)
+            elif plan.loops[stage.index] == "group":
+                global_step = run_group_stage(ctx, plan.objectives[plan.ppo_role], optimizer, scheduler, first, total)
             else:
                 global_step = run_stage(ctx, optimizer, scheduler, first, total)
             ckpt.assert_finite(model, f"stage {stage.name}", saver.root)

@@ -17,6 +17,7 @@ from tandem.data.encode import prompt_ids as render_prompt_ids
 from tandem.objectives.ppo import ppo_math as pm
 from tandem.objectives.ppo.critic import CRITICS
 from tandem.io.callables import resolve_function
+from tandem.rewards import RewardFunctions
 
 
 class PPO:
@@ -52,9 +53,12 @@ class PPO:
         eval_prompts: int = 16,
         keep_best: bool = True,
         reward_batch_size: int = 16,
+        reward_funcs: list | str | None = None,
+        reward_weights: list[float] | None = None,
     ):
-        if (reward_model is None) == (reward_fn is None):
-            raise ValueError("ppo: give exactly one of reward_model (a trained reward model) or reward_fn ('module:function')")
+        if sum(x is not None for x in (reward_model, reward_fn, reward_funcs)) != 1:
+            raise ValueError("ppo: give exactly one of reward_model (a trained reward model), reward_fn "
+                             "('module:function', fn(prompt, response)) or reward_funcs (TRL's signature, a list)")
         if critic not in CRITICS:
             raise ValueError(f"ppo critic {critic!r}: choose one of {CRITICS}")
         if critic == "reward_model" and reward_model is None:
@@ -82,6 +86,8 @@ class PPO:
             raise ValueError(f"ppo critic_lr must be > 0, got {critic_lr}")
         if reward_fn is not None:
             resolve_function(reward_fn)  # fail at build time on a typo
+        self.rewards = None if reward_funcs is None else RewardFunctions(
+            [reward_funcs] if isinstance(reward_funcs, str) else list(reward_funcs), reward_weights, reward_batch_size)
         self.reward_model, self.reward_fn, self.critic_kind = reward_model, reward_fn, critic
         self.beta, self.kl_control, self.kl_target, self.kl_horizon = beta, kl_control, kl_target, kl_horizon
         self.gamma, self.lam, self.clip, self.vf_clip, self.vf_coef = gamma, lam, clip, vf_clip, vf_coef
@@ -119,7 +125,11 @@ class PPO:
                     continue
                 ids = ids[-room:]
                 stats["truncated"] += 1
-            feats.append({"prompt_ids": list(ids), "prompt": ex.prompt})
+            feat = {"prompt_ids": list(ids), "prompt": ex.prompt}
+            if self.rewards is not None:  # reward_funcs read the row's other columns, as in TRL
+                feat.update(conversational=ex.meta.get("conversational", True),
+                            columns={k: v for k, v in ex.meta.items() if k not in ("source", "row", "conversational")})
+            feats.append(feat)
         stats["kept"] = len(feats)
         return feats, stats
 

@@ -27,6 +27,7 @@ from tandem.objectives.ppo.critic import (
     ValueHeadCritic,
     build_critic,
     critic_state,
+    fingerprint,
     load_critic_state,
     previous_critic,
 )
@@ -37,7 +38,10 @@ BEST_FILE = "best-policy.safetensors"
 
 
 def reward_scorer(ppo, device, batch_fn):
-    """``FunctionReward`` for ``reward_fn``, else the reward model (same tokenizer: the policy's ``batch_fn``)."""
+    """The ``reward_funcs`` (TRL's signature, :class:`tandem.rewards.RewardFunctions`), else ``FunctionReward`` for
+    ``reward_fn``, else the reward model (same tokenizer: the policy's ``batch_fn``)."""
+    if ppo.rewards is not None:
+        return ppo.rewards.scores
     if ppo.reward_fn is not None:
         return FunctionReward(ppo.reward_fn)
     from tandem.data import collate
@@ -145,3 +149,33 @@ def validate_prompts(ppo, policy, prompts: list[dict], batch_fn, seed: int, stag
     kl = (ro.logp - ro.ref_logp).mul(ro.mask).sum(1)
     s, k, n = reduce([float(ro.score.sum()), float(kl.sum()), float(len(prompts))])
     return {"reward_mean": s / n, **({"kl": k / n} if initial else {})}
+
+
+def load_resume_state(stage_dir: Path, step: int, critic, critic_opt, kl_ctl, info: dict) -> tuple[bool, dict, dict]:
+    """A resumed PPO stage: the critic, its optimizer and the KL coefficient from ``ppo-resume-stepXXXXXX.pt``;
+    returns ``(fresh, best, info)``."""
+    st = torch.load(stage_dir / f"ppo-resume-step{step:06d}.pt", weights_only=True)
+    load_critic_state(critic, st["critic"])
+    critic_opt.load_state_dict(st["critic_optimizer"])
+    kl_ctl.value = float(st["beta"])
+    return bool(st["fresh"]), {"step": st["best_step"], "score": float(st["best_score"])}, {**info, **json.loads(st["info"])}
+
+
+def finish_stage(acc, policy, stage_dir: Path, ppo, critic, beta: float, best: dict, info: dict, total: int,
+                 fresh: bool) -> None:
+    """A PPO stage's end: the best evaluated policy restored (``keep_best``), ``critic.safetensors`` and ``ppo.json``
+    written (:func:`write_stage_files`), ``ppo.last_stage`` set."""
+    best_file = stage_dir / BEST_FILE
+    restored = bool(ppo.keep_best and best["step"] is not None and best["step"] != total and best_file.exists())
+    if restored:
+        load_trainable_file(policy, best_file)
+    state = critic_state(critic)
+    info = {**info, "critic": ppo.critic_kind, "critic_fresh": fresh,
+            "critic_warmup_steps": ppo.critic_warmup_steps if fresh else 0, "critic_end_sha256": fingerprint(state),
+            "beta_end": beta, "best_step": best["step"], "best_val_score": best["score"] if best["step"] is not None else None,
+            "restored_best": restored, "steps": total}
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        write_stage_files(stage_dir, state, info)
+    acc.wait_for_everyone()
+    ppo.last_stage = info
