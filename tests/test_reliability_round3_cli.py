@@ -94,6 +94,12 @@ def make_round3_sandbox(sb: Path, model: Path) -> None:
     bomb = "\n".join([f"    l{i}: &l{i} [" + ", ".join([f"*l{i - 1}"] * 9 if i else ["x"] * 9) + "]" for i in range(8)])
     (sb / "bomb.yaml").write_text(text.replace("  sft:\n    name: sft\n", "  sft:\n    name: sft\n" + bomb + "\n", 1))
     os.symlink("loop.jsonl", sb / "loop.jsonl")  # a link to itself
+    # data content
+    (sb / "dupkeys.jsonl").write_text('{"prompt": "Say 1.", "prompt": "Say 2.", "response": "1"}\n')
+    (sb / "nul.jsonl").write_text('{"prompt": "Say 1.", "response": "1\\u0000"}\n')
+    rows = [{"prompt": f"Q{i}", "response": "A", "chosen": "A", "rejected": "B"} for i in range(8)]
+    (sb / "ambiguous.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (sb / "noprompt.jsonl").write_text("".join(json.dumps({"prompt": "", "response": f"r{i}"}) + "\n" for i in range(8)))
 
 
 def snapshot(root: Path) -> dict[str, str]:
@@ -182,6 +188,16 @@ CASES = [
          ["schedule.parts 1000", "16"], "run"),
     Case("train-data-symlink-loop", [*TRAIN, "--set", "data.sft.source={sb}/loop.jsonl"], ["{sb}/loop.jsonl", "loop"]),
     Case("train-data-dev-zero", [*TRAIN, "--set", "data.sft.source=/dev/zero"], ["/dev/zero", "not a regular file"]),
+    Case("train-data-duplicate-json-key", [*TRAIN, "--set", "data.sft.source={sb}/dupkeys.jsonl"],
+         ["{sb}/dupkeys.jsonl:1", "'prompt'", "twice"], "run"),
+    Case("train-data-nul-character", [*TRAIN, "--set", "data.sft.source={sb}/nul.jsonl"], ["{sb}/nul.jsonl:1", "NUL"],
+         "run"),
+    Case("train-data-row-both-reply-and-pair", [*TRAIN, "--set", "data.sft.source={sb}/ambiguous.jsonl"],
+         ["ambiguous.jsonl", "ambiguous", "response", "chosen"], "run"),
+    Case("train-data-all-prompts-empty", [*TRAIN, "--set", "data.sft.source={sb}/noprompt.jsonl"],
+         ["data.sft", "{sb}/noprompt.jsonl", "prompts are empty"], "run"),
+    Case("train-data-truncated-past-threshold", [*TRAIN, "--set", "data.max_length=8", "--set", "data.max_truncated=0.5"],
+         ["data.sft", "{sb}/sft.jsonl", "data.max_truncated 0.5"], "run"),
     Case("merge-alpha-outside-0-1", ["merge", "{model}", "{model}", "--alpha", "1.5", "-o", "{sb}/mm"],
          ["--alpha 1.5", "--extrapolate"]),
     Case("merge-alphas-outside-0-1", ["merge", "{model}", "{model}", "--alphas", "0.2,-0.5", "-o", "{sb}/mm"],
