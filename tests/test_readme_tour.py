@@ -369,3 +369,30 @@ def test_readme_command_runs(cmd, in_sandbox):
         assert (in_sandbox / p).exists(), f"`{cmd}` did not write {p}\n{res.output[-2000:]}"
     if run.output is not None:
         assert re.search(run.output, res.output, flags=re.S), f"`{cmd}`: output does not match {run.output!r}:\n{res.output[-2000:]}"
+
+
+# --------------------------------------------------------------------------------------------- the Python API example
+
+# the README's Python example made cheap: each of these must be in the README's code (else the README changed)
+PY_CHEAP = {'"max_steps": 30': '"max_steps": 2', '"max_length": 512': '"max_length": 64',
+            '"r": 16, "alpha": 32': '"r": 4, "alpha": 8', '"val_size": 32': '"val_size": 4',
+            "max_new_tokens=32": "max_new_tokens=3", '"per_device_train_batch_size": 8': '"per_device_train_batch_size": 4'}
+
+
+def readme_python() -> str:
+    section = README.read_text().split("## The Python API", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+
+
+def test_readme_python_api_example_runs(in_sandbox, capsys):
+    code = readme_python()
+    for old, new in PY_CHEAP.items():
+        assert old in code, f"README's Python example no longer has {old!r}: update PY_CHEAP"
+        code = code.replace(old, new)
+    scope: dict = {"__name__": "readme_example"}
+    exec(compile(code, "README.md (Python API)", "exec"), scope)  # noqa: S102 - the README's own example
+    run = scope["run"]
+    assert not run.stopped and run.summary["global_steps"] == 2
+    assert (in_sandbox / "runs/dpo-notebook/final/merged/model.safetensors").is_file()
+    assert "preference/rewards/accuracy" in run.summary["final_val"]
+    assert scope["inputs"]["input_ids"].shape[1] > 0 and capsys.readouterr().out.strip()

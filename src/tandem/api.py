@@ -222,15 +222,19 @@ def merge(base: str | os.PathLike, tuned: str | os.PathLike, out: str | os.PathL
                             extrapolate=extrapolate)
 
 
-def probe(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike = "runs/probe", **settings) -> dict:
+def probe(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike = "runs/probe", progress=None,
+          **settings) -> dict:
     """``tandem probe entanglement``: per-pair gradient entanglement of ``model`` on the preference pairs of ``data``;
     ``settings``: the fields of :class:`tandem.pipelines.probe.ProbeSettings` (pairs, params, max_length, ...).
-    Returns the summary (also ``OUT/summary.json``)."""
+    ``progress``: a ``rich.progress.Progress`` to show the passes on (default: none). Returns the summary (also
+    ``OUT/summary.json``)."""
     from tandem.pipelines.probe import ProbeSettings, entanglement
     from tandem.io.metrics import progress_bar
 
     with user_errors(out):
         s = ProbeSettings(model=str(model), data=str(data), out=Path(out), **settings)
+        if progress is not None:
+            return entanglement(s, progress)
         with progress_bar(False) as prog:
             return entanglement(s, prog)
 

@@ -32,15 +32,13 @@ def eval_command(
     ms = parse_list("--metrics", metrics, str, "rouge,reward") if metrics is not None else None
     temps = parse_list("--temperatures", temperatures, float, "0,0.5,1.0") if temperatures is not None else None
     with user_errors(out) as scope:
-        from tandem.pipelines.evaluate import eval_into, eval_target
+        from tandem.api import evaluate
+        from tandem.pipelines.evaluate import eval_target
 
-        t = eval_target(target, recipe, list(set_))
-        ms = ms or t.recipe.eval.metrics
-        if not ms:
-            fail("no metrics: pass --metrics or set eval.metrics in the recipe")
-        temps = t.recipe.eval.temperatures if temps is None else temps
-        out_dir = scope.where = out or (t.run_dir / "eval")
-        res = eval_into(t.model_dir, t.recipe.eval, out_dir, ms, temps)
+        t = eval_target(target, recipe, list(set_))  # the recipe whose eval block is printed below
+        scope.where = out or (t.run_dir / "eval")
+        res = evaluate(target, recipe, ms, temps, list(set_), out)
+        out_dir = Path(res["out"])
     typer.echo((out_dir / "results.md").read_text())
     for name in t.recipe.eval.also:  # the extra prompt sets (eval.also)
         typer.echo(f"{name}:\n" + (out_dir / f"also-{name}" / "results.md").read_text())

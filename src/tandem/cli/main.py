@@ -47,10 +47,10 @@ def train(
     setup_logging(verbose)
     r = recipe_or_fail(recipe, list(set_) + ([f"output_dir={output_dir}"] if output_dir else []))
     with user_errors(r.output_dir):
-        from tandem.pipelines.train import train as run_train
+        from tandem.api import train as run_train
 
         summary = run_train(r, resume=resume, overwrite=overwrite, progress=not no_progress,
-                            allow_changes=list(allow_change))
+                            allow_changes=list(allow_change)).summary
     console.print(f"[green]done[/]: {summary['global_steps']} steps in {summary['seconds']:.1f}s -> {r.output_dir}/final")
 
 
@@ -144,11 +144,10 @@ def compare(
     method_list = parse_list("--methods", methods, str, "sequential,hbat")
     seed_list = parse_list("--seeds", seeds, int, "0,1,2")
     with user_errors(out):
-        from tandem.pipelines.compare import compare as run_compare
-
+        from tandem.api import compare as run_compare
         from tandem.report import console_table
 
-        rows = run_compare(recipe, method_list, seed_list, out, list(set_), resume, x_key, y_key, overwrite=overwrite)
+        rows = run_compare(recipe, method_list, seed_list, out, list(set_), resume, overwrite, x_key, y_key)
     typer.echo(console_table(rows))
     console.print(f"wrote {out}/table.json, table.md (every metric, mean ± std), report.md")
 

@@ -47,15 +47,13 @@ def entanglement(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tandem.pipelines.probe import ProbeSettings
-    from tandem.pipelines.probe import entanglement as run_probe
+    from tandem.api import probe as run_probe
 
-    settings = ProbeSettings(model=model, data=data, out=out, params=params, pairs=pairs, heatmap_pairs=heatmap_pairs,
-                             heatmap_tokens=heatmap_tokens, max_length=max_length, ratio=ratio, format=fmt, split=split,
-                             dtype=dtype, device=device, chunk_numel=chunk_numel)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with user_errors(out), Progress(*columns, console=console) as prog:
-        summary = run_probe(settings, prog)
+        summary = run_probe(model, data, out, progress=prog, params=params, pairs=pairs, heatmap_pairs=heatmap_pairs,
+                            heatmap_tokens=heatmap_tokens, max_length=max_length, ratio=ratio, format=fmt, split=split,
+                            dtype=dtype, device=device, chunk_numel=chunk_numel)
     console.print(f"mean cosine {summary['mean_cosine']:.3f}, chosen falls in {summary['frac_chosen_falls']:.0%} of "
                   f"pairs, rejected rises in {summary['frac_rejected_rises']:.0%} -> {out}/summary.md")
 
