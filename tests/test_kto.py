@@ -258,3 +258,37 @@ def test_data_inspect_reads_unpaired_rows(tmp_path, tiny_model_dir):
     assert res.exit_code == 0 and "completion length" in res.output, res.output
     res = CliRunner().invoke(cli_app, ["data", "inspect", p, "--role", "preference"])
     assert res.exit_code == 2 and "kto objective" in res.output, res.output
+
+
+@pytest.mark.slow  # three child processes (about a minute on 2 shared cores)
+def test_kill_and_resume_in_a_kto_stage_of_hbat_is_bit_identical(tmp_path, tiny_model_dir, synthetic_files, kto_file):
+    """SIGKILL after global step 5 (inside the first KTO stage, past its checkpoint at step 4), then --resume: the same
+    weights at every stage end and the same training rows as an uninterrupted run (the stored reference log-probs of
+    the completions and of the KL pairs are reused)."""
+    from safetensors.torch import load_file
+    from test_resume_regularized import assert_same_tensors, run_child, run_children, train_rows
+
+    from tandem.config.recipe import dump_recipe
+
+    paths = {}
+    for name in ("straight", "killed"):
+        r = with_overrides(base_raw(tmp_path / name, tiny_model_dir, synthetic_files, "hbat"), {
+            "data.preference": {"source": str(kto_file)}, "objectives.preference": {"name": "kto", "beta": 0.1},
+            "schedule.parts": 2, "schedule.max_steps_per_stage": 3, "checkpoint.every": 2, "checkpoint.keep": 2,
+            "checkpoint.stage_weights": True, "logging.tensorboard": False, "data.val_size": 4})
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(dump_recipe(r))
+    straight, killed = run_children([(paths["straight"], "fresh", None), (paths["killed"], "fresh", 5)])
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    resumed = run_child(paths["killed"], "resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = tmp_path / "straight" / "run", tmp_path / "killed" / "run"
+    stages = [s["name"] for s in json.loads((a / "summary.json").read_text())["stages"]]
+    assert stages == ["01-sft-1", "02-pref-1", "03-sft-2", "04-pref-2"]
+    for s in stages:
+        end = f"stages/{s}/end.safetensors"
+        assert_same_tensors(load_file(str(a / end)), load_file(str(b / end)), end)
+    ra, rb = train_rows(a), train_rows(b)
+    assert [r["step"] for r in rb] == list(range(1, 13)) and ra == rb
+    assert any(r.get("kl", 0.0) > 0 or r.get("rewards/signed", 0.0) != 0 for r in rb if r["role"] == "preference")
