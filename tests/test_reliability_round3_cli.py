@@ -198,6 +198,8 @@ CASES = [
          ["data.sft", "{sb}/noprompt.jsonl", "prompts are empty"], "run"),
     Case("train-data-truncated-past-threshold", [*TRAIN, "--set", "data.max_length=8", "--set", "data.max_truncated=0.5"],
          ["data.sft", "{sb}/sft.jsonl", "data.max_truncated 0.5"], "run"),
+    Case("train-null-field-is-not-missing", [*TRAIN, "--set", "data.sft.source=null"],
+         ["--set data.sft.source=null", "null; give a value"]),
     Case("merge-alpha-outside-0-1", ["merge", "{model}", "{model}", "--alpha", "1.5", "-o", "{sb}/mm"],
          ["--alpha 1.5", "--extrapolate"]),
     Case("merge-alphas-outside-0-1", ["merge", "{model}", "{model}", "--alphas", "0.2,-0.5", "-o", "{sb}/mm"],

@@ -387,7 +387,7 @@ def parse_recipe(raw: dict, source: str = "<recipe>", text: str | None = None,
             elif err["type"] == "missing":
                 msg = f"missing required key '{key}'"
             else:
-                msg = f"'{key}': {err['msg']}"
+                msg = f"'{key}': " + ("null; give a value or leave the key out" if err.get("input", 0) is None else err["msg"])
             lines.append(f"{where}: {msg}")
         raise RecipeError("invalid recipe:\n  " + "\n  ".join(lines)) from None
 
