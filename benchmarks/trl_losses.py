@@ -52,8 +52,8 @@ class _Acc:
 
 def _stub(**kw) -> SimpleNamespace:
     """A stand-in ``self`` for TRL's trainer methods: what they read, nothing else."""
-    base = dict(model=SimpleNamespace(training=True), accelerator=_Acc(), aux_loss_enabled=False,
-                _metrics={"train": defaultdict(list), "eval": defaultdict(list)}, _total_train_tokens=0, _tp_size=1)
+    base = {"model": SimpleNamespace(training=True), "accelerator": _Acc(), "aux_loss_enabled": False,
+            "_metrics": {"train": defaultdict(list), "eval": defaultdict(list)}, "_total_train_tokens": 0, "_tp_size": 1}
     return SimpleNamespace(**{**base, **kw})
 
 
@@ -126,7 +126,11 @@ def kto_diff(case: dict, beta: float = 0.2, dw: float = 1.3, uw: float = 0.8, kl
 
 
 def _tiny(kind: str, seed: int = 0):
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+    from transformers import (
+        LlamaConfig,
+        LlamaForCausalLM,
+        LlamaForSequenceClassification,
+    )
 
     cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=2, max_position_embeddings=128, pad_token_id=0, tie_word_embeddings=False,

@@ -7,8 +7,8 @@ import math
 
 import pytest
 import torch
-
 from helpers_objectives import make_batch, tiny_llama
+
 from tandem.objectives.dpo import DPO, LOSS_TYPES, dpo_loss
 from tandem.objectives.dpo_losses import LOSSES, pair_loss
 from tandem.objectives.registry import build

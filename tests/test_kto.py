@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from conftest import write_jsonl
 from helpers_entry import cli_app, train
 from helpers_objectives import tiny_llama
 from helpers_recipe import base_raw, with_overrides
+from typer.testing import CliRunner
+
 from tandem.data import synthetic
 from tandem.data.collate import collate, feature_length
 from tandem.data.encode import encode_all
@@ -154,7 +154,7 @@ def test_the_objective_matches_the_formula_and_the_kl_half_has_no_gradient():
     model = tiny_llama()
     feats = feats_of([4, 5, 3, 4], [True, False, True, False])
     kto = KTO(beta=0.5, desirable_weight=1.5, undesirable_weight=0.7)
-    batch_fn = lambda fs: collate(fs, mode="pack", max_tokens_per_row=12)  # noqa: E731
+    batch_fn = lambda fs: collate(fs, mode="pack", max_tokens_per_row=12)
     feats = kto.prepare(model, feats, batch_fn)
     assert all("ref_logp" in f and "ref_kl_logp" in f for f in feats)
     with torch.no_grad():  # move the policy away from the reference
@@ -178,7 +178,7 @@ def test_kl_and_log_ratios_are_zero_at_the_reference():
     model = tiny_llama().eval()
     feats = feats_of([4, 5], [True, False])
     kto = KTO(beta=0.1)
-    batch_fn = lambda fs: collate(fs, mode="pad")  # noqa: E731
+    batch_fn = lambda fs: collate(fs, mode="pad")
     feats = kto.prepare(model, feats, batch_fn)
     loss, m = kto(model, batch_fn(feats))
     assert m["kl"] == pytest.approx(0.0, abs=1e-5)
@@ -266,7 +266,12 @@ def test_kill_and_resume_in_a_kto_stage_of_hbat_is_bit_identical(tmp_path, tiny_
     weights at every stage end and the same training rows as an uninterrupted run (the stored reference log-probs of
     the completions and of the KL pairs are reused)."""
     from safetensors.torch import load_file
-    from test_resume_regularized import assert_same_tensors, run_child, run_children, train_rows
+    from test_resume_regularized import (
+        assert_same_tensors,
+        run_child,
+        run_children,
+        train_rows,
+    )
 
     from tandem.config.recipe import dump_recipe
 

@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
 from helpers_objectives import tiny_llama
+
 from tandem.data.collate import collate
 from tandem.objectives.orpo import ORPO, full_labels, orpo_loss
 from tandem.objectives.registry import build
@@ -34,7 +34,7 @@ def test_full_labels_by_hand():
 def test_orpo_loss_with_a_given_nll_by_hand():
     # responses: chosen mean log-prob log 0.5, rejected log 0.25 -> log odds ratio = log(1) - log(1/3) = log 3
     s, n = torch.tensor([2 * math.log(0.5), 2 * math.log(0.25)]), torch.tensor([2.0, 2.0])
-    loss, sft, or_l, ratio = orpo_loss(s, n, 1, lam=0.5, sft=torch.tensor(1.25))
+    loss, sft, _, ratio = orpo_loss(s, n, 1, lam=0.5, sft=torch.tensor(1.25))
     assert float(ratio[0]) == pytest.approx(math.log(3))
     assert float(loss) == pytest.approx(1.25 + 0.5 * -math.log(1 / (1 + 1 / 3)))
     assert float(sft) == 1.25

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import write_jsonl
 from helpers_entry import train
 from helpers_objectives import tiny_reward_model
 from helpers_recipe import base_raw, with_overrides
+
 from tandem.data import synthetic
 from tandem.data.collate import collate
 from tandem.data.encode import encode_all

@@ -5,7 +5,6 @@ with its KL estimate (also clamped at 0), ORPO's NLL over prompt + response, the
 from __future__ import annotations
 
 import pytest
-
 from helpers_bench import load_benchmark
 
 trl = pytest.importorskip("trl")

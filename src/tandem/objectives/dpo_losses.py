@@ -27,7 +27,7 @@ versions subtracted a running mean of the rewards, ``delta``).
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
