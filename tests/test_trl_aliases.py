@@ -199,3 +199,13 @@ def test_data_inspect_with_a_column_map_and_a_role(tmp_path):
     assert res.exit_code == 2 and res.output.count("error:") == 1
     res = invoke(["data", "inspect", str(src), "--columns", "prompt"])
     assert res.exit_code == 2 and "expected field=column pairs" in res.output
+
+
+
+def test_compare_checks_metric_names_before_training(tmp_path, tiny_model_dir, synthetic_files):
+    raw = trl_recipe(tmp_path, tiny_model_dir, synthetic_files["preference"], eval={"metrics": ["roug"]})
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    res = invoke(["compare", str(path), "--methods", "dpo", "--out", str(tmp_path / "cmp")])
+    assert res.exit_code == 2 and "unknown metric(s) ['roug']" in res.output
+    assert not (tmp_path / "cmp").exists() and not (tmp_path / "run").exists()

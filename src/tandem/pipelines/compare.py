@@ -36,9 +36,11 @@ def run_recipe(recipe_path: Path, method: str | None, seed: int, run_dir: Path, 
 def check_recipe(r) -> None:
     """What ``train`` would refuse, checked without writing anything (a comparison must not stop at its third run on
     a typo)."""
+    from tandem.pipelines.evaluate import check_metric_names
     from tandem.pipelines.train import check_recipe as check
 
     check(r)
+    check_metric_names(r.eval.metrics)  # a typo in eval.metrics fails now, not after the training
 
 
 def run_one(recipe_path: Path, method: str | None, seed: int, run_dir: Path, overrides: list[str], resume: bool,

@@ -277,6 +277,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
     fsdp = check_supported(fsdp, loops={get_method(recipe.schedule.method).loop(s) for s in stages},
                            probe_every=recipe.probe.every, mixed_precision=mixed_precision(recipe.precision),
                            num_processes=acc.num_processes)
+    if hooks.callbacks and acc.num_processes > 1:
+        raise ValueError("callbacks run in one process: a callback's stop would leave the other processes waiting; "
+                         "train with callbacks in a single process, or without them under accelerate launch")
     if tokenizer is None:
         m = recipe.model
         tokenizer = load_tokenizer(m.name_or_path, m.gguf_file, m.trust_remote_code, m.revision)

@@ -19,10 +19,7 @@ X_CANDIDATES = ("instruction_following", "ifeval", "if_score", "rouge/rougeL", "
 Y_CANDIDATES = ("judge_win_rate/win_rate", "judge_win_rate", "reward_win_rate/win_rate", "reward_win_rate",
                 "win_rate", "reward/mean", "reward", "preference/rewards/accuracy", "rewards/accuracy",
                 "preference_accuracy", "preference/rewards/margin", "reward/accuracy")
-# every metric family `tandem eval` reports (tandem.evaluation.registry.METRIC_TABLE; a test keeps them equal), and
-# which side of the trade-off each measures: the console table shows these first, the scatter's defaults come from them
-EVAL_FAMILIES = ("exact_match", "rouge", "reward", "reward_win_rate", "reward_fn", "judge_win_rate", "bartscore",
-                 "perplexity", "reference_nll", "implicit_reward_accuracy", "conflict", "mc_accuracy", "lm_eval")
+# which side of the trade-off each metric family of `tandem eval` measures: the scatter's defaults come from them
 X_FAMILIES = ("instruction_following", "ifeval", "conflict", "exact_match", "rouge", "bartscore", "mc_accuracy",
               "reference_nll", "perplexity", "lm_eval")
 Y_FAMILIES = ("judge_win_rate", "reward_win_rate", "reward_fn", "reward", "implicit_reward_accuracy")
