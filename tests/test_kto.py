@@ -297,3 +297,21 @@ def test_kill_and_resume_in_a_kto_stage_of_hbat_is_bit_identical(tmp_path, tiny_
     ra, rb = train_rows(a), train_rows(b)
     assert [r["step"] for r in rb] == list(range(1, 13)) and ra == rb
     assert any(r.get("kl", 0.0) > 0 or r.get("rewards/signed", 0.0) != 0 for r in rb if r["role"] == "preference")
+
+
+def test_a_trl_kto_config_trains_through_the_cli(tmp_path, tiny_model_dir, kto_file, monkeypatch):
+    """KTOConfig's flat names (beta, desirable_weight, undesirable_weight) land in objectives.preference of method kto."""
+    import yaml
+
+    raw = {"output_dir": str(tmp_path / "run"), "model_name_or_path": str(tiny_model_dir), "method": "kto",
+           "data": {"preference": {"source": str(kto_file)}}, "learning_rate": 1e-3, "max_steps": 2,
+           "per_device_train_batch_size": 4, "max_length": 64, "beta": 0.2, "desirable_weight": 1.33,
+           "undesirable_weight": 0.9, "report_to": "none", "precision": "fp32", "logging": {"progress": False}}
+    (tmp_path / "kto.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(cli_app, ["train", str(tmp_path / "kto.yaml")], env={"COLUMNS": "400"})
+    assert res.exit_code == 0, res.output
+    assert "desirable_weight is tandem's objectives.preference.desirable_weight" in res.output
+    resolved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert resolved["objectives"]["preference"] == {"name": "kto", "beta": 0.2, "desirable_weight": 1.33,
+                                                    "undesirable_weight": 0.9}
