@@ -130,6 +130,18 @@ def test_each_prompt_is_paired_with_the_previous_completion_for_the_kl_term(tiny
     assert feature_length(feats[0]) == len(feats[0]["input_ids"]) + len(feats[0]["kl_input_ids"])
 
 
+def test_kl_pairs_skip_completions_of_the_same_prompt():
+    from tandem.data.encode import kl_partners
+
+    # one prompt's desirable and undesirable completions in turn (a pair file unpaired row by row)
+    prompts = [user(p) for p in ("a", "a", "b", "b", "c", "c")]
+    assert kl_partners(prompts) == [5, 5, 1, 1, 3, 3]
+    assert all(prompts[j] != prompts[i] for i, j in enumerate(kl_partners(prompts)))
+    assert kl_partners([user("a"), user("b"), user("c")]) == [2, 0, 1]  # distinct prompts: TRL's rotation by one
+    assert kl_partners([user("a"), user("b"), user("a")]) == [1, 0, 1]
+    assert kl_partners([user("a")] * 3) == [2, 0, 1]  # nothing to mismatch: still the rotation
+
+
 def feats_of(lengths: list[int], label: list[bool]):
     return [{"input_ids": list(range(1, n + 1)), "labels": [-100] + list(range(2, n + 1)),
              "kl_input_ids": list(range(1, n + 3)), "kl_labels": [-100] + list(range(2, n + 3)), "label": float(lab)}

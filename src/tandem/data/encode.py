@@ -229,6 +229,24 @@ def _encode_pref(tokenizer, example: PreferenceExample, max_length: int, overlon
     return feat, truncated
 
 
+def kl_partners(prompts: list[list[Message]]) -> list[int]:
+    """For each unpaired example, the index of the example whose completion its KL pair takes: TRL's rotation by one
+    (example ``i`` takes ``i - 1``'s, the first the last's), skipping back over examples with the same prompt (rows
+    written as one prompt's completions in turn would otherwise pair a prompt with its own other completion). All
+    prompts equal: ``i - 1``."""
+    keys = [tuple((m["role"], m["content"]) for m in p) for p in prompts]
+    n = len(keys)
+    out = [(i - 1) % n for i in range(n)]
+    last = None  # the last index before the current run of equal prompts (cyclic)
+    for j in range(2 * n):
+        i = j % n
+        if keys[i] != keys[i - 1]:
+            last = (i - 1) % n
+        if j >= n and last is not None:
+            out[i] = last
+    return out
+
+
 def _encode_unpaired(tokenizer, example: UnpairedExample, kl_completion: str, max_length: int, overlong: str):
     """KTO: the prompt with its completion (``input_ids``/``labels``), ``label`` 1.0 (desirable) or 0.0, and the
     prompt with another example's completion (``kl_input_ids``/``kl_labels``: the KL term's mismatched pair, always
@@ -268,18 +286,18 @@ def encode_all(tokenizer, examples, max_length: int, overlong: str = "truncate",
                loss_on: str = "last") -> tuple[list[dict], EncodeStats]:
     """Encode SFT, preference and/or unpaired examples; returns the kept features and :class:`EncodeStats`.
     ``loss_on`` applies to SFT examples (see the module docstring). An unpaired (KTO) example's KL pair takes the
-    completion of the unpaired example before it (the first takes the last's): TRL's rotation by one, over the whole
-    list rather than within each batch."""
+    completion of another unpaired example (:func:`kl_partners`)."""
     stats = EncodeStats()
     feats = []
-    unpaired = [ex.completion for ex in examples if isinstance(ex, UnpairedExample)]
+    unpaired = [ex for ex in examples if isinstance(ex, UnpairedExample)]
+    partner = kl_partners([ex.prompt for ex in unpaired])
     k = 0
     for ex in examples:
         stats.total += 1
         if isinstance(ex, PreferenceExample):
             feat, truncated = _encode_pref(tokenizer, ex, max_length, overlong)
         elif isinstance(ex, UnpairedExample):
-            feat, truncated = _encode_unpaired(tokenizer, ex, unpaired[k - 1], max_length, overlong)
+            feat, truncated = _encode_unpaired(tokenizer, ex, unpaired[partner[k]].completion, max_length, overlong)
             k += 1
         elif isinstance(ex, SFTExample):
             feat, truncated = _encode_sft(tokenizer, ex, max_length, overlong, loss_on)

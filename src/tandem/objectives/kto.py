@@ -10,7 +10,7 @@ reference (the model at the start of the stage), ``r = logp - ref``, and ``z`` t
 
 and the loss is the mean of ``L`` over the batch's examples. ``logp_KL`` / ``ref_KL`` are the summed log-probs of a
 mismatched completion: each prompt paired with the completion of the example before it in its source (the first with
-the last's; :func:`tandem.data.encode.encode_all`). That is TRL 1.16's ``KTOTrainer`` (``loss_type="kto"``) formula,
+the last's), skipping back over examples with the same prompt (:func:`tandem.data.encode.kl_partners`). That is TRL 1.16's ``KTOTrainer`` (``loss_type="kto"``) formula,
 ``kl = (KL_logps - ref_KL_logps).mean().detach().clamp(min=0)``; ``tests/test_trl_parity.py`` runs TRL's code on the same
 numbers. Differences from TRL, all about which numbers enter, not the formula:
 
@@ -18,6 +18,8 @@ numbers. Differences from TRL, all about which numbers enter, not the formula:
   order, so a batch's mismatched completions are its own; tandem rotates over the whole source and shuffles, so a batch's
   mismatched completions are other examples' (the same estimator of the same expectation: a prompt with an unrelated
   completion).
+* TRL rotates by one even when the row before has the same prompt (a pair file unpaired row by row: the "mismatched"
+  pair is then the prompt with its own other completion); tandem skips back to the nearest row with another prompt.
 * TRL averages the KL estimate over the data-parallel processes (``gather_for_metrics``); tandem takes it per process
   and micro-batch.
 
