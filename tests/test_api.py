@@ -148,7 +148,7 @@ def test_recipe_objects(tmp_path):
                                  "data": {"preference": {"source": "p.jsonl"}}, "method": "dpo"})
     assert r.set("optimizer.lr", 2e-5) is r and r.optimizer.lr == 2e-5
     assert r.set("num_train_epochs", 2).schedule.epochs == 2.0  # a TRL name
-    with pytest.raises(tandem.TandemError, match="optimizer.lr"):
+    with pytest.raises(tandem.TandemError, match=r"Recipe.set\('optimizer.lr', -1.0\): 'optimizer.lr': Input should be greater"):
         r.set("optimizer.lr", -1.0)
     assert r.optimizer.lr == 2e-5  # a refused value leaves the recipe as it was
     path = tmp_path / "r.yaml"

@@ -19,7 +19,7 @@ LAYERS = {
     "objectives": 2, "rewards": 2, "regularizers": 2, "evaluation": 2, "probes": 2, "merging": 2, "report": 2, "optim": 2,
     "distributed": 2,
     "models": 1,
-    "data": 0, "config": 0, "schedules": 0, "io": 0, "errors": 0,
+    "data": 0, "config": 0, "schedules": 0, "io": 0, "errors": 0, "version": 0,
 }
 
 

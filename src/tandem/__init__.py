@@ -5,7 +5,7 @@ The Python API (docs/api.md) is exported lazily, so ``import tandem`` stays fast
 ``tandem.probe`` and ``tandem.TandemError`` (the base of every user error).
 """
 
-__version__ = "0.1.0"
+from tandem.version import __version__  # noqa: F401 - the package's version
 
 _API = ("Callback", "InputError", "Recipe", "Run", "compare", "evaluate", "merge", "probe", "train")
 

@@ -326,7 +326,7 @@ class Recipe(Strict):
         """One field changed (``"optimizer.lr"``, or a TRL name), the whole recipe checked again as ``--set`` does;
         changed in place and returned."""
         item = f"{canonical_key(key)}={json.dumps(value)}"  # JSON is YAML: the value parses back as it is
-        new = parse_recipe(apply_overrides(self.model_dump(mode="json"), [item]), source="Recipe.set", overrides=[item])
+        new = parse_recipe(apply_overrides(self.model_dump(mode="json"), [item]), source=f"Recipe.set({key!r}, {value!r})")
         for name in type(self).model_fields:
             object.__setattr__(self, name, getattr(new, name))
         return self

@@ -76,7 +76,7 @@ def read_marker(path: str | Path) -> dict:
 
 def write_marker(path: str | Path, command: str) -> Path:
     """Write the marker into ``path`` (which must exist); returns the marker's path."""
-    from tandem import __version__
+    from tandem.version import __version__
 
     marker = Path(path) / MARKER
     data = {

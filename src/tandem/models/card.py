@@ -230,7 +230,7 @@ def render_card(info: CardInfo | None, kind: ModelKind, adapter: bool, base_mode
     ``base_model``: the base named by the saved files when ``info`` has none."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    import tandem
+    from tandem.version import __version__
 
     info = info or CardInfo()
     base = info.base_model or base_model
@@ -251,7 +251,7 @@ def render_card(info: CardInfo | None, kind: ModelKind, adapter: bool, base_mode
             else "a causal language model")
     form = "a LoRA adapter (peft)" if adapter else "full weights (safetensors)"
     lines = [f"# {info.name or 'tandem model'}", "",
-             f"This is {what}, saved as {form}, trained with tandem {tandem.__version__}"
+             f"This is {what}, saved as {form}, trained with tandem {__version__}"
              + (f" using the `{info.method}` method." if info.method else "."), ""]
     lines += ["## Base model", "", f"`{base}`" if base else "unknown", ""]
     if base and not _hub_id(base):
@@ -284,9 +284,9 @@ def render_card(info: CardInfo | None, kind: ModelKind, adapter: bool, base_mode
 def _versions() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
-    import tandem
+    from tandem.version import __version__
 
-    out = [f"- tandem {tandem.__version__}"]
+    out = [f"- tandem {__version__}"]
     for pkg in ("transformers", "peft", "torch", "accelerate"):
         try:
             out.append(f"- {pkg} {version(pkg)}")

@@ -94,7 +94,6 @@ def compare(recipe_path: Path, methods: list[str], seeds: list[int], out_dir: Pa
     """Train and score every method x seed; with ``base`` and an eval block, a first row ``base``: the model every
     method starts from, on the same evaluation (as ``tandem study``; its generations are the win-rate baseline)."""
     from tandem.io.rundir import check_run_dir, open_run_dir, path_inputs
-    from tandem.pipelines.study import base_row
     from tandem.schedules import get_method
 
     out_dir, overrides = Path(out_dir), list(overrides or [])
@@ -111,7 +110,7 @@ def compare(recipe_path: Path, methods: list[str], seeds: list[int], out_dir: Pa
         rows = []
         first = run_recipe(recipe_path, methods[0], seeds[0], out_dir / "base", overrides)
         if base and first.eval.metrics:
-            rows.append(base_row(first, out_dir / "base", reuse=resume))
+            rows.append(base_row(first, out_dir / "base", reuse=resume, sweep=False))
             if "reward_win_rate" in first.eval.metrics and first.eval.baseline is None:
                 overrides.append(f"eval.baseline={out_dir / 'base' / 'eval' / 'generations.jsonl'}")
         for method in methods:
@@ -121,6 +120,21 @@ def compare(recipe_path: Path, methods: list[str], seeds: list[int], out_dir: Pa
                 (out_dir / "table.json").write_text(json.dumps(rows, indent=2))
         write_tables(out_dir, rows, x_key, y_key, "Method comparison")
     return rows
+
+
+BASE_SKIPS = ("reward_win_rate", "implicit_reward_accuracy")  # against itself: 0.5 and 0 by construction
+
+
+def base_row(recipe, base_dir: Path, reuse: bool, sweep: bool = True) -> dict:
+    """Row ``base``: the model every method starts from, on the same eval block (without the metrics that compare it
+    with itself); its generations at ``eval.temperature`` become the win-rate baseline (``tandem study`` and
+    ``tandem compare``)."""
+    r = recipe.model_copy(update={"eval": recipe.eval.model_copy(
+        update={"metrics": [m for m in recipe.eval.metrics if m not in BASE_SKIPS]})})
+    log.info("evaluating the base model %s (the win-rate baseline)", recipe.model.name_or_path)
+    row = {"method": "base", "seed": recipe.eval.seed, "run": str(base_dir), "steps": 0, "seconds": 0.0}
+    row.update(eval_row(r, base_dir, sweep=sweep, reuse=reuse, model_dir=Path(recipe.model.name_or_path)))
+    return row
 
 
 def write_tables(out_dir: Path, rows: list[dict], x_key: str | None, y_key: str | None, title: str) -> None:

@@ -25,7 +25,7 @@ import logging
 import time
 from pathlib import Path
 
-from tandem.pipelines.compare import check_recipe, run_one, run_recipe, write_tables
+from tandem.pipelines.compare import BASE_SKIPS, base_row, check_recipe, run_one, run_recipe, write_tables  # noqa: F401
 
 log = logging.getLogger("tandem")
 
@@ -119,20 +119,6 @@ def check_inputs(recipe) -> None:
             check_exists(model, what)
 
 
-BASE_SKIPS = ("reward_win_rate", "implicit_reward_accuracy")  # against itself: 0.5 and 0 by construction
-
-
-def base_row(recipe, base_dir: Path, reuse: bool) -> dict:
-    """Row ``base``: the model every method starts from, on the same eval block (without the metrics that compare it
-    with itself); its generations at ``eval.temperature`` become the win-rate baseline."""
-    from tandem.pipelines.compare import eval_row
-
-    r = recipe.model_copy(update={"eval": recipe.eval.model_copy(
-        update={"metrics": [m for m in recipe.eval.metrics if m not in BASE_SKIPS]})})
-    log.info("study: evaluating the base model %s (the win-rate baseline)", recipe.model.name_or_path)
-    row = {"method": "base", "seed": recipe.eval.seed, "run": str(base_dir), "steps": 0, "seconds": 0.0}
-    row.update(eval_row(r, base_dir, sweep=True, reuse=reuse, model_dir=Path(recipe.model.name_or_path)))
-    return row
 
 
 def default_axes(rows: list[dict], x_key: str | None, y_key: str | None) -> tuple[str | None, str | None]:
