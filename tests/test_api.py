@@ -154,3 +154,14 @@ def test_recipe_objects(tmp_path):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(r.model_dump(mode="json")))
     assert tandem.Recipe.from_yaml(path, ["optimizer.lr=3e-5"]).optimizer.lr == 3e-5
+
+
+def test_import_tandem_is_light_and_exports_the_api():
+    import subprocess
+    import sys
+
+    code = ("import sys, tandem; assert 'torch' not in sys.modules and 'tandem.api' not in sys.modules; "
+            "assert tandem.train is tandem.api.train and issubclass(tandem.api.InputError, tandem.TandemError); "
+            "print(sorted(tandem.__all__))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "train" in out and "Recipe" in out and "TandemError" in out
