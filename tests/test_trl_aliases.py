@@ -209,3 +209,20 @@ def test_compare_checks_metric_names_before_training(tmp_path, tiny_model_dir, s
     res = invoke(["compare", str(path), "--methods", "dpo", "--out", str(tmp_path / "cmp")])
     assert res.exit_code == 2 and "unknown metric(s) ['roug']" in res.output
     assert not (tmp_path / "cmp").exists() and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("block,message", [
+    ({"objectives": {"preference": {"name": "dpo", "bta": 0.1}}}, "did you mean 'beta'?"),
+    ({"method": "hbat", "hbat": {"ewc": {"lamda": 1.0}}}, "did you mean 'lam'?"),
+])
+def test_a_misspelt_objective_or_regularizer_argument_gets_its_hint(tmp_path, tiny_model_dir, synthetic_files, block,
+                                                                    message):
+    raw = trl_recipe(tmp_path, tiny_model_dir, synthetic_files["preference"], **block)
+    if block.get("method") == "hbat":
+        raw["data"]["sft"] = {"source": str(synthetic_files["sft"])}
+    raw.pop("beta")
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    res = invoke(["train", str(path), "--no-progress"])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert not (tmp_path / "run").exists()

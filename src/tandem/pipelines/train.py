@@ -135,7 +135,7 @@ def build_objective(recipe: Recipe, role: str, forced: str | None = None):
     try:
         return build(name, **cfg)
     except TypeError as e:
-        raise ValueError(f"objectives.{role} ({name}): {e}") from None
+        raise ValueError(f"objectives.{role} ({name}): {e}{argument_hint(str(e))}") from None
 
 
 def build_regularizer(recipe: Recipe, method: Method):
@@ -153,7 +153,24 @@ def build_regularizer(recipe: Recipe, method: Method):
     try:
         return build(name, **cfg)
     except TypeError as e:
-        raise ValueError(f"{where} ({name}): {e}") from None
+        raise ValueError(f"{where} ({name}): {e}{argument_hint(str(e))}") from None
+
+
+def argument_hint(message: str) -> str:
+    """``; did you mean 'beta'?`` for a registry's "unknown argument(s) ['bta'] ... accepted: a, beta" message."""
+    import difflib
+    import re
+
+    bad = re.search(r"unknown argument\(s\) \[([^\]]*)\]", message)
+    ok = re.search(r"(?:accepted|allowed): \[?([^\]]*)\]?$", message)
+    if not (bad and ok):
+        return ""
+    names = [x.strip(" '\"") for x in ok.group(1).split(",")]
+    for b in (x.strip(" '\"") for x in bad.group(1).split(",")):
+        near = difflib.get_close_matches(b, names, n=1)
+        if near:
+            return f"; did you mean {near[0]!r}?"
+    return ""
 
 
 def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None, model=None, tokenizer=None,
