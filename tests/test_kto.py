@@ -327,3 +327,17 @@ def test_a_trl_kto_config_trains_through_the_cli(tmp_path, tiny_model_dir, kto_f
     resolved = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
     assert resolved["objectives"]["preference"] == {"name": "kto", "beta": 0.2, "desirable_weight": 1.33,
                                                     "undesirable_weight": 0.9}
+
+
+@pytest.mark.parametrize("kw", [{"mode": "pack", "max_tokens_per_row": None}, {"mode": "pad"}])
+def test_a_micro_batch_of_one_and_unbounded_rows(kw):
+    torch.manual_seed(0)
+    model = tiny_llama()
+    kto = KTO(beta=0.3)
+    feats = kto.prepare(model, feats_of([4, 6, 5], [True, False, True]), lambda fs: collate(fs, **kw))
+    one = collate(feats[:1], **kw)
+    assert one["seq_ids"].shape[0] == 2  # the completion's row and the KL row
+    loss, m = kto(model, one)
+    assert float(loss.detach()) == pytest.approx(0.5, abs=1e-5) and m["kl"] == pytest.approx(0.0, abs=1e-5)
+    loss, _ = kto(model, collate(feats, **kw))
+    assert torch.isfinite(loss.detach())
