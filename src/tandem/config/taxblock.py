@@ -16,6 +16,11 @@ class AdaptiveRatiosConfig(Strict):
     steps: int = Field(default=20, ge=1)
     lr: float = Field(default=0.1, gt=0)
     mean_ratio: float = Field(default=0.5, ge=0.0, le=1.0)
+    parametrisation: Literal["softmax", "sigmoid"] = Field(default="softmax", description="softmax: tandem's (clamped "
+                                                           "n * mean_ratio * softmax); sigmoid: the authors' normalised sigmoid")
+    pull: float = Field(default=0.0, ge=0.0, description="weight of the L1 pull of the ratios to mean_ratio (the "
+                        "authors' release has one; 0: none)")
+    pull_weights: list[float] | None = Field(default=None, description="per-group weights of the pull (default 1 each)")
     prompts: SourceConfig | None = Field(default=None, description="prompts to fit the ratios on (disjoint from the "
                                          "scoring prompts); default: fit_fraction of the tax prompts, held out")
     fit_fraction: float = Field(default=0.5, gt=0.0, lt=1.0)

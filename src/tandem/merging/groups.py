@@ -19,6 +19,9 @@ Group specs
 - ``"blockK"``: K contiguous groups of layers (``"block3"`` by default). When the number of layers L is not
   divisible by K, the remainder ``L % K`` is spread one extra layer each over the *first* groups
   (``numpy.array_split`` rule): 7 layers with block3 -> ``0-2, 3-4, 5-6``.
+- ``"blockK-tail"``: the same K groups of ``L // K`` layers, the remainder all in the *last* group (the authors'
+  release of heterogeneous model averaging: 26 layers with block3-tail -> ``0-7, 8-15, 16-25``, where block3 gives
+  ``0-8, 9-17, 18-25``).
 - ``"layerwise"``: one group per layer.
 - explicit ranges: ``"0-9,10-19,20-29"`` (inclusive; single layers like ``"5"`` allowed). Every layer must be
   covered exactly once.
@@ -93,15 +96,15 @@ def parse_group_spec(spec: str, n_layers: int) -> list[list[int]]:
         raise GroupSpecError(f"group spec {spec!r}: model has no layers")
     if s == "layerwise":
         return [[i] for i in range(n_layers)]
-    m = re.fullmatch(r"block(\d+)", s)
+    m = re.fullmatch(r"block(\d+)(-tail)?", s)
     if m:
-        k = int(m.group(1))
+        k, tail = int(m.group(1)), m.group(2) is not None
         if not 1 <= k <= n_layers:
             raise GroupSpecError(f"group spec {spec!r}: need 1 <= K <= {n_layers} (number of layers), got K={k}")
         base, extra = divmod(n_layers, k)
         groups, start = [], 0
         for g in range(k):
-            size = base + (1 if g < extra else 0)
+            size = base + (extra if g == k - 1 else 0) if tail else base + (1 if g < extra else 0)
             groups.append(list(range(start, start + size)))
             start += size
         return groups
@@ -111,7 +114,7 @@ def parse_group_spec(spec: str, n_layers: int) -> list[list[int]]:
         m = re.fullmatch(r"(\d+)\s*(?:-\s*(\d+))?", part)
         if not m:
             raise GroupSpecError(
-                f"group spec {spec!r}: cannot read {part!r}; use 'blockK', 'layerwise' or ranges like '0-9,10-19'"
+                f"group spec {spec!r}: cannot read {part!r}; use 'blockK', 'blockK-tail', 'layerwise' or ranges like '0-9,10-19'"
             )
         a, b = int(m.group(1)), int(m.group(2) or m.group(1))
         if a > b or b >= n_layers:

@@ -107,11 +107,29 @@ class _LossModule(nn.Module):
         return self.loss_fn(self.model, batch)
 
 
-def group_ratios(logits: torch.Tensor, mean_ratio: float) -> torch.Tensor:
-    """``clamp(n * mean_ratio * softmax(logits), 0, 1)``: the mean over groups is exactly ``mean_ratio``
-    unless a ratio hits the clamp at 1 (then the mean drops below it; the clamped group gets no gradient)."""
+def group_ratios(logits: torch.Tensor, mean_ratio: float, parametrisation: str = "softmax") -> torch.Tensor:
+    """``clamp(n * mean_ratio * w, 0, 1)`` with ``w = softmax(logits)`` (``"softmax"``, tandem's default) or the
+    normalised sigmoid ``w = sigmoid(logits) / sum(sigmoid(logits))`` (``"sigmoid"``, the authors' release): the mean
+    over groups is exactly ``mean_ratio`` unless a ratio hits the clamp at 1 (then the mean drops below it; the
+    clamped group gets no gradient)."""
     n = logits.numel()
-    return (n * mean_ratio * torch.softmax(logits, dim=0)).clamp(0.0, 1.0)
+    if parametrisation == "sigmoid":
+        s = torch.sigmoid(logits)
+        w = s / s.sum()
+    elif parametrisation == "softmax":
+        w = torch.softmax(logits, dim=0)
+    else:
+        raise ValueError(f"parametrisation: {parametrisation!r} is not one of ['softmax', 'sigmoid']")
+    return (n * mean_ratio * w).clamp(0.0, 1.0)
+
+
+def ratio_pull(ratios: torch.Tensor, initial: float, weights: Sequence[float] | None = None) -> torch.Tensor:
+    """The weighted L1 pull of the ratios to their initial value: ``sum_g c_g |r_g - initial|`` (``c_g = 1``
+    when ``weights`` is None)."""
+    c = torch.ones_like(ratios) if weights is None else torch.tensor(list(weights), dtype=ratios.dtype, device=ratios.device)
+    if c.numel() != ratios.numel():
+        raise ValueError(f"pull_weights: {c.numel()} weights for {ratios.numel()} groups")
+    return (c * (ratios - initial).abs()).sum()
 
 
 def learn_group_ratios(
@@ -125,6 +143,9 @@ def learn_group_ratios(
     steps: int = 20,
     lr: float = 0.1,
     history: list | None = None,
+    parametrisation: str = "softmax",
+    pull: float = 0.0,
+    pull_weights: Sequence[float] | None = None,
 ) -> list[float]:
     """Adaptive per-group ratios (the authors' variant of heterogeneous model averaging).
 
@@ -141,6 +162,10 @@ def learn_group_ratios(
             default (embeddings follow group 0 when a spec string is given).
         loss_fn: ``loss_fn(model, batch) -> scalar``; called on ``model`` with the merged weights swapped in.
         history: if a list is given, the loss of every step is appended to it.
+        parametrisation: ``"softmax"`` (tandem's default) or ``"sigmoid"`` (the authors' normalised sigmoid), see
+            :func:`group_ratios`.
+        pull, pull_weights: adds ``pull * sum_g c_g |r_g - mean_ratio|`` to the loss (:func:`ratio_pull`; the
+            authors' release pulls the ratios to their initial value this way); 0 adds nothing.
 
     Returns the learned ratios (floats), one per group.
     """
@@ -166,11 +191,13 @@ def learn_group_ratios(
     model.eval()
     try:
         for step in range(steps):
-            r = group_ratios(logits, mean_ratio)
+            r = group_ratios(logits, mean_ratio, parametrisation)
             r_all = torch.cat([r, r.mean().reshape(1)])  # index n_groups = tensors outside groups
             params = {f"model.{n}": t0[n] + r_all[n_groups if gmap[n] is None else gmap[n]].to(p.dtype) * delta[n]
                       for n in names}
             loss = torch.func.functional_call(wrapper, params, (batches[step % len(batches)],))
+            if pull:
+                loss = loss + pull * ratio_pull(r, mean_ratio, pull_weights)
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"learn_group_ratios: loss is {loss.item()} at step {step}")
             opt.zero_grad()
@@ -182,7 +209,7 @@ def learn_group_ratios(
     finally:
         model.train(was_training)
     with torch.no_grad():
-        return [float(x) for x in group_ratios(logits, mean_ratio)]
+        return [float(x) for x in group_ratios(logits, mean_ratio, parametrisation)]
 
 
 def ratios_to_alphas(names: Sequence[str], groups: str, ratios: Sequence[float]) -> dict[str, float]:

@@ -208,7 +208,9 @@ def learn_adaptive(model, merger, cfg, fit: Callable, tokenizer, prompts, n_grou
     theta1 = dict(zip(merger.names, merger.theta1))
     history: list[float] = []
     ratios = learn_group_ratios(model, theta0, theta1, cfg.groups, batches, mean_ratio=cfg.adaptive.mean_ratio,
-                                steps=cfg.adaptive.steps, lr=cfg.adaptive.lr, history=history)
+                                steps=cfg.adaptive.steps, lr=cfg.adaptive.lr, history=history,
+                                parametrisation=cfg.adaptive.parametrisation, pull=cfg.adaptive.pull,
+                                pull_weights=cfg.adaptive.pull_weights)
     return ratios, history
 
 
