@@ -182,6 +182,8 @@ CASES = [
     Case("train-beta-abc", ["train", "{sb}/dpo.yaml", "--set", "objectives.preference.beta=abc"],
          ["objectives.preference.beta", "'abc'", "not a number"]),
     Case("train-freeze-percent-150", [*TRAIN, "--set", "hbat.freeze.percent=150"], ["hbat.freeze", "percent", "150"]),
+    Case("train-regularizer-percent-150", [*TRAIN, "--set", "regularizer={{name: freeze, percent: 150}}"],
+         ["regularizer", "percent", "150"]),
     Case("train-batch-larger-than-data", [*TRAIN, "--set", "batching.batch_size=64"],
          ["batching.batch_size 64", "{sb}/sft.jsonl", "16"], "run"),
     Case("train-parts-larger-than-data", [*TRAIN, "--set", "schedule.method=hbat", "--set", "schedule.parts=1000"],

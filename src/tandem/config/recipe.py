@@ -152,6 +152,7 @@ class ObjectiveConfig(BaseModel):
 class RegularizerConfig(BaseModel):
     model_config = ConfigDict(extra="allow")
     name: str
+    _finite = model_validator(mode="after")(finite_extras)  # NaN/inf refused, percent in [0, 100]
 
 
 class ScheduleConfig(Strict):
