@@ -169,6 +169,7 @@ CASES = [
          ["{sb}/m-notok", "tokenizer"], "run"),
     Case("train-model-truncated-safetensors", [*TRAIN, "--set", "model.name_or_path={sb}/m-trunc"],
          ["{sb}/m-trunc/model.safetensors", "truncated"], "run"),
+    Case("train-nan-base-model", [*TRAIN, "--set", "model.name_or_path={sb}/m-nan"], ["{sb}/m-nan", "NaN"], "run"),
     Case("probe-nan-model", [*PROBE, "{sb}/m-nan", "-o", "{sb}/pr"], ["--model", "{sb}/m-nan", "NaN"]),
     Case("probe-truncated-model", [*PROBE, "{sb}/m-trunc", "-o", "{sb}/pr"], ["--model", "m-trunc", "truncated"]),
     Case("eval-temperatures-nan", ["eval", "{model}", "--recipe", "{sb}/recipe.yaml", "--temperatures", "0,nan"],

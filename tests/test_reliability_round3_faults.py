@@ -183,6 +183,22 @@ def test_aliases_within_the_bound_still_work():
     assert load_yaml("n: 123456789012345678901234567890") == {"n": 123456789012345678901234567890}
 
 
+def test_truncation_warns_past_half_and_fails_past_the_threshold(caplog):
+    import logging
+
+    from tandem.data.errors import DataError
+    from tandem.pipelines.train_data import check_content
+
+    feats = [{}] * 10
+    with caplog.at_level(logging.WARNING, logger="tandem"):
+        check_content("d.jsonl", "sft", feats, {"truncated": 4}, 1.0, 64)
+        assert not caplog.records
+        check_content("d.jsonl", "sft", feats, {"truncated": 10}, 1.0, 64)  # 100%: a warning, by default no error
+    assert "10 of 10 rows (100%)" in caplog.text and "data.max_truncated" in caplog.text
+    with pytest.raises(DataError, match="6 of 10 rows .* more than data.max_truncated 0.5"):
+        check_content("d.jsonl", "sft", feats, {"truncated": 6}, 0.5, 64)
+
+
 # ----------------------------------------------------------------------------------------------------------- merge
 
 
