@@ -76,9 +76,6 @@ def arm_values(rows: list[dict], metric: str) -> dict[str, dict[int, dict[str, f
         else:
             continue
         out.setdefault(arm, {})[seed] = vals
-    if not out:
-        raise ValueError(f"no row has metric {metric!r} (per-prompt fields: {', '.join(PER_PROMPT)} from "
-                         "eval/per_prompt.jsonl, or a column of table.json)")
     return out
 
 
@@ -98,6 +95,9 @@ def write_contrasts(out_dir: Path, rows: list[dict], questions: list[dict], n_bo
         raise ValueError(f"contrast arm(s) {', '.join(missing)} not found; arms: {', '.join(sorted(arms))}")
     for metric in dict.fromkeys(m for q in questions for m in q["metrics"]):
         qs = [q for q in questions if metric in q["metrics"]]
+        if metric not in PER_PROMPT and not any(metric in r for r in rows):
+            raise ValueError(f"no row has metric {metric!r} (per-prompt fields: {', '.join(PER_PROMPT)} from "
+                             "eval/per_prompt.jsonl, or a column of table.json)")
         values = arm_values(rows, metric)
         measured = [q for q in qs if q["a"] in values and q["b"] in values]
         rows_m = contrasts(values, [(q["a"], q["b"]) for q in measured], n_boot=n_boot) if measured else []
