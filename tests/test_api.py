@@ -165,3 +165,26 @@ def test_import_tandem_is_light_and_exports_the_api():
             "print(sorted(tandem.__all__))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "train" in out and "Recipe" in out and "TandemError" in out
+
+
+def test_evaluate_merge_and_probe_as_functions(tmp_path, tiny_model_dir, synthetic_files, one_thread):
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text("The cat sat on the mat.\n\nWhat is 2 + 3? It is 5.\n")
+    run = tandem.train({"method": "sft", "max_steps": 1, "batching": {"batch_size": 4}, "max_length": 64,
+                        "precision": "fp32", "logging": {"progress": False}, "output_dir": str(tmp_path / "run"),
+                        "eval": {"metrics": ["perplexity"], "heldout_text": str(heldout)}},
+                       model=str(tiny_model_dir), data={"sft": synthetic_files["sft"]})
+    res = tandem.evaluate(run.dir)
+    assert res["metrics"]["perplexity"]["perplexity"] > 0 and Path(res["out"]) == run.dir / "eval"
+    assert json.loads((run.dir / "eval" / "results.json").read_text())["metrics"] == res["metrics"]
+    with pytest.raises(tandem.TandemError, match="unknown metric"):
+        tandem.evaluate(run.dir, metrics=["perplexty"])
+
+    record = tandem.merge(tiny_model_dir, run.dir / "final", tmp_path / "merged", alpha=0.5, groups="block2")
+    assert record["alphas"] == [0.5, 0.5] and (tmp_path / "merged" / "config.json").is_file()
+
+    summary = tandem.probe(tiny_model_dir, synthetic_files["preference"], tmp_path / "probe", pairs=2, heatmap_pairs=0,
+                           max_length=64)
+    assert summary["pairs"] == 2 and (tmp_path / "probe" / "summary.json").is_file()
+    with pytest.raises(tandem.TandemError, match="no preference pairs"):
+        tandem.probe(tiny_model_dir, synthetic_files["sft"], tmp_path / "probe2", pairs=2)
