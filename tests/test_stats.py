@@ -75,3 +75,19 @@ def test_cli_contrasts_on_a_table(tmp_path):
     assert r.exit_code == 2 and "expected A:B" in r.output
     r = CliRunner().invoke(app, ["contrasts", str(tmp_path), "--contrast", "hbat:sequential"])
     assert r.exit_code == 2 and "hbat" in r.output
+
+
+def test_compare_and_study_refuse_a_bad_contrast_before_training(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {name_or_path: nowhere}\n")
+    r = CliRunner().invoke(app, ["compare", str(recipe), "--contrast", "hbat-sequential", "-o", str(tmp_path / "c")])
+    assert r.exit_code == 2 and "expected A:B" in r.output and not (tmp_path / "c").exists()
+    study = tmp_path / "study"
+    study.mkdir()
+    import shutil
+    from pathlib import Path
+
+    for arm in ("sequential", "hbat"):
+        shutil.copy(Path(__file__).resolve().parents[1] / "recipes" / "conflict" / f"{arm}.yaml", study)
+    r = CliRunner().invoke(app, ["study", str(study), "--contrast", "hbat:alright", "-o", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "no recipe for arm(s) alright" in r.output and not (tmp_path / "s").exists()

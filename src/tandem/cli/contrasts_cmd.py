@@ -30,12 +30,12 @@ def contrasts(
       tandem contrasts runs/conflict-study --questions recipes/conflict/_contrasts.yaml
     """
     with user_errors(out):
-        from tandem.pipelines.contrasts import contrasts_of_table, parse_contrast, read_questions
+        from tandem.pipelines.contrasts import asked_contrasts, contrasts_of_table, read_questions
 
         if questions is not None:
             asked = read_questions(questions)
         elif contrast:
-            asked = [{"a": a, "b": b, "name": "", "metrics": ["pass"]} for a, b in map(parse_contrast, contrast)]
+            asked = asked_contrasts(contrast, metric)
         else:
             raise ValueError("give --contrast A:B (repeatable) or --questions FILE")
         if metric:

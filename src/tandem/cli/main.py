@@ -135,6 +135,8 @@ def compare(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier comparison in COMPARE (only one tandem created)."),
     x_key: Optional[str] = typer.Option(None, "--x", help="Instruction-following metric for the scatter."),
     y_key: Optional[str] = typer.Option(None, "--y", help="Preference metric for the scatter."),
+    contrast: list[str] = typer.Option([], "--contrast", help="A:B (methods; A minus B): paired difference with a 95% CI at the end (repeatable; see tandem contrasts)."),
+    contrast_metric: list[str] = typer.Option([], "--contrast-metric", help="Metric of --contrast: pass, style, words (per prompt) or a table column (repeatable; default pass)."),
 ) -> None:
     """Train several methods on the same data, seed and step budget; write COMPARE/table.md, table.json and plots.
 
@@ -147,8 +149,15 @@ def compare(
         from tandem.api import compare as run_compare
         from tandem.report import console_table
 
+        from tandem.pipelines.contrasts import asked_contrasts, contrasts_of_table
+
+        asked = asked_contrasts(contrast, contrast_metric)  # a malformed A:B is refused before any training
         rows = run_compare(recipe, method_list, seed_list, out, list(set_), resume, overwrite, x_key, y_key)
+        if asked:
+            contrasts_of_table(out, asked)
     typer.echo(console_table(rows))
+    if asked:
+        typer.echo((out / "contrasts.md").read_text())
     console.print(f"wrote {out}/table.json, table.md (every metric, mean ± std), report.md")
 
 

@@ -23,6 +23,8 @@ def study(
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an earlier study in OUT (only one tandem created)."),
     x_key: Optional[str] = typer.Option(None, "--x", help="Instruction-following metric of the scatter (default: rouge/rougeL, else reference_nll/nll)."),
     y_key: Optional[str] = typer.Option(None, "--y", help="Preference metric of the scatter (default: reward_win_rate/win_rate, else reward/mean)."),
+    contrast: list[str] = typer.Option([], "--contrast", help="A:B (row names; A minus B): paired difference with a 95% CI at the end, besides STUDY_DIR/_contrasts.yaml (repeatable)."),
+    contrast_metric: list[str] = typer.Option([], "--contrast-metric", help="Metric of --contrast: pass, style, words (per prompt) or a table column (repeatable; default pass)."),
 ) -> None:
     """Train and evaluate every recipe of STUDY_DIR for every seed; write OUT/table.md, table.json and report.md.
 
@@ -40,10 +42,14 @@ def study(
     setup_logging(False)
     seed_list = parse_list("--seeds", seeds, int, "0,1")
     with user_errors(out):
+        from tandem.pipelines.contrasts import asked_contrasts
         from tandem.pipelines.study import study as run_study
         from tandem.report import console_table
 
         rows = run_study(study_dir, seed_list, out, list(set_), resume, x_key, y_key, overwrite=overwrite,
-                         only=parse_list("--only", only, str, "sequential,hbat") if only else None)
+                         only=parse_list("--only", only, str, "sequential,hbat") if only else None,
+                         contrasts=asked_contrasts(contrast, contrast_metric))
     typer.echo(console_table(rows))
+    if (out / "contrasts.md").is_file() and (contrast or (study_dir / "_contrasts.yaml").is_file()):
+        typer.echo((out / "contrasts.md").read_text())
     console.print(f"wrote {out}/table.json, table.md (every metric, mean ± std), report.md")

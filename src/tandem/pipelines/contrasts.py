@@ -25,6 +25,11 @@ def parse_contrast(text: str) -> tuple[str, str]:
     return a.strip(), b.strip()
 
 
+def asked_contrasts(contrasts: list[str], metrics: list[str]) -> list[dict]:
+    """``--contrast A:B`` flags as questions on ``metrics`` (default: ``pass``)."""
+    return [{"a": a, "b": b, "name": "", "metrics": list(metrics) or ["pass"]} for a, b in map(parse_contrast, contrasts)]
+
+
 def read_questions(path: Path) -> list[dict]:
     """The contrasts of a ``_contrasts.yaml`` file as ``{a, b, name, metrics}`` (a contrast's own ``metrics``, else the
     file's, else ``[pass]``), checked, with one-line errors."""

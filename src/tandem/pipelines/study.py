@@ -129,7 +129,7 @@ def default_axes(rows: list[dict], x_key: str | None, y_key: str | None) -> tupl
 
 def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str] | None = None, resume: bool = False,
           x_key: str | None = None, y_key: str | None = None, overwrite: bool = False,
-          only: list[str] | None = None) -> list[dict]:
+          only: list[str] | None = None, contrasts: list[dict] | None = None) -> list[dict]:
     """Run every recipe of ``study_dir`` (or the rows ``only`` names) for every seed into ``out_dir``; returns the
     table rows."""
     from tandem.io.rundir import check_run_dir, open_run_dir, path_inputs
@@ -139,16 +139,20 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
         raise ValueError("--seeds: give at least one seed")
     check_run_dir(out_dir, resume=resume, overwrite=overwrite)
     rows_of = load_study(study_dir, overrides, out_dir, seeds[0], only)
-    if (Path(study_dir) / "_contrasts.yaml").is_file():  # a bad questions file is refused before any training
+    questions = Path(study_dir) / "_contrasts.yaml"
+    asked, spec = list(contrasts or []), {}
+    if questions.is_file():  # a bad questions file is refused before any training
         from tandem.pipelines.contrasts import read_frontier, read_questions
 
-        asked = read_questions(Path(study_dir) / "_contrasts.yaml")
-        spec = read_frontier(Path(study_dir) / "_contrasts.yaml")
+        asked += read_questions(questions)
+        spec = read_frontier(questions)
+    if asked or spec:
         named = {q[k] for q in asked for k in ("a", "b")} | {b[k] for b, k in ((spec.get("early_stop"), "arm"),
                                                                     (spec.get("wise_ft"), "toward")) if b}
         unknown = {x for x in named if "@" not in x and "~" not in x} - {p.stem for p in recipe_files(study_dir)}
         if unknown:
-            raise ValueError(f"{Path(study_dir) / '_contrasts.yaml'}: no recipe for arm(s) {', '.join(sorted(unknown))}")
+            raise ValueError(f"{study_dir}: no recipe for arm(s) {', '.join(sorted(unknown))} named by --contrast or "
+                             f"_contrasts.yaml (rows: {', '.join(p.stem for p in recipe_files(study_dir))})")
     inputs = {"study": str(study_dir)}  # what --overwrite must not delete
     for name, (path, _) in rows_of.items():
         for seed in seeds:
@@ -173,21 +177,16 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
             scores = ", ".join(f"{k} {row[k]:.4g}" for k in (x, y) if k in row)
             log.info("study %d/%d: %s seed %d, %d steps, %.0fs%s", i, len(plan), name, seed, row["steps"],
                      time.perf_counter() - t0, f", {scores}" if scores else "")
-        questions = Path(study_dir) / "_contrasts.yaml"
-        if questions.is_file():  # frontier points (early stops, Wise-FT) of the rows, then the contrasts
-            from tandem.pipelines.contrasts import read_frontier
+        if spec:  # frontier points (early stops, Wise-FT) of the rows
             from tandem.pipelines.frontier import frontier_rows
 
-            spec = read_frontier(questions)
-            if spec:
-                rows += frontier_rows(spec, rows, {n: r for n, (_, r) in rows_of.items()}, reuse=resume)
+            rows += frontier_rows(spec, rows, {n: r for n, (_, r) in rows_of.items()}, reuse=resume)
         x, y = default_axes(rows, x_key, y_key)
         write_tables(out_dir, rows, x, y, f"Study: {Path(study_dir).name}")
-        if questions.is_file():  # the study's questions: paired contrasts with CIs (OUT/contrasts.md)
-            from tandem.pipelines.contrasts import read_questions, write_contrasts
+        present = {str(r["method"]) for r in rows}
+        kept = [q for q in asked if {q["a"], q["b"]} <= present]  # --only: the questions it can answer
+        if kept:  # paired contrasts with CIs (OUT/contrasts.md)
+            from tandem.pipelines.contrasts import write_contrasts
 
-            present = {str(r["method"]) for r in rows}
-            kept = [q for q in read_questions(questions) if {q["a"], q["b"]} <= present]  # --only: those it can answer
-            if kept:
-                write_contrasts(out_dir, rows, kept)
+            write_contrasts(out_dir, rows, kept)
     return rows
