@@ -1,0 +1,167 @@
+"""GRPO and RLOO through the engine on a tiny Llama: KL 0 at the first step, the logged metrics, a reward function
+from TRL's docs unchanged, LoRA, hbat-grpo with the modified EWC, a failing reward function (one line, nothing written
+after it), kill -9 and --resume with identical weights (a GRPO stage, an hbat-grpo run), and a learning check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers_grpo import grpo_recipe
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from tandem.config.recipe import dump_recipe
+from tandem.pipelines.train import build_objective, train
+from tandem.rewards import RewardFunctionError
+
+LORA = {"r": 4, "alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def rows(run: Path, split: str = "train") -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if r["split"] == split]
+
+
+def no_rows(run: Path) -> bool:
+    return not (run / "metrics.jsonl").exists() or rows(run) == []
+
+
+def test_kl_is_zero_at_the_first_step_and_metrics_are_logged(tmp_path, tiny_model_dir, synthetic_files):
+    r = grpo_recipe(tmp_path, tiny_model_dir, synthetic_files, grpo={"beta": 0.1, "steps_per_generation": 2})
+    train(r)
+    tr = rows(Path(r.output_dir))
+    assert len(tr) == 3 and tr[1]["kl"] > 0
+    one = grpo_recipe(tmp_path / "one", tiny_model_dir, synthetic_files, grpo={"beta": 0.1},
+                      **{"schedule.max_steps_per_stage": 1})
+    train(one)
+    assert rows(Path(one.output_dir))[0]["kl"] == 0.0  # the reference is the policy at the stage start
+    expected = {"reward", "reward_std", "rewards/count_e/mean", "rewards/count_e/std", "frac_reward_zero_std", "kl",
+                "loss", "policy_loss", "entropy", "clip_ratio/region", "completion_length", "ended_frac",
+                "rollout_tokens_per_s", "train_tokens_per_s", "grad_norm", "lr"}
+    assert expected <= set(tr[0]) and tr[0]["optimizer_steps"] == 2  # 2 mini-batches, one optimizer step each
+    assert all(x["rollout_tokens_per_s"] > 0 and x["train_tokens_per_s"] > 0 for x in tr)
+    summary = json.loads((Path(r.output_dir) / "summary.json").read_text())
+    assert summary["budget"] == {"preference": 6}  # 3 steps x batch_size 2 prompts
+
+
+def test_a_trl_docs_reward_function_runs_unchanged_with_lora(tmp_path, tiny_model_dir, synthetic_files):
+    r = grpo_recipe(tmp_path, tiny_model_dir, synthetic_files, grpo={"reward_funcs": ["helpers_grpo:reward_len"]},
+                    **{"model.lora": LORA, "save_merged": False, "schedule.max_steps_per_stage": 2})
+    train(r)
+    tr = rows(Path(r.output_dir))
+    # TRL's reward_len: -|20 - len(completion)|, completions are the decoded strings of these standard rows
+    assert len(tr) == 2 and all(x["rewards/reward_len/mean"] <= 0 for x in tr)
+    assert (Path(r.output_dir) / "final" / "adapter_config.json").exists()
+
+
+def test_rloo_with_kl_in_the_reward(tmp_path, tiny_model_dir, synthetic_files):
+    block = {"name": "rloo", "reward_funcs": ["helpers_grpo:count_e"], "num_generations": 3,
+             "max_completion_length": 6, "beta": 0.05, "kl_in_reward": True}
+    r = grpo_recipe(tmp_path, tiny_model_dir, synthetic_files, **{"objectives.preference": block,
+                                                                  "schedule.max_steps_per_stage": 2})
+    assert type(build_objective(r, "preference", "grpo")).__name__ == "RLOO"
+    train(r)
+    tr = rows(Path(r.output_dir))
+    assert tr[0]["kl"] == 0.0 and "clip_ratio/region" in tr[1]
+
+
+def test_hbat_grpo_alternates_with_the_modified_ewc(tmp_path, tiny_model_dir, synthetic_files):
+    r = grpo_recipe(tmp_path, tiny_model_dir, synthetic_files, method="hbat-grpo",
+                    **{"schedule.parts": 2, "schedule.max_steps_per_stage": 2})
+    train(r)
+    stages = Path(r.output_dir) / "stages"
+    assert sorted(p.name for p in stages.glob("0*")) == ["01-sft-1", "02-pref-1", "03-sft-2", "04-pref-2"]
+    pref2 = [x for x in rows(Path(r.output_dir)) if x["stage"] == "04-pref-2"]
+    # the stage starts at its anchor (penalty 0), then the penalty pulls the GRPO steps back towards it
+    assert len(pref2) == 2 and pref2[0]["reg/penalty"] == 0.0 < pref2[1]["reg/penalty"]
+    assert (stages / "04-pref-2" / "importance.json").exists()
+
+
+def test_settings_come_from_the_preference_block_or_a_grpo_block(tmp_path, tiny_model_dir, synthetic_files):
+    r = grpo_recipe(tmp_path, tiny_model_dir, synthetic_files, method="sequential-grpo",
+                    **{"objectives.preference": {"name": "dpo", "beta": 0.1},
+                       "objectives.grpo": {"name": "grpo", "reward_funcs": ["helpers_grpo:count_e"], "epsilon": 0.3}})
+    obj = build_objective(r, "preference", "grpo")
+    assert type(obj).__name__ == "GRPO" and obj.epsilon == 0.3
+    bad = grpo_recipe(tmp_path, tiny_model_dir, synthetic_files, grpo={"clip_range": 0.2})
+    with pytest.raises(ValueError, match="clip_range"):
+        build_objective(bad, "preference", "grpo")
+
+
+def test_a_failing_reward_function_stops_before_anything_is_written(tmp_path, tiny_model_dir, synthetic_files):
+    r = grpo_recipe(tmp_path, tiny_model_dir, synthetic_files, grpo={"reward_funcs": ["helpers_grpo:raises"]},
+                    **{"checkpoint.every": 1})
+    with pytest.raises(RewardFunctionError, match="reward function raises raised KeyError"):
+        train(r)
+    run = Path(r.output_dir)
+    assert no_rows(run) and not list(run.glob("checkpoints/stage*")) and not (run / "final").exists()
+    from tandem.cli.main import app
+
+    path = tmp_path / "wrong.yaml"
+    r2 = grpo_recipe(tmp_path / "cli", tiny_model_dir, synthetic_files, grpo={"reward_funcs": ["helpers_grpo:wrong_length"]})
+    path.write_text(dump_recipe(r2))
+    res = CliRunner().invoke(app, ["train", str(path)])
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert res.exit_code == 2, res.output and len(errors) == 1 and "reward function wrong_length returned 1 rewards" in errors[0]
+    assert "Traceback" not in res.output and no_rows(Path(r2.output_dir))
+
+
+@pytest.mark.slow
+def test_grpo_raises_the_reward_of_a_tiny_policy(tmp_path, tiny_model_dir, synthetic_files):
+    """Reward = number of letters 'e' in the completion; a random tiny Llama learns to emit them."""
+    r = grpo_recipe(tmp_path, tiny_model_dir, synthetic_files, grpo={"max_completion_length": 8, "num_generations": 8},
+                    **{"batching.batch_size": 4, "optimizer.lr": 3e-3, "schedule.max_steps_per_stage": 25,
+                       "schedule.epochs": 100})
+    train(r)
+    rewards = [x["reward"] for x in rows(Path(r.output_dir))]
+    first, last = sum(rewards[:5]) / 5, sum(rewards[-5:]) / 5
+    assert last > first + 0.6 and last > 2 * first, rewards
+
+
+# ---------------------------------------------------------------------------------- kill -9 and --resume
+
+def _same_after_kill(tmp_path, make, kill_after: int, files: list[str]) -> None:
+    from test_reliability_train import _run
+
+    paths = {}
+    for name in ("straight", "killed"):
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(dump_recipe(make(tmp_path / name)))
+    assert _run(paths["straight"], "fresh").returncode == 0
+    killed = _run(paths["killed"], "fresh", kill_after=kill_after)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    res = _run(paths["killed"], "resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    for f in files:
+        ta, tb = load_file(str(tmp_path / "straight" / "run" / f)), load_file(str(tmp_path / "killed" / "run" / f))
+        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), f
+    ra = [x["reward"] for x in rows(tmp_path / "straight" / "run") if "reward" in x]
+    assert ra and ra == [x["reward"] for x in rows(tmp_path / "killed" / "run") if "reward" in x]
+
+
+@pytest.mark.slow
+def test_kill_resume_grpo_stage(tmp_path, tiny_model_dir, synthetic_files):
+    def make(d):  # beta > 0: the resumed stage reloads its reference; two iterations: old log-probs
+        return grpo_recipe(d, tiny_model_dir, synthetic_files, grpo={"beta": 0.1, "num_iterations": 2},
+                           **{"schedule.max_steps_per_stage": 4, "checkpoint.every": 2})
+
+    _same_after_kill(tmp_path, make, kill_after=3, files=["final/model.safetensors"])
+
+
+@pytest.mark.slow
+def test_kill_resume_hbat_grpo(tmp_path, tiny_model_dir, synthetic_files):
+    def make(d):  # killed in the middle of the second GRPO stage, with the EWC penalty active
+        return grpo_recipe(d, tiny_model_dir, synthetic_files, method="hbat-grpo", grpo={"beta": 0.1},
+                           **{"schedule.parts": 2, "schedule.max_steps_per_stage": 3, "checkpoint.every": 2})
+
+    _same_after_kill(tmp_path, make, kill_after=11, files=["final/model.safetensors", "stages/02-pref-1/end.safetensors"])
