@@ -1,0 +1,69 @@
+"""tandem.models.group_sampling: greedy equals the one sampler's greedy, one prefill per prompt (not per completion),
+rows leave the batch at their EOS, seeded draws, the nucleus rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from helpers_evaluation import tiny_lm
+
+from tandem.models.group_sampling import pick_tokens, sample_groups
+from tandem.models.sampling import sample_ids
+
+PROMPTS = [[1, 5, 6, 7], [1, 8], [1, 10, 11, 12, 13, 14]]
+
+
+@pytest.fixture(scope="module")
+def lm():
+    return tiny_lm(seed=0)
+
+
+def test_greedy_groups_equal_the_samplers_greedy(lm):
+    model, _ = lm
+    never = [model.config.vocab_size - 1]
+    want = sample_ids(model, PROMPTS, pad_id=0, eos=never, temperature=0, top_p=1.0, max_new_tokens=6, seed=0)
+    got = sample_groups(model, PROMPTS, n=2, pad_id=0, eos=never, temperature=0, top_p=1.0, max_new_tokens=6, seed=0)
+    assert got == [w for w in want for _ in range(2)]  # prompt-major: each prompt's group, in order
+
+
+def test_one_prefill_per_prompt_and_rows_leave_at_eos(lm):
+    model, _ = lm
+    batch_sizes, widths = [], []
+
+    def record(module, args, kw):
+        batch_sizes.append(kw["input_ids"].shape[0])
+        widths.append(kw["input_ids"].shape[1])
+
+    hook = model.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        out = sample_groups(model, PROMPTS, n=4, pad_id=0, eos=list(range(40, 300)), temperature=1.0, top_p=1.0,
+                            max_new_tokens=8, seed=3)
+    finally:
+        hook.remove()
+    assert batch_sizes[0] == 3 and widths[0] == 6  # the prefill: 3 prompts, left-padded to the longest, once
+    assert all(w == 1 for w in widths[1:])  # then one token per step with the KV cache
+    assert batch_sizes[1:] == sorted(batch_sizes[1:], reverse=True) and len(out) == 12
+    alive_after = [sum(len(o) > t for o in out) for t in range(1, 8)]
+    assert batch_sizes[1:] == alive_after[:len(batch_sizes) - 1]  # finished rows are no longer computed
+    eos = set(range(40, 300))
+    assert all(all(t not in eos for t in o[:-1]) for o in out)  # each result stops at its first EOS
+
+
+def test_seeded_and_sampling_differs_within_a_group(lm):
+    model, _ = lm
+    kw = dict(n=4, pad_id=0, eos=[2], temperature=1.0, top_p=0.9, max_new_tokens=8)
+    a = sample_groups(model, PROMPTS, seed=5, **kw)
+    assert a == sample_groups(model, PROMPTS, seed=5, **kw) != sample_groups(model, PROMPTS, seed=6, **kw)
+    assert len({tuple(x) for x in a[:4]}) > 1  # the group's completions are different draws
+    state = torch.get_rng_state()
+    sample_groups(model, PROMPTS, seed=5, **kw)
+    assert torch.equal(state, torch.get_rng_state())  # the global RNG is untouched
+
+
+def test_nucleus_rule_by_hand():
+    # probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps {0.5, 0.3} (the removed tail 0.2 <= 1 - 0.7)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    g = torch.Generator().manual_seed(0)
+    draws = {int(pick_tokens(logits, 1.0, 0.7, g)) for _ in range(200)}
+    assert draws == {0, 1}
+    assert int(pick_tokens(logits, 0.0, 1.0, g)) == 0  # greedy
