@@ -132,9 +132,10 @@ def test_user_errors_raise_tandem_errors_with_the_cli_line_and_write_nothing(tmp
                      data={"preference": [{"prompt": "hi", "chosen": "a"}]})
     assert "rejected" in str(e.value) and "\n" not in str(e.value)
     assert not out.exists()
-    with pytest.raises(tandem.TandemError, match=r"did you mean 'schedule.max_steps'\?"):
+    with pytest.raises(tandem.TandemError, match=r"did you mean 'schedule.max_steps'\?") as e:
         tandem.train({**NOTEBOOK, "output_dir": str(out), "schedule": {"max_step": 3}}, model=model, tokenizer=tok,
                      data={"preference": [{"prompt": "hi", "chosen": "a", "rejected": "b"}]})
+    assert str(e.value).startswith("invalid recipe: ") and "\n" not in str(e.value)  # the CLI's one line
     with pytest.raises(tandem.TandemError, match="not found"):
         tandem.train({**NOTEBOOK, "output_dir": str(out)}, model=str(tmp_path / "nope"),
                      data={"preference": str(tmp_path / "pairs.jsonl")})

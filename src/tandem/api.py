@@ -46,7 +46,9 @@ def user_errors(where: str | os.PathLike | None = None):
 
     try:
         yield
-    except TandemError:
+    except TandemError as e:
+        if len(e.args) == 1 and isinstance(e.args[0], str) and "\n" in e.args[0]:
+            e.args = (one_line(e.args[0]),)  # the CLI's line (a recipe error lists its problems on one line too)
         raise
     except Exception as e:
         msg = user_message(e, where)
