@@ -165,3 +165,20 @@ def test_kill_resume_hbat_grpo(tmp_path, tiny_model_dir, synthetic_files):
                            **{"schedule.parts": 2, "schedule.max_steps_per_stage": 3, "checkpoint.every": 2})
 
     _same_after_kill(tmp_path, make, kill_after=11, files=["final/model.safetensors", "stages/02-pref-1/end.safetensors"])
+
+
+def test_trl_prompt_only_rows_with_columns(tmp_path, tiny_model_dir, synthetic_files):
+    """TRL's prompt-only dataset (``prompt`` + other columns): the reward function reads its ``answer`` column."""
+    from conftest import write_jsonl
+
+    rows_ = [{"prompt": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(8)]
+    rows_ += [{"prompt": [{"role": "user", "content": "Say e."}], "answer": None}]  # a chat row, no answer
+    data = write_jsonl(tmp_path / "prompts.jsonl", rows_)
+    r = grpo_recipe(tmp_path, tiny_model_dir, synthetic_files,
+                    grpo={"reward_funcs": ["helpers_grpo:answer_in_completion", "helpers_grpo:count_e"]},
+                    **{"data.preference": {"source": str(data)}, "schedule.max_steps_per_stage": 2})
+    train(r)
+    tr = rows(Path(r.output_dir))
+    assert len(tr) == 2 and "rewards/answer_in_completion/mean" in tr[0] and "rewards/count_e/std" in tr[0]
+    info = json.loads((Path(r.output_dir) / "data-preference.json").read_text())
+    assert info["load"]["format"] == "prompt_only" and info["train"] == 9

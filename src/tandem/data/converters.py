@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from tandem.data.types import Message, PreferenceExample, SFTExample, UnpairedExample, user
+from tandem.data.types import Message, PreferenceExample, PromptExample, SFTExample, UnpairedExample, user
 
 HH_ASSISTANT = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -164,6 +164,11 @@ def _last_assistant_split(msgs: list[Message]) -> tuple[list[Message], str]:
 def prompt_response(rec: dict) -> SFTExample:
     prompt, _ = prompt_field(need(rec, "prompt"))
     return SFTExample(check_prompt(prompt), response_field(need(rec, "response", "completion"), "response"))
+
+
+def prompt_only(rec: dict) -> PromptExample:
+    prompt, _ = prompt_field(need(rec, "prompt"))
+    return PromptExample(check_prompt(prompt))
 
 
 def alpaca(rec: dict) -> SFTExample:
@@ -322,4 +327,5 @@ CONVERTERS = {
     "tldr": tldr,
     "tldr_comparison": tldr_comparison,
     "unpaired_preference": unpaired_preference,
+    "prompt_only": prompt_only,
 }

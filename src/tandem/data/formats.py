@@ -29,6 +29,8 @@ name                    fields                                                  
 ``unpaired_preference`` ``prompt``, ``completion`` (or ``response``), ``label``      unpaired
                         (true: desirable, false: undesirable) -- TRL's unpaired
                         preference (KTO) format; read for the ``unpaired`` role
+``prompt_only``         ``prompt`` (string or messages) and any other columns        prompt
+                        (TRL's prompt-only rows: online methods sample the replies)
 ======================= ========================================================== ===========
 
 Conventions:
@@ -105,6 +107,7 @@ FORMATS: dict[str, str] = {
     "hh_rlhf": "chosen, rejected (full '\\n\\nHuman: ... \\n\\nAssistant: ...' transcripts)",
     "tldr": "subreddit, title, post|instruction, summary|gold_response",
     "tldr_comparison": "subreddit, title, post (or info{...}), summaries [a, b] | summary_0, summary_1, choice",
+    "prompt_only": "prompt (string or messages), other columns kept (online methods: GRPO, RLOO)",
     "unpaired_preference": "prompt, completion|response, label (true|false)",
 }
 
@@ -166,6 +169,8 @@ def detect_format(record: dict) -> str:
         return "alpaca"
     if "prompt" in keys and keys & {"response", "completion"}:
         return "prompt_response"
+    if "prompt" in keys:
+        return "prompt_only"
     if "text" in keys:
         raise DataError(
             f"language-modelling rows (a 'text' field, keys seen: {sorted(keys)}) have no prompt/reply split; give "

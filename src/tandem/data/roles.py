@@ -9,6 +9,10 @@ A *role* is the kind of example a training stage needs (an objective's ``data_ki
   rejected reply are left out (``empty_chosen`` / ``empty_rejected``), as are pairs with
   ``chosen == rejected`` (``identical``, for every caller).
 
+* ``"prompt"`` (the online objectives ``grpo`` and ``rloo``): format ``prompt_only`` (TRL's prompt-only rows:
+  ``prompt`` and any other columns, which reward functions read), and every SFT and preference format (their prompt
+  is used, the replies are not).
+
 * ``"unpaired"`` (the ``kto`` objective): format ``unpaired_preference``, TRL's unpaired preference rows
   (``prompt``, ``completion``, ``label``: true for a desirable completion, false for an undesirable one; ``label``
   may be a boolean or, from a CSV file, the text ``true``/``false``). A ``prompt``/``completion`` source whose first
@@ -27,20 +31,23 @@ from typing import Literal
 
 from tandem.data.errors import DataError
 
-Role = Literal["sft", "preference", "unpaired"]
+Role = Literal["sft", "preference", "unpaired", "prompt"]
 
 SFT_FORMATS = frozenset({"prompt_response", "alpaca", "messages", "sharegpt", "tldr"})
 PREFERENCE_FORMATS = frozenset({"preference", "implicit_preference", "sharegpt_preference", "hh_rlhf", "tldr_comparison"})
 UNPAIRED_FORMATS = frozenset({"unpaired_preference"})
+PROMPT_FORMATS = SFT_FORMATS | PREFERENCE_FORMATS | {"prompt_only"}  # online methods read only the prompt
 ROLE_FORMATS: dict[str, frozenset[str]] = {"sft": SFT_FORMATS, "preference": PREFERENCE_FORMATS,
-                                          "unpaired": UNPAIRED_FORMATS}
+                                          "unpaired": UNPAIRED_FORMATS, "prompt": PROMPT_FORMATS}
 ROLE_FIELDS = {
     "sft": "a prompt and one reply (prompt/response, instruction/output, messages, ...)",
     "preference": "a prompt and two replies (prompt/chosen/rejected, HH-RLHF chosen/rejected transcripts, ...)",
     "unpaired": "a prompt, one completion and a true/false label (prompt/completion/label, TRL's unpaired format)",
+    "prompt": "a prompt (TRL's prompt-only rows; the prompts of SFT rows and pairs too)",
 }
 ROLE_USE = {"sft": "data.sft", "preference": "data.preference with a paired objective (dpo, ...)",
-            "unpaired": "data.preference with objective kto"}
+            "unpaired": "data.preference with objective kto",
+            "prompt": "data.preference with an online objective (grpo, rloo)"}
 
 #: Why a row (loader) or an example (encoder) was left out, in words.
 REASONS = {

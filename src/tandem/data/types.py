@@ -37,6 +37,14 @@ class UnpairedExample:
     meta: dict = field(default_factory=dict, compare=False)
 
 
+@dataclass(frozen=True)
+class PromptExample:
+    """A prompt alone (TRL's prompt-only rows): online methods sample its replies; ``meta`` keeps the other columns."""
+
+    prompt: list[Message]
+    meta: dict = field(default_factory=dict, compare=False)
+
+
 def user(text: str) -> list[Message]:
     """A one-turn prompt."""
     return [{"role": "user", "content": text}]

@@ -101,7 +101,7 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
 class GRPO:
     """GRPO settings (TRL's names), prompt encoding and loss; the stage loop is ``tandem.engine.group_loop``."""
 
-    data_kind = "preference"  # prompts of the preference role's rows (pairs or prompt rows; other columns kept)
+    data_kind = "prompt"  # the preference role's rows: prompt-only (TRL), pairs or SFT rows; their other columns kept
     unit = "examples"
     name = "grpo"
 
