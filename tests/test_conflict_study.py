@@ -1,0 +1,99 @@
+"""The conflict benchmark end to end on a tiny model: make the data, run the shipped study recipes (four arms, two
+seeds) with their questions and frontiers, and read a verdict with confidence intervals."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from tandem.cli.main import app
+from tandem.data.conflict import make, write
+
+pytestmark = pytest.mark.slow
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "conflict"
+ARMS = ("sft-only", "sequential", "hbat-no-ewc")
+
+
+@pytest.fixture(scope="module")
+def study_out(tmp_path_factory):
+    from tandem.models.tiny import make_tiny_llama
+
+    root = tmp_path_factory.mktemp("conflict")
+    rows, meta = make(rho=1.0, seed=0, sizes={"sft": 64, "pairs": 64, "val": 20, "test": 24, "test_pairs": 16})
+    bench = write(root / "bench", rows, meta)
+    texts = [r["prompt"] + " " + r["response"] for r in rows["sft"]] + [p["chosen"] for p in rows["pairs"]]
+    model = make_tiny_llama(root / "model", texts, seed=0)
+    sets = {"model.name_or_path": model, "eval.reference_model": model, "data.sft.source": bench / "sft.jsonl",
+            "data.preference.source": bench / "pairs.jsonl", "eval.data.source": bench / "test.jsonl",
+            "eval.pairs": bench / "test_pairs.jsonl", "checkpoint.every": 2, "eval.max_new_tokens": 12,
+            "precision": "fp32", "data.max_length": 64, "optimizer.lr": 3e-3, "logging.progress": "false"}
+    study = root / "recipes"  # the shipped recipes of three arms, with a smaller frontier than the shipped questions
+    study.mkdir()
+    for arm in ARMS:
+        shutil.copy(RECIPES / f"{arm}.yaml", study)
+    questions = yaml.safe_load((RECIPES / "_contrasts.yaml").read_text())
+    questions["contrasts"] = [q for q in questions["contrasts"] if {q["a"], q["b"]} <= set(ARMS)]
+    questions["frontier"].update(early_stop={"arm": "sequential", "at": [0.5]}, wise_ft={"toward": "sft-only", "alphas": [0.5]})
+    (study / "_contrasts.yaml").write_text(yaml.safe_dump(questions))
+    out = root / "study-out"
+    args = ["study", str(study), "--seeds", "0,1", "-o", str(out)]
+    for k, v in sets.items():
+        args += ["--set", f"{k}={v}"]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_study_writes_a_verdict_with_confidence_intervals(study_out):
+    res = json.loads((study_out / "contrasts.json").read_text())
+    tax = [r for r in res if r["a"] == "sft-only" and r["b"] == "sequential" and r["metric"] == "pass"]
+    assert len(tax) == 1 and tax[0]["n_seeds"] == 2 and tax[0]["n_prompts"] == 24
+    assert tax[0]["ci_low"] <= tax[0]["diff"] <= tax[0]["ci_high"] and 0 <= tax[0]["p_holm"] <= 1
+    asked = {(r["a"], r["b"]) for r in res}
+    assert asked == {("sft-only", "sequential"), ("hbat-no-ewc", "sequential")}
+    assert {"(a) is there a tax?", "(b) does alternation reduce it?"} <= {r["name"] for r in res}
+    assert "95% CI" in (study_out / "contrasts.md").read_text()
+
+
+def test_study_rows_have_per_prompt_outputs_budgets_and_frontiers(study_out):
+    rows = json.loads((study_out / "table.json").read_text())
+    names = {r["method"] for r in rows}
+    assert {"sequential@0.5", "sequential~0.5", "hbat-no-ewc~0.5"} <= names
+    assert not any(n.startswith("sft-only~") for n in names)  # merged toward itself: nothing to trace
+    for r in rows:
+        per_prompt = [json.loads(x) for x in open(f"{r['run']}/eval/per_prompt.jsonl")]
+        assert len(per_prompt) == 24 and {"prompt", "family", "reply", "pass", "style", "words"} <= set(per_prompt[0])
+        assert 0 <= r["conflict/pass_rate"] <= 1
+    seq = next(r for r in rows if r["method"] == "sequential" and r["seed"] == 0)
+    assert seq["budget/sft"] == 64 and seq["budget/preference"] == 64 and "frontier/pass_at_style" in seq
+    # the early stop at 50% is the checkpoint two of the four DPO steps in
+    early = next(r for r in rows if r["method"] == "sequential@0.5" and r["seed"] == 0)
+    assert early["conflict/pass_rate"] is not None
+    states = [json.loads(p.read_text()) for p in (study_out / "sequential-s0" / "checkpoints").glob("*/state.json")]
+    assert {(s["stage_index"], s["stage_step"]) for s in states} >= {(1, 2)}
+
+
+def test_shipped_questions_name_shipped_arms():
+    from tandem.pipelines.contrasts import read_frontier, read_questions
+
+    arms = {p.stem for p in RECIPES.glob("*.yaml") if not p.name.startswith("_")}
+    qs = read_questions(RECIPES / "_contrasts.yaml")
+    assert {q[k] for q in qs for k in ("a", "b")} <= arms and len(arms) == 8
+    spec = read_frontier(RECIPES / "_contrasts.yaml")
+    assert spec["early_stop"]["arm"] in arms and spec["wise_ft"]["toward"] in arms
+
+
+def test_score_reproduces_the_metric_from_the_saved_replies(study_out, tmp_path):
+    run = study_out / "hbat-no-ewc-s1"
+    replies = tmp_path / "replies.jsonl"
+    replies.write_text("".join(json.dumps({"prompt": r["prompt"], "reply": r["reply"]}) + "\n"
+                               for r in map(json.loads, open(run / "eval" / "per_prompt.jsonl"))))
+    test = yaml.safe_load((run / "recipe.yaml").read_text())["eval"]["data"]["source"]
+    r = CliRunner().invoke(app, ["conflict", "score", test, str(replies)])
+    assert r.exit_code == 0, r.output
+    row = next(x for x in json.loads((study_out / "table.json").read_text())
+               if x["method"] == "hbat-no-ewc" and x["seed"] == 1)
+    assert json.loads(r.output)["pass_rate"] == pytest.approx(row["conflict/pass_rate"])
