@@ -182,3 +182,17 @@ def test_trl_prompt_only_rows_with_columns(tmp_path, tiny_model_dir, synthetic_f
     assert len(tr) == 2 and "rewards/answer_in_completion/mean" in tr[0] and "rewards/count_e/std" in tr[0]
     info = json.loads((Path(r.output_dir) / "data-preference.json").read_text())
     assert info["load"]["format"] == "prompt_only" and info["train"] == 9
+
+
+def test_ppo_accepts_the_same_reward_functions(tmp_path, tiny_model_dir, synthetic_files):
+    from helpers_ppo import ppo_recipe
+
+    r = ppo_recipe(tmp_path, tiny_model_dir, synthetic_files,
+                   ppo={"reward_fn": None, "reward_funcs": ["helpers_grpo:count_e", "helpers_grpo:reward_len"],
+                        "reward_weights": [1.0, 0.0]}, **{"schedule.max_steps_per_stage": 2})
+    train(r)
+    tr = rows(Path(r.output_dir))
+    assert len(tr) == 2 and all(x["score_mean"] >= 0 for x in tr)  # count_e >= 0; reward_len weighted 0
+    with pytest.raises(ValueError, match="exactly one of reward_model"):
+        build_objective(ppo_recipe(tmp_path, tiny_model_dir, synthetic_files,
+                                   ppo={"reward_funcs": ["helpers_grpo:count_e"]}), "preference", "ppo")
