@@ -3,19 +3,30 @@
 Conventions of :func:`sample_ids` (shared by evaluation's text generation and PPO rollouts):
 
 * prompts are **left**-padded (:func:`left_pad`) into batches of ``batch_size`` (the attention mask hides the
-  padding and transformers derives position ids from it), so every prompt ends right before its first new token;
+  padding; position ids count the real tokens, as ``model.generate`` derives them), so every prompt ends right before
+  its first new token. Batches are consecutive prompts in the caller's order: in bf16 the batch's composition (its
+  padding) changes some greedy replies, so the batches stay those ``model.generate`` was called with before
+  (length-sorted batches changed 22 of 64 bf16 SmolLM2 replies at batch 8: docs/benchmarks.md);
 * ``temperature == 0`` means greedy decoding; otherwise nucleus sampling with ``temperature`` and ``top_p``
-  (no top-k cut);
+  (no top-k cut), computed on fp32 logits as ``model.generate`` does;
 * generation stops at EOS (:func:`eos_ids`: the tokenizer's ``eos_token_id`` plus any EOS ids of the model's
   generation config) or after ``max_new_tokens``; a result is the new tokens **up to and including** the first
   EOS (all of them when no EOS came);
 * sampling is seeded once with ``seed`` inside :func:`torch.random.fork_rng`, so the caller's RNG state is left
   untouched and the same call returns the same ids; the model's train/eval mode is restored afterwards.
+
+How it decodes (:func:`tandem.models.decode.decode`, measured in docs/benchmarks.md, "Generation"): its own loop over
+the model's forward instead of ``model.generate``, with a KV cache preallocated for the whole batch that is written in
+place (no per-step concatenation), logits only for the last position, and rows that reached EOS dropped from the
+batch (with their cache rows) instead of decoding padding until the longest reply ends. Greedy decoding gives the
+same tokens as ``model.generate`` (tests/test_generation_speed.py, and ``benchmarks/generation.py`` on SmolLM2).
 """
 
 from __future__ import annotations
 
 import torch
+
+from tandem.models.decode import decode
 
 __all__ = ["eos_ids", "left_pad", "sample_ids", "strip_eos"]
 
@@ -52,16 +63,13 @@ def strip_eos(ids: list[int], eos: list[int]) -> list[int]:
     return ids[:-1] if ids and ids[-1] in eos else ids
 
 
-def _cut_after_eos(row: list[int], eos: set[int]) -> list[int]:
-    return row[: next((j + 1 for j, t in enumerate(row) if t in eos), len(row))]
-
-
 @torch.no_grad()
 def sample_ids(model, prompts: list[list[int]], *, pad_id: int, eos: list[int], temperature: float, top_p: float,
                max_new_tokens: int, seed: int, batch_size: int | None = None, use_cache: bool = True,
                advance=None) -> list[list[int]]:
     """One continuation per prompt (new token ids, ending with the first EOS when one came); see the module
-    docstring. ``batch_size=None`` samples all prompts in one batch."""
+    docstring. ``batch_size=None`` samples all prompts in one batch; ``use_cache=False`` recomputes the whole
+    sequence at every step (a baseline for benchmarks)."""
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
     if batch_size is not None and batch_size < 1:
@@ -71,13 +79,7 @@ def sample_ids(model, prompts: list[list[int]], *, pad_id: int, eos: list[int], 
     if not prompts:
         return []
     step = batch_size or len(prompts)
-    kw = dict(max_new_tokens=max_new_tokens, eos_token_id=list(eos), pad_token_id=pad_id, use_cache=use_cache)
-    if temperature == 0:
-        kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-    else:
-        kw.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=None)
     device = next(model.parameters()).device
-    eos_set = set(eos)
     out: list[list[int]] = []
     was_training = model.training
     model.eval()
@@ -86,8 +88,8 @@ def sample_ids(model, prompts: list[list[int]], *, pad_id: int, eos: list[int], 
             torch.manual_seed(seed)
             for start in range(0, len(prompts), step):
                 ids, mask = left_pad(prompts[start:start + step], pad_id)
-                gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **kw)
-                out += [_cut_after_eos(row, eos_set) for row in gen[:, ids.shape[1]:].tolist()]
+                out += decode(model, ids.to(device), mask.to(device), max_new_tokens=max_new_tokens, eos=eos,
+                              pad_id=pad_id, temperature=temperature, top_p=top_p, use_cache=use_cache)
                 if advance is not None:  # progress: ``advance(n)`` after each batch of n prompts
                     advance(len(prompts[start:start + step]))
     finally:

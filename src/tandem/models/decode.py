@@ -1,0 +1,141 @@
+"""Batched autoregressive decoding over a causal LM's forward: the engine under :func:`tandem.models.sampling.sample_ids`.
+
+One batch of left-padded prompts in, the new tokens of every row out (up to and including its first EOS). What it
+does instead of ``model.generate`` (each measured on SmolLM2 in docs/benchmarks.md, "Generation"):
+
+* **a slab KV cache** (:class:`SlabLayer`): every layer's keys and values live in one buffer allocated for the prompt
+  plus ``max_new_tokens`` positions and are written in place; attention reads a view of the filled part. transformers'
+  default ``DynamicCache`` concatenates (copies) the whole cache of every layer at every step, which on a CPU costs
+  more than the step's matmuls at batch 32-64; its ``StaticCache`` attends over all preallocated positions at every step;
+* **finished rows leave the batch**: once an eighth of the rows reached EOS, they are dropped together with their cache
+  rows and the leading padding columns no remaining row needs (``model.generate`` keeps decoding them as padding
+  until the longest reply ends);
+* **logits of the last position only**, and the token choice on fp32 logits exactly as ``model.generate`` makes it
+  (``argmax``; or temperature, then the top-p cut of transformers' ``TopPLogitsWarper``, then ``multinomial``).
+
+Position ids are those ``model.generate`` derives from the attention mask (``cumsum - 1``, 0 on padding), so greedy
+decoding returns the same tokens as ``model.generate`` on the same batch.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from transformers import LlamaForCausalLM
+from transformers.cache_utils import Cache, DynamicLayer
+
+__all__ = ["SlabLayer", "decode", "pick_next"]
+
+#: the forward's keyword for the KV cache (``cache`` since transformers renamed ``past_key_values``)
+CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
+#: drop finished rows once at least this share of the batch has finished (each drop copies the live cache once)
+PRUNE_SHARE = 1 / 8
+
+
+class SlabLayer(DynamicLayer):
+    """One layer's keys and values in buffers preallocated for ``capacity`` positions, filled in place."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        b, h, _, _ = key_states.shape
+        self.device = key_states.device
+        self.kbuf = key_states.new_empty((b, h, self.capacity, key_states.shape[-1]))
+        self.vbuf = value_states.new_empty((b, value_states.shape[1], self.capacity, value_states.shape[-1]))
+        self.is_initialized = True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.kbuf.shape[2]:
+            raise RuntimeError(f"slab KV cache full: {end} positions > capacity {self.kbuf.shape[2]}")
+        self.kbuf[:, :, self.length:end] = key_states
+        self.vbuf[:, :, self.length:end] = value_states
+        self.length = end
+        self.keys, self.values = self.kbuf[:, :, :end], self.vbuf[:, :, :end]
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def keep(self, rows: torch.Tensor, first: int) -> None:
+        """Keep batch rows ``rows`` (in that order) and positions ``first..`` (in place, within the same buffers)."""
+        if not self.is_initialized:
+            return
+        n, k = self.length - first, len(rows)
+        self.kbuf[:k, :, :n] = self.kbuf[rows, :, first:self.length]  # the right side is a copy: no overlap issue
+        self.vbuf[:k, :, :n] = self.vbuf[rows, :, first:self.length]
+        self.kbuf, self.vbuf, self.length = self.kbuf[:k], self.vbuf[:k], n
+        self.keys, self.values = self.kbuf[:, :, :n], self.vbuf[:, :, :n]
+
+
+def pick_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """Next token per row from fp32 ``logits [B, V]``: argmax when ``temperature == 0``; else a draw from
+    ``softmax(logits / temperature)`` restricted to the top-p nucleus (transformers' ``TopPLogitsWarper``: drop the
+    least likely tokens whose cumulative probability stays <= 1 - top_p, always keep the most likely one)."""
+    if temperature == 0:
+        return torch.argmax(logits, dim=-1)
+    scores = logits / temperature
+    if top_p < 1.0:
+        sorted_scores, sorted_idx = torch.sort(scores, descending=False)
+        drop = sorted_scores.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
+        drop[..., -1:] = False
+        scores = scores.masked_fill(drop.scatter(1, sorted_idx, drop), float("-inf"))
+    return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+
+
+def _positions(mask: torch.Tensor) -> torch.Tensor:
+    return (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+
+
+@torch.no_grad()
+def decode(model, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int, eos: list[int], pad_id: int,
+           temperature: float, top_p: float, use_cache: bool = True) -> list[list[int]]:
+    """New tokens per row of the left-padded batch ``ids``/``mask`` (``[B, T]``), each cut after its first EOS.
+    ``use_cache=False`` runs the whole sequence through the model at every step (no KV cache)."""
+    B, T = ids.shape
+    device = ids.device
+    eos_t = torch.tensor(sorted(set(eos)), device=device)
+    gen = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
+    lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
+    live = torch.arange(B, device=device)  # batch row -> original row
+    done = torch.zeros(B, dtype=torch.bool, device=device)  # reached EOS (still in the batch until the next drop)
+    cache = Cache(layers=[SlabLayer(T + max_new_tokens) for _ in range(model.config.num_hidden_layers)]) \
+        if use_cache else None
+    seq, pos = ids, _positions(mask)
+    kw = {CACHE_KW: cache, "use_cache": use_cache, "logits_to_keep": 1}
+    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw).logits[:, -1].float()
+    for t in range(max_new_tokens):
+        nxt = pick_next(logits, temperature, top_p).masked_fill(done, pad_id)  # finished rows: padding
+        active = ~done
+        gen[live[active], t] = nxt[active]
+        hit = torch.isin(nxt, eos_t) & active
+        lengths[live[hit]] = t + 1
+        done |= hit
+        n_done = int(done.sum())
+        if n_done == len(live) or t == max_new_tokens - 1:
+            break
+        if n_done and n_done >= PRUNE_SHARE * len(live):  # drop finished rows and padding nobody needs
+            keep = (~done).nonzero().squeeze(1)
+            mask, nxt, live, pos = mask[keep], nxt[keep], live[keep], pos[keep]
+            first = int(mask.any(0).int().argmax())  # left padding: the first column a kept row uses
+            mask, pos, done = mask[:, first:], pos[:, first:], done[keep]
+            if use_cache:
+                for layer in cache.layers:
+                    layer.keep(keep, first)
+            else:
+                seq = seq[keep][:, first:]
+        mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
+        step_pos = pos[:, -1:] + 1
+        pos = torch.cat([pos, step_pos], dim=1)
+        if use_cache:
+            logits = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=step_pos, **kw).logits[:, -1].float()
+        else:
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+            logits = model(input_ids=seq, attention_mask=mask, position_ids=pos, **kw).logits[:, -1].float()
+    return [row[:n] for row, n in zip(gen.tolist(), lengths.tolist())]
