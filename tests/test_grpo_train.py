@@ -196,3 +196,15 @@ def test_ppo_accepts_the_same_reward_functions(tmp_path, tiny_model_dir, synthet
     with pytest.raises(ValueError, match="exactly one of reward_model"):
         build_objective(ppo_recipe(tmp_path, tiny_model_dir, synthetic_files,
                                    ppo={"reward_funcs": ["helpers_grpo:count_e"]}), "preference", "ppo")
+
+
+def test_mask_truncated_completions_leaves_no_loss(tmp_path, tiny_model_dir, synthetic_files):
+    r = grpo_recipe(tmp_path, tiny_model_dir, synthetic_files, grpo={"mask_truncated_completions": True,
+                                                                     "max_completion_length": 2},
+                    **{"schedule.max_steps_per_stage": 1, "checkpoint.stage_weights": True})
+    train(r)
+    (row,) = rows(Path(r.output_dir))
+    assert row["ended_frac"] == 0.0 and row["loss"] == 0.0  # every completion truncated: every token masked
+    start = load_file(str(Path(r.output_dir) / "stages" / "start.safetensors"))
+    end = load_file(str(Path(r.output_dir) / "stages" / "01-pref" / "end.safetensors"))
+    assert all(torch.equal(start[k], end[k]) for k in start)  # a zero gradient: AdamW leaves the weights
