@@ -44,6 +44,7 @@ EXPECTED_STAGES = {
     "dpo+sft": ONE_PREF, "sft+dpo": ["01-sft"], "ppo": ONE_PREF, "ppo+sft": ONE_PREF, "sft+ppo": ["01-sft"],
     "rlhf+pt": SEQ, "ppo+pt": SEQ, "orpo": ONE_PREF, "simpo": ONE_PREF, "dpop": ONE_PREF,
     "alright": ["01-sft"], "maxright": ["01-sft"], "kto": ONE_PREF,
+    "sequential-restarts": ["01-sft-1", "02-sft-2", "03-pref-1", "04-pref-2"],
 }
 NOT_LN2 = {"orpo", "simpo", "kto"}  # not at ln 2 (ORPO adds the SFT NLL; SimPO has a margin; KTO starts at 1 - sigmoid(0))
 PPO_KEYS = {"kl", "reward_mean", "beta", "value_loss"}

@@ -101,10 +101,10 @@ def test_second_writer_refused(tmp_path, tiny_model_dir, synthetic_files):
     ({"regularizer": {"name": "ewc", "lamda": 1.0}}, "lamda"),
 ])
 def test_validation_before_run_dir(tmp_path, tiny_model_dir, synthetic_files, over, match):
-    r = recipe(tmp_path, tiny_model_dir, synthetic_files, **over)
-    with pytest.raises(ValueError, match=match):
-        train(r)
-    assert not Path(r.output_dir).exists()
+    out = Path(recipe(tmp_path, tiny_model_dir, synthetic_files).output_dir)
+    with pytest.raises(ValueError, match=match):  # when the recipe loads (unknown method) or before the run dir
+        train(recipe(tmp_path, tiny_model_dir, synthetic_files, **over))
+    assert not out.exists()
 
 
 SCRIPT = """
@@ -115,11 +115,21 @@ train(load_recipe(sys.argv[1]), resume=sys.argv[2] == "resume")
 """
 
 
-def _run(path: Path, mode: str, kill_after: int | None = None) -> subprocess.CompletedProcess:
+def _start(path: Path, mode: str, kill_after: int | None = None) -> subprocess.Popen:
     env = {**os.environ, **({"TANDEM_FAULT_KILL_AFTER_STEP": str(kill_after)} if kill_after else {})}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])  # reward_fn module
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(path), mode], env=env, capture_output=True, text=True,
-                          timeout=300)
+    env["OMP_NUM_THREADS"] = "1"  # one thread per child: two children run side by side on shared cores
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(path), mode], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait(p: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = p.communicate(timeout=300)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def _run(path: Path, mode: str, kill_after: int | None = None) -> subprocess.CompletedProcess:
+    return _wait(_start(path, mode, kill_after))
 
 
 def _kill_resume_identical(tmp_path, make, kill_after: int, files: list[str]) -> None:
@@ -127,8 +137,9 @@ def _kill_resume_identical(tmp_path, make, kill_after: int, files: list[str]) ->
     for name in ("straight", "killed"):
         paths[name] = tmp_path / f"{name}.yaml"
         paths[name].write_text(dump_recipe(make(tmp_path / name)))
-    assert _run(paths["straight"], "fresh").returncode == 0
-    killed = _run(paths["killed"], "fresh", kill_after=kill_after)
+    straight, killed = [_wait(p) for p in (_start(paths["straight"], "fresh"),  # side by side
+                                           _start(paths["killed"], "fresh", kill_after=kill_after))]
+    assert straight.returncode == 0, straight.stderr[-2000:]
     assert killed.returncode == -9, killed.stderr[-2000:]
     res = _run(paths["killed"], "resume")
     assert res.returncode == 0, res.stderr[-3000:]
