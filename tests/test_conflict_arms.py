@@ -27,3 +27,26 @@ def test_sequential_restarts_orders_sft_parts_before_preference_parts():
     assert [(s.role, s.part) for s in stages] == [("sft", 0), ("sft", 1), ("preference", 0), ("preference", 1)]
     assert len(stages) == len(get_method("hbat").schedule(2))  # as many optimizer restarts as hbat
     assert get_method("sequential-restarts").regularizer is None
+
+
+def test_frontier_interpolation_by_hand():
+    from tandem.pipelines.frontier import interpolate
+
+    pts = [(0.0, 0.9), (0.5, 0.6), (1.0, 0.1)]  # (style rate, pass rate)
+    assert interpolate(pts, 0.25) == pytest.approx(0.75)
+    assert interpolate(pts, 0.75) == pytest.approx(0.35)
+    assert interpolate(pts, 0.5) == pytest.approx(0.6)
+    assert interpolate(pts, 1.2) is None and interpolate([], 0.5) is None  # outside the frontier: not measured
+    assert interpolate([(0.2, 0.4), (0.2, 0.6), (0.6, 0.0)], 0.4) == pytest.approx(0.25)  # equal styles averaged
+
+
+def test_frontier_block_is_checked():
+    from tandem.pipelines.frontier import check_frontier
+
+    assert check_frontier(None, "f") == {}
+    with pytest.raises(ValueError, match="early_stop needs exactly"):
+        check_frontier({"early_stop": {"arm": "sequential", "at": [1.5]}}, "f")
+    with pytest.raises(ValueError, match="takes early_stop"):
+        check_frontier({"wise": {}}, "f")
+    with pytest.raises(ValueError, match="style_at"):
+        check_frontier({"style_at": 2}, "f")

@@ -60,7 +60,7 @@ def early_stop_checkpoints(run_dir: Path, fractions: list[float]) -> list[tuple[
             by_step[int(st["stage_step"])] = c.parent
     out = []
     for f in fractions:
-        step = round(f * last["steps"])
+        step = int(f * last["steps"] + 0.5)  # half up (round() would take 2.5 to 2)
         if step not in by_step:
             raise ValueError(f"{run_dir}: no checkpoint at step {step} of stage {last['name']} ({f:g} of {last['steps']}); "
                              "set checkpoint.every to divide it and checkpoint.keep: 0 (keep all)")
