@@ -8,7 +8,12 @@
    held-out pairs where the model gives the chosen response a higher mean token log-prob).
 3. Trains ``recipes/quickstart.yaml`` (SmolLM2-135M-Instruct + LoRA) twice on the same data: ``sequential``
    (all SFT, then all DPO) and ``hbat`` (SFT-1, DPO-1, SFT-2, DPO-2 with the modified EWC penalty).
-4. Evaluates both the same way and prints one table: base model, sequential, hbat.
+4. Evaluates both the same way (the LoRA adapter merged into the weights: no adapter matmuls while scoring) and
+   prints one table: base model, sequential, hbat.
+
+What it costs (docs/benchmarks.md, "Quickstart"): every greedy reply of an evaluation is sampled in one batch
+(``tandem.models.sampling``: finished replies leave the batch), the adapters are merged before scoring, and the runs
+write no merged copy and no TensorBoard files.
 
 OUTPUT is a tandem run directory (new, empty, or an earlier quickstart's, replaced when ``overwrite``), locked
 while the quickstart runs; each method trains in its own run directory OUTPUT/<method>. A directory tandem did
@@ -57,7 +62,8 @@ def task_scores(model, tok, tasks: list, max_new_tokens: int = 8) -> dict[str, f
     (opens with "Sure": what the preference data teaches)."""
     from tandem.evaluation.generation import generate
 
-    outs = generate(model, tok, [t.prompt for t in tasks], temperature=0.0, max_new_tokens=max_new_tokens, batch_size=16)
+    outs = generate(model, tok, [t.prompt for t in tasks], temperature=0.0, max_new_tokens=max_new_tokens,
+                    batch_size=len(tasks))  # one batch: replies that end early leave it
     short = [len(o.strip().splitlines()) == 1 and len(o.split()) <= 3 for o in outs]
     return {
         "task_accuracy": sum(synthetic.is_correct(o, t.meta["answer"]) for o, t in zip(outs, tasks)) / len(tasks),
@@ -102,12 +108,12 @@ def preference_win_rate(model, tok, pairs: list, max_length: int = 256) -> float
     return wins / len(feats)
 
 
-def evaluate(model, tok, tasks, pairs) -> dict[str, float]:
+def evaluate(model, tok, tasks, pairs, precision: str = "auto") -> dict[str, float]:
     """Every score, with the weights in the dtype training used (``precision: auto``: bf16 on a CPU or GPU with native
     bf16, which halves the evaluation's time on such a CPU)."""
     from tandem.models.precision import resolve
 
-    weights = resolve("auto", device=next(model.parameters()).device.type).weights
+    weights = resolve(precision, device=next(model.parameters()).device.type).weights
     if weights is not None:
         model.to(weights)
     return {**task_scores(model, tok, tasks), "answer_nll": answer_nll(model, tok, tasks),
@@ -115,9 +121,10 @@ def evaluate(model, tok, tasks, pairs) -> dict[str, float]:
 
 
 def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool = True, n_train: int = 48,
-                   n_eval: int = 32, methods: tuple[str, ...] = ("sequential", "hbat")) -> dict:
+                   n_eval: int = 32, methods: tuple[str, ...] = ("sequential", "hbat"), precision: str = "auto") -> dict:
     """Evaluate the base model, train each method on the same data (OUTPUT/<method>), evaluate each, print a
-    table and write OUTPUT/quickstart.json."""
+    table and write OUTPUT/quickstart.json. ``precision`` (the recipe's field, for training and scoring): ``fp32``
+    times a CPU without native bf16 on one that has it."""
     from tandem.io.rundir import RunDirError, check_run_dir, is_run_dir, open_run_dir
     from tandem.models import check_exists
 
@@ -129,14 +136,15 @@ def run_quickstart(output_dir: Path, model: str | None = None, overwrite: bool =
         check_exists(model, "--model")
     with open_run_dir(output_dir, resume=False, overwrite=overwrite, command="quickstart",
                       inputs={"--model": model} if model else None):
-        return _run(output_dir, model, n_train, n_eval, methods)
+        return _run(output_dir, model, n_train, n_eval, methods, precision)
 
 
-def _run(output_dir: Path, model: str | None, n_train: int, n_eval: int, methods: tuple[str, ...]) -> dict:
+def _run(output_dir: Path, model: str | None, n_train: int, n_eval: int, methods: tuple[str, ...],
+         precision: str = "auto") -> dict:
     from tandem.config.recipe import load_recipe
     from tandem.pipelines.train import train
     from tandem.models import load_policy, pull_smollm2
-    from tandem.models.load import load_saved
+    from tandem.models.merged import load_merged
 
     console = Console()
     t0 = time.perf_counter()
@@ -153,7 +161,7 @@ def _run(output_dir: Path, model: str | None, n_train: int, n_eval: int, methods
 
     console.print(f"[bold]1/{n_steps}[/] evaluating the base model")
     base, tok = load_policy(str(model_path))
-    scores = {"base": evaluate(base, tok, eval_tasks, eval_pairs)}
+    scores = {"base": evaluate(base, tok, eval_tasks, eval_pairs, precision)}
     del base
     steps = {}
     for i, method in enumerate(methods):
@@ -164,11 +172,12 @@ def _run(output_dir: Path, model: str | None, n_train: int, n_eval: int, methods
             f"data.sft.source={paths['sft']}",
             f"data.preference.source={paths['preference']}",
             f"schedule.method={method}",
+            f"precision={precision}",
         ])
         summary = train(recipe, resume=False, overwrite=False)  # OUTPUT was just created or emptied
         steps[method] = summary["global_steps"]
-        tuned, tok2 = load_saved(output_dir / method / "final")
-        scores[method] = evaluate(tuned, tok2, eval_tasks, eval_pairs)
+        tuned, tok2 = load_merged(output_dir / method / "final")  # the adapter merged: no LoRA matmuls when scoring
+        scores[method] = evaluate(tuned, tok2, eval_tasks, eval_pairs, precision)
         del tuned
 
     console.print(f"[bold]{n_steps}/{n_steps}[/] done")
@@ -179,7 +188,8 @@ def _run(output_dir: Path, model: str | None, n_train: int, n_eval: int, methods
     for k in scores["base"]:
         table.add_row(k + (" (lower is better)" if k == "answer_nll" else ""), *[f"{scores[n][k]:.3f}" for n in scores])
     console.print(table)
-    result = {"scores": scores, "steps": steps, "seconds": time.perf_counter() - t0, "n_train": n_train, "n_eval": n_eval}
+    result = {"scores": scores, "steps": steps, "seconds": time.perf_counter() - t0, "n_train": n_train, "n_eval": n_eval,
+              "precision": precision}
     (output_dir / "quickstart.json").write_text(json.dumps(result, indent=2))
     console.print(f"total time {result['seconds']:.0f}s; runs and results in {output_dir}/")
     return result
