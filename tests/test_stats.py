@@ -75,6 +75,12 @@ def test_cli_contrasts_on_a_table(tmp_path):
     assert r.exit_code == 2 and "expected A:B" in r.output
     r = CliRunner().invoke(app, ["contrasts", str(tmp_path), "--contrast", "hbat:sequential"])
     assert r.exit_code == 2 and "hbat" in r.output
+    # a questions file on a study run in pieces: what has not run yet is listed, the rest answered
+    q = tmp_path / "_contrasts.yaml"
+    q.write_text("contrasts:\n  - {name: tax, a: sft-only, b: sequential}\n  - {name: c, a: hbat, b: sequential}\n")
+    r = CliRunner().invoke(app, ["contrasts", str(tmp_path), "--questions", str(q), "--n-boot", "200"])
+    assert r.exit_code == 0, r.output
+    assert "Not run yet (arms hbat): hbat - sequential" in r.output and "sft-only - sequential | +0.400" in r.output
 
 
 def test_compare_and_study_refuse_a_bad_contrast_before_training(tmp_path):

@@ -84,9 +84,12 @@ def arm_values(rows: list[dict], metric: str) -> dict[str, dict[int, dict[str, f
     return out
 
 
-def write_contrasts(out_dir: Path, rows: list[dict], questions: list[dict], n_boot: int = 2000) -> list[dict]:
+def write_contrasts(out_dir: Path, rows: list[dict], questions: list[dict], n_boot: int = 2000,
+                    strict: bool = True) -> list[dict]:
     """``OUT/contrasts.json`` and ``OUT/contrasts.md``: every question (``{a, b, name, metrics}``) on each of its
-    metrics, Holm-corrected across the questions of one metric; returns the rows."""
+    metrics, Holm-corrected across the questions of one metric; returns the rows. A question naming an arm the table
+    lacks is a ``ValueError`` when ``strict`` (a typo), else it is left out and listed as not run yet (a questions
+    file on a study run in pieces)."""
     from tandem.report.stats import contrasts, contrasts_markdown
 
     out_dir = Path(out_dir)
@@ -96,8 +99,12 @@ def write_contrasts(out_dir: Path, rows: list[dict], questions: list[dict], n_bo
                       "contrasts. One seed: n = 1, no interval.\n"]
     arms = {str(r["method"]) for r in rows}
     missing = sorted({q[k] for q in questions for k in ("a", "b")} - arms)
-    if missing:
+    if missing and strict:
         raise ValueError(f"contrast arm(s) {', '.join(missing)} not found; arms: {', '.join(sorted(arms))}")
+    if missing:
+        md.append(f"Not run yet (arms {', '.join(missing)}): "
+                  + "; ".join(f"{q['a']} - {q['b']}" for q in questions if {q["a"], q["b"]} - arms) + ".\n")
+        questions = [q for q in questions if {q["a"], q["b"]} <= arms]
     for metric in dict.fromkeys(m for q in questions for m in q["metrics"]):
         qs = [q for q in questions if metric in q["metrics"]]
         if metric not in PER_PROMPT and not any(metric in r for r in rows):
@@ -117,9 +124,9 @@ def write_contrasts(out_dir: Path, rows: list[dict], questions: list[dict], n_bo
     return result
 
 
-def contrasts_of_table(out_dir: Path, questions: list[dict], n_boot: int = 2000) -> list[dict]:
+def contrasts_of_table(out_dir: Path, questions: list[dict], n_boot: int = 2000, strict: bool = True) -> list[dict]:
     """:func:`write_contrasts` on ``OUT/table.json`` of a finished (or partly finished) study or comparison."""
     table = Path(out_dir) / "table.json"
     if not table.is_file():
         raise FileNotFoundError(f"{table} not found: give the output directory of `tandem study` or `tandem compare`")
-    return write_contrasts(Path(out_dir), json.loads(table.read_text()), questions, n_boot)
+    return write_contrasts(Path(out_dir), json.loads(table.read_text()), questions, n_boot, strict)
