@@ -168,6 +168,20 @@ TOUR: dict[str, Run | Launch | Skip] = {
                            "logging.progress=false", "probe.pairs=2", "eval.pairs_limit=2", "eval.max_length=96")
               for x in ("--set", kv)),
         ("runs/entanglement/table.md", "runs/entanglement/simpo-s0/metrics.jsonl")),
+    "tandem conflict make runs/conflict/rho1-s0 --rho 1 --seed 0": Run(
+        ("--instructions", "templates", *(x for kv in ("sft=24", "pairs=16", "val=4", "test=6", "test_pairs=4")
+                                          for x in ("--size", kv))),
+        ("runs/conflict/rho1-s0/test.jsonl", "runs/conflict/rho1-s0/test_pairs.jsonl", "runs/conflict/rho1-s0/meta.json")),
+    "tandem study recipes/conflict --seeds 0,1,2 -o runs/conflict-study": Run(
+        ("--seeds", "0", "--only", "sft-only,sequential,hbat",
+         *(x for kv in ("batching.batch_size=4", "checkpoint.every=1", "eval.max_new_tokens=4", "logging.progress=false")
+           for x in ("--set", kv))),
+        ("runs/conflict-study/contrasts.md", "runs/conflict-study/hbat-s0/eval/per_prompt.jsonl",
+         "runs/conflict-study/sequential-s0/frontier/sequential-at-0.25/eval/per_prompt.jsonl")),
+    "tandem contrasts runs/conflict-study --questions recipes/conflict/_contrasts.yaml":
+        Run(output=r"sft-only - sequential \| [+-]\d\.\d{3} \| n = 1"),
+    "tandem conflict score runs/conflict/rho1-s0/test.jsonl runs/conflict-study/hbat-s0/eval/generations.jsonl":
+        Run(output=r'"pass_rate"'),
     "tandem eval recipes/dpo.yaml": Run(expect=("runs/dpo/eval/results.json",)),
     "tandem eval recipes/dpo.yaml --metrics reward --temperatures 0.25,0.75,1.0 -o runs/dpo/eval-sweep":
         Run(expect=("runs/dpo/eval-sweep/results.json",)),

@@ -21,7 +21,7 @@ def make_cmd(
     out: Path = typer.Argument(..., help="Directory for sft.jsonl, pairs.jsonl, val.jsonl, test.jsonl, test_pairs.jsonl, meta.json."),
     rho: float = typer.Option(1.0, "--rho", help="Share of pairs whose chosen reply is friendly but wrong (1: the conflict; 0: the no-tax control)."),
     seed: int = typer.Option(0, "--seed"),
-    instructions: Optional[str] = typer.Option(None, "--instructions", help=f"Alpaca-style file for the constraint families (default: {DEFAULT_INSTRUCTIONS} when it exists, else generated instructions)."),
+    instructions: Optional[str] = typer.Option(None, "--instructions", help=f"Alpaca-style file for the constraint families, or 'templates' for generated instructions (default: {DEFAULT_INSTRUCTIONS} when it exists, else templates)."),
     sizes: list[str] = typer.Option([], "--size", help="FILE=N, e.g. --size sft=512 (repeatable; files: sft, pairs, val, test, test_pairs)."),
 ) -> None:
     """Write the benchmark's files at dose RHO (every held-out row has prompt, reference, family and check).
@@ -43,6 +43,8 @@ def make_cmd(
             n[name] = int(value)
         if instructions is None and Path(DEFAULT_INSTRUCTIONS).is_file():
             instructions = DEFAULT_INSTRUCTIONS
+        elif instructions == "templates":
+            instructions = None
         rows, meta = make(rho=rho, seed=seed, sizes=n, instructions=instructions)
         write(out, rows, meta)
     console.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in meta["sizes"].items())
