@@ -124,3 +124,12 @@ def test_cli_make_and_score(tmp_path):
     assert r.exit_code == 2 and "not written by" in r.output and (foreign / "sft.jsonl").read_text() == "keep"
     r = runner.invoke(app, ["conflict", "make", str(out), "--rho", "-0.1"])
     assert r.exit_code == 2 and "--rho" in r.output
+
+
+def test_a_subset_of_families_keeps_the_conflict_and_the_spill_over():
+    rows, meta = make(rho=1.0, seed=0, sizes=SMALL, families=("add", "upper", "subtract", "next_letter"))
+    assert {r["family"] for r in rows["test"]} == {"add", "upper", "subtract", "next_letter"}
+    assert {p["family"] for p in rows["pairs"]} == {"add", "upper"} and meta["instructions"] == "none needed"
+    for bad in (("add", "upper"), ("subtract", "count"), ("add", "riddles")):  # no spill-over, no pair family, unknown
+        with pytest.raises(ConflictError, match="--families"):
+            make(families=bad, sizes=SMALL)

@@ -23,6 +23,7 @@ def make_cmd(
     seed: int = typer.Option(0, "--seed"),
     instructions: Optional[str] = typer.Option(None, "--instructions", help=f"Alpaca-style file for the constraint families, or 'templates' for generated instructions (default: {DEFAULT_INSTRUCTIONS} when it exists, else templates)."),
     sizes: list[str] = typer.Option([], "--size", help="FILE=N, e.g. --size sft=512 (repeatable; files: sft, pairs, val, test, test_pairs)."),
+    families: Optional[str] = typer.Option(None, "--families", help="Comma list: a subset of the ten families (default: all), e.g. add,upper,subtract,next_letter."),
 ) -> None:
     """Write the benchmark's files at dose RHO (every held-out row has prompt, reference, family and check).
 
@@ -45,7 +46,8 @@ def make_cmd(
             instructions = DEFAULT_INSTRUCTIONS
         elif instructions == "templates":
             instructions = None
-        rows, meta = make(rho=rho, seed=seed, sizes=n, instructions=instructions)
+        fams = tuple(f.strip() for f in families.split(",") if f.strip()) if families else None
+        rows, meta = make(rho=rho, seed=seed, sizes=n, instructions=instructions, families=fams)
         write(out, rows, meta)
     console.print(f"wrote {out}: " + ", ".join(f"{k} {v}" for k, v in meta["sizes"].items())
                   + f" (rho {rho:g}, {meta['wrong_pairs']} wrong chosen; instructions: {meta['instructions']})")

@@ -88,13 +88,20 @@ def _pair(it: F.Item, family: str, wrong: bool) -> dict:
             "family": family, "check": it.check, "wrong": wrong}
 
 
-def make(rho: float = 1.0, seed: int = 0, sizes: dict[str, int] | None = None,
-         instructions: str | None = None) -> tuple[dict[str, list[dict]], dict]:
-    """The benchmark's rows per file and its ``meta``."""
+def make(rho: float = 1.0, seed: int = 0, sizes: dict[str, int] | None = None, instructions: str | None = None,
+         families: tuple[str, ...] | None = None) -> tuple[dict[str, list[dict]], dict]:
+    """The benchmark's rows per file and its ``meta``. ``families``: a subset of :data:`FAMILIES` (the quickstart uses
+    four short-answer ones); the pairs cover those of them in :data:`PAIR_FAMILIES`."""
     if not 0.0 <= rho <= 1.0:
         raise ConflictError(f"--rho {rho}: the share of wrong chosen replies must be in [0, 1]")
+    fams = tuple(families or F.FAMILIES)
+    unknown = [f for f in fams if f not in F.FAMILIES]
+    pair_fams = tuple(f for f in fams if f in F.PAIR_FAMILIES)
+    if unknown or not pair_fams or len(pair_fams) == len(fams):
+        raise ConflictError(f"--families {','.join(fams)}: give families of {', '.join(F.FAMILIES)}, at least one of the "
+                            f"pair families ({', '.join(F.PAIR_FAMILIES)}) and one other (spill-over)")
     n = {**SIZES, **(sizes or {})}
-    rows_ins, source = load_instructions(instructions)
+    rows_ins, source = load_instructions(instructions) if set(fams) & set(F.CONSTRAINTS) else ([], "none needed")
     rng = random.Random(seed)
     # one pool per file: a file's prompts are distinct; SFT and pairs (both train) may share a prompt, as may test and
     # test_pairs (both held out); the splits never share one
@@ -103,15 +110,15 @@ def make(rho: float = 1.0, seed: int = 0, sizes: dict[str, int] | None = None,
                                  ("test_pairs", "test"))}
     out: dict[str, list[dict]] = {}
     out["sft"] = [{"prompt": it.prompt, "response": it.reference, "family": f, "check": it.check}
-                  for f in _balanced(F.FAMILIES, n["sft"], rng) for it in [pools["sft"].draw(f)]]
-    out["pairs"] = [_pair(pools["pairs"].draw(f), f, rng.random() < rho) for f in _balanced(F.PAIR_FAMILIES, n["pairs"], rng)]
+                  for f in _balanced(fams, n["sft"], rng) for it in [pools["sft"].draw(f)]]
+    out["pairs"] = [_pair(pools["pairs"].draw(f), f, rng.random() < rho) for f in _balanced(pair_fams, n["pairs"], rng)]
     out["val"] = [{"prompt": it.prompt, "reference": it.reference, "family": f, "check": it.check}
-                  for f in _balanced(F.FAMILIES, n["val"], rng) for it in [pools["val"].draw(f)]]
+                  for f in _balanced(fams, n["val"], rng) for it in [pools["val"].draw(f)]]
     out["test"] = [{"prompt": it.prompt, "reference": it.reference, "family": f, "check": it.check}
-                   for f in _balanced(F.FAMILIES, n["test"], rng) for it in [pools["test"].draw(f)]]
-    out["test_pairs"] = [_pair(pools["test_pairs"].draw(f), f, rng.random() < rho) for f in _balanced(F.PAIR_FAMILIES, n["test_pairs"], rng)]
-    meta = {"rho": rho, "seed": seed, "sizes": {k: len(v) for k, v in out.items()}, "families": list(F.FAMILIES),
-            "pair_families": list(F.PAIR_FAMILIES), "instructions": source,
+                   for f in _balanced(fams, n["test"], rng) for it in [pools["test"].draw(f)]]
+    out["test_pairs"] = [_pair(pools["test_pairs"].draw(f), f, rng.random() < rho) for f in _balanced(pair_fams, n["test_pairs"], rng)]
+    meta = {"rho": rho, "seed": seed, "sizes": {k: len(v) for k, v in out.items()}, "families": list(fams),
+            "pair_families": list(pair_fams), "instructions": source,
             "wrong_pairs": sum(p["wrong"] for p in out["pairs"])}
     return out, meta
 
