@@ -111,11 +111,22 @@ train(r, resume=sys.argv[2] == "resume")
 """
 
 
-def _run(recipe_path: Path, mode: str, kill_after: int | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ}
+def _start(recipe_path: Path, mode: str, kill_after: int | None = None) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread per child: two run side by side on shared cores
+    env.pop("TANDEM_FAULT_KILL_AFTER_STEP", None)
     if kill_after is not None:
         env["TANDEM_FAULT_KILL_AFTER_STEP"] = str(kill_after)
-    return subprocess.run([sys.executable, "-c", SCRIPT, str(recipe_path), mode], env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(recipe_path), mode], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait(p: subprocess.Popen) -> subprocess.CompletedProcess:
+    out, err = p.communicate(timeout=300)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def _run(recipe_path: Path, mode: str, kill_after: int | None = None) -> subprocess.CompletedProcess:
+    return _wait(_start(recipe_path, mode, kill_after))
 
 
 @pytest.mark.parametrize("method", ["sequential", "dpo"])
@@ -129,9 +140,10 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, tiny_model_dir, synth
         r = recipe(tmp_path / name, tiny_model_dir, synthetic_files, method=method, **{"schedule.max_steps_per_stage": 5, "checkpoint.every": 2})
         paths[name] = tmp_path / f"{name}.yaml"
         paths[name].write_text(dump_recipe(r))
-    assert _run(paths["straight"], "fresh").returncode == 0
-    # SIGKILL after global step 3 (checkpoint at 2: step 3 is lost and must be replayed identically)
-    killed = _run(paths["killed"], "fresh", kill_after=3)
+    # the uninterrupted run and the one killed by SIGKILL after global step 3 (checkpoint at 2: step 3 is lost and must
+    # be replayed identically) side by side
+    straight, killed = [_wait(p) for p in (_start(paths["straight"], "fresh"), _start(paths["killed"], "fresh", 3))]
+    assert straight.returncode == 0, straight.stderr[-2000:]
     assert killed.returncode == -9, killed.stderr[-2000:]
     assert not (tmp_path / "killed" / "run" / "final").exists()
     res = _run(paths["killed"], "resume")

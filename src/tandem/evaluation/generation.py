@@ -45,7 +45,7 @@ def generate(
     top_p: float = 0.95,
     max_new_tokens: int = 128,
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int = 32,
     max_prompt_length: int | None = None,
     advance=None,
 ) -> list[str]:
@@ -59,7 +59,7 @@ def generate(
         top_p: nucleus mass for sampling (ignored when greedy).
         max_new_tokens: cap on new tokens per completion.
         seed: sampling seed.
-        batch_size: prompts per ``model.generate`` call.
+        batch_size: prompts sampled together (:func:`tandem.models.sampling.sample_ids`).
         max_prompt_length: keep only the last this-many prompt tokens (default: no cut).
     """
     if temperature < 0:
@@ -131,7 +131,7 @@ def generate_to_file(
     top_p: float = 0.95,
     max_new_tokens: int = 128,
     seed: int = 0,
-    batch_size: int = 8,
+    batch_size: int = 32,
     max_prompt_length: int | None = None,
 ) -> list[str]:
     """:func:`generate`, saved to ``path`` as JSONL, or read back from it when nothing changed.
