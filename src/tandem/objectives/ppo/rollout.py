@@ -3,7 +3,7 @@
 A rollout of ``B`` prompts:
 
 1. **Sampling** (:func:`sample`, i.e. :func:`tandem.models.sampling.sample_ids`): the prompts are left-padded
-   into one batch and ``model.generate`` samples with the KV cache (``use_cache=True``), ``temperature`` /
+   into one batch and tandem's decode loop samples with the KV cache (``use_cache=True``), ``temperature`` /
    ``top_p``, at most ``max_new_tokens`` new tokens, stopping at EOS. A response is the new tokens up to and including the first EOS (all of them when no
    EOS came). Sampling is seeded inside :func:`torch.random.fork_rng`, so the caller's RNG is untouched.
 2. **Sequences** (:func:`response_features`): ``prompt + response`` with labels on the response tokens, the
