@@ -11,6 +11,8 @@ model, merged weights) and the one place that samples from them; LoRA, atomic sa
                                 (a run's stage: its weights over the run's final model)
 :mod:`tandem.models.sampling`   ``sample_ids`` (greedy or nucleus, seeded, stops at EOS), ``eos_ids``,
                                 ``left_pad``
+:mod:`tandem.models.decode`     ``decode``: the batched decode loop under ``sample_ids`` (slab KV cache,
+                                finished rows leave the batch, greedy = ``model.generate``'s tokens)
 ==============================  =============================================================================
 """
 
