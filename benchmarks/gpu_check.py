@@ -169,16 +169,18 @@ def main() -> None:
     plan = []
     for name, (shape, tiny) in SHAPES.items():
         configs = ["tandem-sft", "ceiling-sft", "tandem-dpo", "tandem-dpo-shared", "ceiling-dpo"]
+        trl = ["trl-sft", "trl-dpo"]
         if name == "throughput-1b":
             configs = ["tandem-sft", "tandem-dpo"]  # 1B: the ceiling rows would not fit the 8 minutes
-        elif dry:
-            configs = ["tandem-sft", "tandem-dpo", "ceiling-dpo"]  # one of each kind of row: keeps CI's dry run short
-        configs += ["trl-sft", "trl-dpo"] if has_trl else []
+        if dry:  # one of each kind of row (a subprocess each): keeps CI's dry run short
+            configs, trl = (["tandem-dpo"], ["trl-dpo"]) if name == "throughput-1b" else \
+                (["tandem-sft", "tandem-dpo", "ceiling-dpo"], trl)
+        configs += trl if has_trl else []
         b, length, n, warm = ("2", "64", "1", "1") if dry else (("8", "512", "3", "1") if shape == "smollm2" else ("4", "512", "2", "1"))
         cmd = [py, "benchmarks/throughput.py", "--shape", tiny if dry else shape, "--precision", precision,
                "--batch", b, "--max-length", length, "--steps", n, "--warmup", warm, "--only", ",".join(configs),
                "--workdir", str(out / name)] + (["--any-length"] if dry else [])
-        plan.append((name, cmd, cap(150), {"skipped": [] if has_trl else ["trl-sft", "trl-dpo (trl not installed)"]}))
+        plan.append((name, cmd, cap(150), {"skipped": [] if has_trl else [f"{', '.join(trl)} (trl not installed)"]}))
     gen_model = ["--model", str(SMOLLM2)] if (SMOLLM2 / "config.json").exists() and not dry else \
         ["--shape", "tiny" if dry else "smollm2", "--tokenizer", tokenizer]
     plan.append(("generation", [py, "benchmarks/generation.py", *gen_model, "--dtype", "float32" if dry else "bfloat16",

@@ -31,6 +31,8 @@ __all__ = ["SlabLayer", "decode", "pick_next"]
 CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 #: drop finished rows once at least this share of the batch has finished (each drop copies the live cache once)
 PRUNE_SHARE = 1 / 8
+#: when rows are dropped, also drop the leading padding columns no kept row uses
+TRIM_PADDING = True
 
 
 class SlabLayer(DynamicLayer):
@@ -123,7 +125,7 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int,
         if n_done and n_done >= PRUNE_SHARE * len(live):  # drop finished rows and padding nobody needs
             keep = (~done).nonzero().squeeze(1)
             mask, nxt, live, pos = mask[keep], nxt[keep], live[keep], pos[keep]
-            first = int(mask.any(0).int().argmax())  # left padding: the first column a kept row uses
+            first = int(mask.any(0).int().argmax()) if TRIM_PADDING else 0  # the first column a kept row uses
             mask, pos, done = mask[:, first:], pos[:, first:], done[keep]
             if use_cache:
                 for layer in cache.layers:
