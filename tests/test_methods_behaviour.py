@@ -27,6 +27,7 @@ import pytest
 import torch
 import yaml
 from helpers_entry import train
+from helpers_grpo import grpo_recipe
 from helpers_ppo import ppo_recipe
 from helpers_recipe import base_raw, unpaired_copy, with_overrides
 from safetensors.torch import load_file
@@ -44,6 +45,7 @@ EXPECTED_STAGES = {
     "dpo+sft": ONE_PREF, "sft+dpo": ["01-sft"], "ppo": ONE_PREF, "ppo+sft": ONE_PREF, "sft+ppo": ["01-sft"],
     "rlhf+pt": SEQ, "ppo+pt": SEQ, "orpo": ONE_PREF, "simpo": ONE_PREF, "dpop": ONE_PREF,
     "alright": ["01-sft"], "maxright": ["01-sft"], "kto": ONE_PREF,
+    "grpo": ONE_PREF, "sequential-grpo": SEQ, "hbat-grpo": ALT, "hbat-grpo-no-ewc": ALT,
     "sequential-restarts": ["01-sft-1", "02-sft-2", "03-pref-1", "04-pref-2"],
 }
 NOT_LN2 = {"orpo", "simpo", "kto"}  # not at ln 2 (ORPO adds the SFT NLL; SimPO has a margin; KTO starts at 1 - sigmoid(0))
@@ -138,12 +140,13 @@ def check_method(method: str, run: Path, summary: dict, steps: int) -> None:
     if m.alternate:
         assert {r["role"] for r in rows} <= {"sft", "preference"}
     ppo = m.preference_objective == "ppo"
+    online = m.preference_objective in ("ppo", "grpo")
     if m.aux_role == "preference" and not ppo and not m.alternate:  # sft+dpo: the DPO reference is the stage start
         assert per[names[0]][0]["aux/loss"] == pytest.approx(math.log(2), abs=1e-4)
 
     # DPO preference stages start at ln 2: the reference is the policy at the stage start
     for s in summary["stages"]:
-        if s["role"] == "preference" and not ppo and method not in NOT_LN2:
+        if s["role"] == "preference" and not online and method not in NOT_LN2:
             assert per[s["name"]][0]["loss"] == pytest.approx(math.log(2), abs=1e-4), s["name"]
         if s["role"] == "preference" and m.preference_objective == "kto":  # KTO: 1 - sigmoid(0) and no KL at the start
             assert per[s["name"]][0]["loss"] == pytest.approx(0.5, abs=1e-4) and per[s["name"]][0]["kl"] == 0.0
@@ -153,6 +156,8 @@ def check_method(method: str, run: Path, summary: dict, steps: int) -> None:
         driven_by_ppo = ppo and (s["role"] == "preference" or m.aux_role == "preference")
         for r in per[s["name"]]:
             assert (PPO_KEYS <= set(r)) == driven_by_ppo, (s["name"], sorted(r))
+        if s["role"] == "preference" and m.preference_objective == "grpo":  # GRPO stages: rewards, KL 0 at the start
+            assert per[s["name"]][0]["kl"] == 0.0 and all(math.isfinite(r["reward"]) for r in per[s["name"]])
         if driven_by_ppo:
             assert per[s["name"]][0]["kl"] == 0.0  # the reference is the policy at the stage start
             assert all(math.isfinite(r["reward_mean"]) for r in per[s["name"]])
@@ -261,6 +266,10 @@ def make_recipe(root: Path, model_dir, files, method: str, **over):
         over = {"data.pretrain": {"source": str(files["sft"]), "format": "sft"}, **over}
     if METHODS[method].preference_objective == "kto":  # unpaired rows
         over = {"data.preference": {"source": unpaired_copy(files["preference"], root)}, **over}
+    if METHODS[method].preference_objective == "grpo":
+        return grpo_recipe(root, model_dir, files, method=method, grpo={"max_completion_length": 4, "beta": 0.1},
+                           **{"schedule.parts": 2, "schedule.max_steps_per_stage": STEPS, "checkpoint.stage_weights": True,
+                              "checkpoint.keep": 2, **over})
     if METHODS[method].preference_objective == "ppo":
         return ppo_recipe(root, model_dir, files, method=method, ppo={"critic_warmup_steps": 0, "max_new_tokens": 4},
                           **{"schedule.parts": 2, "schedule.max_steps_per_stage": STEPS, "checkpoint.stage_weights": True,
