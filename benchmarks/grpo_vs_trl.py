@@ -8,9 +8,10 @@ Both tools train on the same ``--prompts`` prompt-only chat rows (the first user
 test pairs, cut to ``--prompt-chars`` characters), ``--num-generations`` completions each, ``--batch`` prompts per
 step (TRL: ``per_device_train_batch_size = batch * num_generations`` completions), one optimizer step per
 generation (``num_iterations 1``, ``steps_per_generation 1``), ``beta 0`` (no reference pass, both tools' default),
-loss ``dapo``, the same reward function (TRL's signature: ``reward_len``). EOS is suppressed in both so every
-completion has exactly ``--new-tokens`` tokens: the same work per step (TRL: ``generation_kwargs={"min_new_tokens":
-N}``; tandem: the loop's EOS list replaced by an id outside the vocabulary).
+loss ``dapo``, the same reward function (TRL's signature: ``reward_len``); tandem's ``data.max_length``
+(``--max-length``, 256) caps its packed rows, so a row holds one or two sequences (no wasted attention). EOS is
+suppressed in both so every completion has exactly ``--new-tokens`` tokens: the same work per step (TRL:
+``generation_kwargs={"min_new_tokens": N}``; tandem: the loop's EOS list replaced by an id outside the vocabulary).
 
 TRL's fastest CPU settings here: bf16 weights where the CPU has native bf16 (``bf16=True``, as tandem's
 ``precision: auto``), ``adamw_torch_fused``, dropout off (TRL's default), no gradient checkpointing, no vLLM
@@ -82,7 +83,7 @@ def run_tandem(args) -> dict:
     out = Path(args.workdir) / "tandem-run"
     raw = {"name": "grpo-bench", "output_dir": str(out), "seed": 0, "precision": "auto",
            "model": {"name_or_path": args.model},
-           "data": {"preference": {"source": args.rows}, "max_length": 1024, "val_size": 0},
+           "data": {"preference": {"source": args.rows}, "max_length": args.max_length, "val_size": 0},
            "batching": {"mode": "pack", "batch_size": args.batch},
            "optimizer": {"lr": 1e-6, "scheduler": "constant"},
            "schedule": {"method": "grpo", "max_steps": args.steps + args.warmup, "epochs": 100},
@@ -159,6 +160,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4, help="prompts per step")
     ap.add_argument("--num-generations", type=int, default=4)
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--max-length", type=int, default=256, help="tandem's data.max_length (prompt + completion; also "
+                    "its packed rows' cap)")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
@@ -180,7 +183,8 @@ def main() -> None:
     for name in args.only.split(","):
         cmd = [sys.executable, __file__, "--one", name, "--rows", str(rows), "--model", args.model,
                "--batch", str(args.batch), "--num-generations", str(args.num_generations), "--new-tokens",
-               str(args.new_tokens), "--steps", str(args.steps), "--warmup", str(args.warmup), "--workdir", args.workdir]
+               str(args.new_tokens), "--max-length", str(args.max_length), "--steps", str(args.steps),
+               "--warmup", str(args.warmup), "--workdir", args.workdir]
         cmd += ["--threads", str(args.threads)] if args.threads else []
         out = subprocess.run(cmd, capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
