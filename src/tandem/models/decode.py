@@ -8,8 +8,9 @@ does instead of ``model.generate`` (each measured on SmolLM2 in docs/benchmarks.
   default ``DynamicCache`` concatenates (copies) the whole cache of every layer at every step, which on a CPU costs
   more than the step's matmuls at batch 32-64; its ``StaticCache`` attends over all preallocated positions at every step;
 * **finished rows leave the batch**: once an eighth of the rows reached EOS, they are dropped together with their cache
-  rows and the leading padding columns no remaining row needs (``model.generate`` keeps decoding them as padding
-  until the longest reply ends);
+  rows (``model.generate`` keeps decoding them as padding until the longest reply ends). The left-padding columns
+  stay even when no remaining row needs them: dropping them changes the attention's key length, and in bf16 that
+  changed 4 of 64 SmolLM2 greedy replies;
 * **logits of the last position only**, and the token choice on fp32 logits exactly as ``model.generate`` makes it
   (``argmax``; or temperature, then the top-p cut of transformers' ``TopPLogitsWarper``, then ``multinomial``).
 
@@ -31,8 +32,6 @@ __all__ = ["SlabLayer", "decode", "pick_next"]
 CACHE_KW = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 #: drop finished rows once at least this share of the batch has finished (each drop copies the live cache once)
 PRUNE_SHARE = 1 / 8
-#: when rows are dropped, also drop the leading padding columns no kept row uses
-TRIM_PADDING = True
 
 
 class SlabLayer(DynamicLayer):
@@ -122,16 +121,15 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int,
         n_done = int(done.sum())
         if n_done == len(live) or t == max_new_tokens - 1:
             break
-        if n_done and n_done >= PRUNE_SHARE * len(live):  # drop finished rows and padding nobody needs
+        if n_done and n_done >= PRUNE_SHARE * len(live):  # drop the finished rows
             keep = (~done).nonzero().squeeze(1)
             mask, nxt, live, pos = mask[keep], nxt[keep], live[keep], pos[keep]
-            first = int(mask.any(0).int().argmax()) if TRIM_PADDING else 0  # the first column a kept row uses
-            mask, pos, done = mask[:, first:], pos[:, first:], done[keep]
+            done = done[keep]  # padding columns stay: dropping them changed bf16 replies (docs/benchmarks.md)
             if use_cache:
                 for layer in cache.layers:
-                    layer.keep(keep, first)
+                    layer.keep(keep, 0)
             else:
-                seq = seq[keep][:, first:]
+                seq = seq[keep]
         mask = torch.cat([mask, mask.new_ones((len(live), 1))], dim=1)
         step_pos = pos[:, -1:] + 1
         pos = torch.cat([pos, step_pos], dim=1)
