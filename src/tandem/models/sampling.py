@@ -6,7 +6,7 @@ Conventions of :func:`sample_ids` (shared by evaluation's text generation and PP
   padding; position ids count the real tokens, as ``model.generate`` derives them), so every prompt ends right before
   its first new token. Batches are consecutive prompts in the caller's order: in bf16 the batch's composition (its
   padding) changes some greedy replies, so the batches stay those ``model.generate`` was called with before
-  (length-sorted batches changed 22 of 64 bf16 SmolLM2 replies at batch 8: docs/benchmarks.md);
+  (length-sorted batches of 8 changed 22 of 64 bf16 SmolLM2 replies: docs/benchmarks.md);
 * ``temperature == 0`` means greedy decoding; otherwise nucleus sampling with ``temperature`` and ``top_p``
   (no top-k cut), computed on fp32 logits as ``model.generate`` does;
 * generation stops at EOS (:func:`eos_ids`: the tokenizer's ``eos_token_id`` plus any EOS ids of the model's
