@@ -21,9 +21,9 @@ SETTINGS = {"temperature": 0.0, "max_new_tokens": 4, "batch_size": 2}
 def test_table_lists_every_metric_with_its_generation_flag():
     assert set(METRICS) == {"exact_match", "rouge", "reward", "reward_fn", "reward_win_rate", "judge_win_rate",
                             "perplexity", "mc_accuracy", "lm_eval", "bartscore", "reference_nll",
-                            "implicit_reward_accuracy"}
+                            "implicit_reward_accuracy", "conflict"}
     assert NEEDS_GENERATION == {"exact_match", "rouge", "reward", "reward_fn", "reward_win_rate", "judge_win_rate",
-                                "bartscore"}
+                                "bartscore", "conflict"}
     assert [m for m in METRICS if not METRIC_TABLE[m].loads_model] == ["lm_eval"]
 
 

@@ -106,8 +106,11 @@ def used_blocks(recipe: dict, summary: dict | None = None) -> dict:
             out.pop("hbat", None)
     if roles:
         data_roles = {"preference" if r == "reward" else r for r in roles}
-        out["objectives"] = {k: v for k, v in (out.get("objectives") or {}).items()
-                             if k in roles or k == (method.preference_objective if method else None)}
+        objectives = {k: v for k, v in (out.get("objectives") or {}).items()
+                      if k in roles or k == (method.preference_objective if method else None)}
+        out.pop("objectives", None)
+        if objectives:
+            out["objectives"] = objectives
         data = dict(out.get("data") or {})
         for key in ("sft", "preference", "pretrain"):
             if key not in data_roles or data.get(key) is None:
