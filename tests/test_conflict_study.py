@@ -1,4 +1,4 @@
-"""The conflict benchmark end to end on a tiny model: make the data, run the shipped study recipes (four arms, two
+"""The conflict benchmark end to end on a tiny model: make the data, run the shipped study recipes (three arms, two
 seeds) with their questions and frontiers, and read a verdict with confidence intervals."""
 
 import json
@@ -22,13 +22,14 @@ def study_out(tmp_path_factory):
     from tandem.models.tiny import make_tiny_llama
 
     root = tmp_path_factory.mktemp("conflict")
-    rows, meta = make(rho=1.0, seed=0, sizes={"sft": 64, "pairs": 64, "val": 20, "test": 24, "test_pairs": 16})
+    rows, meta = make(rho=1.0, seed=0, sizes={"sft": 32, "pairs": 32, "val": 10, "test": 12, "test_pairs": 8})
     bench = write(root / "bench", rows, meta)
     texts = [r["prompt"] + " " + r["response"] for r in rows["sft"]] + [p["chosen"] for p in rows["pairs"]]
     model = make_tiny_llama(root / "model", texts, seed=0)
     sets = {"model.name_or_path": model, "eval.reference_model": model, "data.sft.source": bench / "sft.jsonl",
             "data.preference.source": bench / "pairs.jsonl", "eval.data.source": bench / "test.jsonl",
-            "eval.pairs": bench / "test_pairs.jsonl", "checkpoint.every": 2, "eval.max_new_tokens": 12,
+            "eval.pairs": bench / "test_pairs.jsonl", "checkpoint.every": 2, "eval.max_new_tokens": 6,
+            "batching.batch_size": 8, "eval.metrics": "[conflict]",
             "precision": "fp32", "data.max_length": 64, "optimizer.lr": 3e-3, "logging.progress": "false"}
     study = root / "recipes"  # the shipped recipes of three arms, with a smaller frontier than the shipped questions
     study.mkdir()
@@ -50,7 +51,7 @@ def study_out(tmp_path_factory):
 def test_study_writes_a_verdict_with_confidence_intervals(study_out):
     res = json.loads((study_out / "contrasts.json").read_text())
     tax = [r for r in res if r["a"] == "sft-only" and r["b"] == "sequential" and r["metric"] == "pass"]
-    assert len(tax) == 1 and tax[0]["n_seeds"] == 2 and tax[0]["n_prompts"] == 24
+    assert len(tax) == 1 and tax[0]["n_seeds"] == 2 and tax[0]["n_prompts"] == 12
     assert tax[0]["ci_low"] <= tax[0]["diff"] <= tax[0]["ci_high"] and 0 <= tax[0]["p_holm"] <= 1
     asked = {(r["a"], r["b"]) for r in res}
     assert asked == {("sft-only", "sequential"), ("hbat-no-ewc", "sequential")}
@@ -65,10 +66,10 @@ def test_study_rows_have_per_prompt_outputs_budgets_and_frontiers(study_out):
     assert not any(n.startswith("sft-only~") for n in names)  # merged toward itself: nothing to trace
     for r in rows:
         per_prompt = [json.loads(x) for x in open(f"{r['run']}/eval/per_prompt.jsonl")]
-        assert len(per_prompt) == 24 and {"prompt", "family", "reply", "pass", "style", "words"} <= set(per_prompt[0])
+        assert len(per_prompt) == 12 and {"prompt", "family", "reply", "pass", "style", "words"} <= set(per_prompt[0])
         assert 0 <= r["conflict/pass_rate"] <= 1
     seq = next(r for r in rows if r["method"] == "sequential" and r["seed"] == 0)
-    assert seq["budget/sft"] == 64 and seq["budget/preference"] == 64 and "frontier/pass_at_style" in seq
+    assert seq["budget/sft"] == 32 and seq["budget/preference"] == 32 and "frontier/pass_at_style" in seq
     # the early stop at 50% is the checkpoint two of the four DPO steps in
     early = next(r for r in rows if r["method"] == "sequential@0.5" and r["seed"] == 0)
     assert early["conflict/pass_rate"] is not None
