@@ -34,7 +34,7 @@ import math
 
 import torch
 
-from tandem.data.encode import prompt_ids as render_prompt_ids
+from tandem.objectives.prompts import encode_prompts
 from tandem.rewards import RewardFunctions
 
 SCALE_REWARDS = ("group", "batch", "none")
@@ -158,26 +158,7 @@ class GRPO:
         if room < 1:
             raise ValueError(f"{self.name}: data.max_length ({max_length}) must exceed max_completion_length "
                              f"({self.max_completion_length}) to leave room for the prompt")
-        seen, feats = set(), []
-        stats = {"total": 0, "kept": 0, "truncated": 0, "dropped": 0, "duplicates": 0}
-        for ex in examples:
-            stats["total"] += 1
-            ids = render_prompt_ids(tokenizer, ex.prompt)
-            columns = {k: v for k, v in ex.meta.items() if k not in ("source", "row", "conversational")}
-            key = (tuple(ids), repr(sorted(columns.items())))
-            if key in seen:
-                stats["duplicates"] += 1
-                continue
-            seen.add(key)
-            if len(ids) > room:
-                if overlong == "drop":
-                    stats["dropped"] += 1
-                    continue
-                ids, stats["truncated"] = ids[-room:], stats["truncated"] + 1
-            feats.append({"prompt_ids": list(ids), "prompt": ex.prompt, "columns": columns,
-                          "conversational": bool(ex.meta.get("conversational", True))})
-        stats["kept"] = len(feats)
-        return feats, stats
+        return encode_prompts(tokenizer, examples, room, overlong, columns=True)
 
     def prepare(self, model, features, batch_fn):
         return features

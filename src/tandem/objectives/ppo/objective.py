@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import random
 
-from tandem.data.encode import prompt_ids as render_prompt_ids
+from tandem.objectives.prompts import encode_prompts
 from tandem.objectives.ppo import ppo_math as pm
 from tandem.objectives.ppo.critic import CRITICS
 from tandem.io.callables import resolve_function
@@ -109,29 +109,8 @@ class PPO:
         if room < 1:
             raise ValueError(f"ppo: data.max_length ({max_length}) must exceed max_new_tokens ({self.max_new_tokens}) "
                              "to leave room for the prompt")
-        seen, feats = set(), []
-        stats = {"total": 0, "kept": 0, "truncated": 0, "dropped": 0, "duplicates": 0}
-        for ex in examples:
-            stats["total"] += 1
-            ids = render_prompt_ids(tokenizer, ex.prompt)
-            key = tuple(ids)
-            if key in seen:
-                stats["duplicates"] += 1
-                continue
-            seen.add(key)
-            if len(ids) > room:
-                if overlong == "drop":
-                    stats["dropped"] += 1
-                    continue
-                ids = ids[-room:]
-                stats["truncated"] += 1
-            feat = {"prompt_ids": list(ids), "prompt": ex.prompt}
-            if self.rewards is not None:  # reward_funcs read the row's other columns, as in TRL
-                feat.update(conversational=ex.meta.get("conversational", True),
-                            columns={k: v for k, v in ex.meta.items() if k not in ("source", "row", "conversational")})
-            feats.append(feat)
-        stats["kept"] = len(feats)
-        return feats, stats
+        # reward_funcs read the row's other columns, as in TRL
+        return encode_prompts(tokenizer, examples, room, overlong, columns=self.rewards is not None)
 
     def prepare(self, model, features, batch_fn):
         return features
