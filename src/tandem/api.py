@@ -23,12 +23,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from tandem.config.recipe import Recipe
-from tandem.errors import TandemError
+from tandem.errors import TandemError, one_line, user_message
 from tandem.io.hooks import Callback
 
 DATA_ROLES = ("sft", "preference", "pretrain")
@@ -42,8 +43,6 @@ class InputError(TandemError, ValueError):
 @contextlib.contextmanager
 def user_errors(where: str | os.PathLike | None = None):
     """Re-raise a user error as a :class:`TandemError` with the CLI's one-line message; bugs keep their type."""
-    from tandem.cli.common import one_line, user_message
-
     try:
         yield
     except TandemError as e:
@@ -230,8 +229,8 @@ def probe(model: str | os.PathLike, data: str | os.PathLike, out: str | os.PathL
     ``settings``: the fields of :class:`tandem.pipelines.probe.ProbeSettings` (pairs, params, max_length, ...).
     ``progress``: a ``rich.progress.Progress`` to show the passes on (default: none). Returns the summary (also
     ``OUT/summary.json``)."""
-    from tandem.pipelines.probe import ProbeSettings, entanglement
     from tandem.io.metrics import progress_bar
+    from tandem.pipelines.probe import ProbeSettings, entanglement
 
     with user_errors(out):
         s = ProbeSettings(model=str(model), data=str(data), out=Path(out), **settings)

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
+from tandem.models.scoring import additive_mask, body_inputs, compute_dtype  # noqa: F401 (re-exported)
+
 IGNORE = -100
 
 
@@ -18,29 +20,6 @@ def forward_hidden(model, batch: dict) -> torch.Tensor:
     """Last hidden states ``[R, T, H]`` of the decoder body (``model.get_decoder()``, no LM head) of a causal LM,
     plain or peft-wrapped, called with :func:`body_inputs`."""
     return model.get_decoder()(**body_inputs(model, batch)).last_hidden_state
-
-
-def body_inputs(model, batch: dict) -> dict:
-    """Keyword arguments of a decoder body for ``batch``: ids, positions, no cache, and the batch's ``attention_mask``
-    when it has one (pad mode). A 4D boolean mask (prefix sharing, see :mod:`tandem.data.prefix`) is passed as an
-    additive mask in ``model``'s compute dtype, which transformers hands as-is to sdpa and eager attention."""
-    kwargs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
-    if "attention_mask" in batch:
-        mask = batch["attention_mask"]
-        kwargs["attention_mask"] = additive_mask(mask, compute_dtype(model)) if mask.dim() == 4 else mask
-    return kwargs
-
-
-def compute_dtype(model) -> torch.dtype:
-    """The dtype attention runs in: the autocast dtype when autocast is on, else the input embeddings' dtype."""
-    weight = model.get_input_embeddings().weight
-    dev = weight.device.type
-    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else weight.dtype
-
-
-def additive_mask(mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """``0`` where ``mask`` is True (attend), the dtype's lowest value elsewhere."""
-    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill_(~mask, torch.finfo(dtype).min)
 
 
 _forward_hidden = forward_hidden  # older private name, still imported by the PPO rollout code

@@ -18,43 +18,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tandem.objectives.logprobs import body_inputs
-
-
-def _unwrap(model):
-    """The transformers model under a peft wrapper (``peft_model.base_model`` would be the LoRA wrapper)."""
-    from peft import PeftModel
-
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
-def sequence_rewards(model, batch: dict, num_seqs: int) -> torch.Tensor:
-    """``[S]`` float32 rewards: ``model.score`` at the last token of each sequence (packed or padded batch).
-
-    The backbone ``model.base_model`` is called as the log-prob path calls a decoder body
-    (:func:`tandem.objectives.logprobs.body_inputs`: positions, and the attention mask of pad mode or of prefix sharing,
-    where each reply's last token sees exactly its own sequence), then the hidden states at the last position of every
-    sequence id ``0..num_seqs-1`` are gathered and scored.
-    """
-    base = _unwrap(model)
-    try:
-        score = base.score
-    except AttributeError:
-        raise TypeError(f"reward model {type(base).__name__} has no `score` head; load it with "
-                        "AutoModelForSequenceClassification(num_labels=1)") from None
-    hidden = base.base_model(**body_inputs(base, batch)).last_hidden_state  # [R, T, H]
-    seq = batch["seq_ids"].reshape(-1)
-    pos = torch.arange(seq.numel(), device=seq.device)
-    valid = seq >= 0
-    last = torch.full((num_seqs,), -1, dtype=torch.long, device=seq.device)
-    last = last.scatter_reduce(0, seq[valid], pos[valid], reduce="amax")
-    if bool((last < 0).any()):
-        missing = torch.nonzero(last < 0).flatten().tolist()
-        raise ValueError(f"sequence_rewards: batch has no token for seq id(s) {missing} (num_seqs={num_seqs})")
-    h = hidden.reshape(seq.numel(), -1)[last]  # [S, H]
-    # the head may be kept in another dtype than the body (a trainable fp32 head on a bf16 base): match the head
-    head = [p for p in score.parameters() if p.requires_grad] or list(score.parameters())
-    return score(h.to(head[0].dtype)).squeeze(-1).float()
+from tandem.models.scoring import sequence_rewards  # noqa: F401 (re-exported)
 
 
 def bradley_terry_loss(r_chosen: torch.Tensor, r_rejected: torch.Tensor, center_coef: float = 0.0,

@@ -83,7 +83,7 @@ class RewardModelFunction:
         from tandem.data import collate
         from tandem.data.encode import prompt_ids, response_ids
         from tandem.models import load_reward_model
-        from tandem.objectives.reward import sequence_rewards
+        from tandem.models.scoring import sequence_rewards
 
         if self.model is None:
             self.model, self.tokenizer = load_reward_model(self.path, device=device)

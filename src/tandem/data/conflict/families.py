@@ -66,15 +66,15 @@ def _words(rng: random.Random, k: int, distinct_initials: bool = False) -> list[
 
 
 def add(rng: random.Random) -> Item:
-    a, b = rng.randint(10, 99), rng.randint(10, 99)
-    wrong = a + b + rng.choice([-10, -2, -1, 1, 2, 10])
+    a, b = rng.randint(1, 40), rng.randint(1, 40)  # calibrated: two-digit sums with carries stay near 0.5 after SFT
+    wrong = a + b + rng.choice([-2, -1, 1, 2, 10] + ([-10] if a + b > 10 else []))
     return _answer(f"add|{a}|{b}", f"What is {a} + {b}? Reply with the number only.", str(a + b), str(wrong))
 
 
 def subtract(rng: random.Random) -> Item:
-    a = rng.randint(20, 99)
+    a = rng.randint(2, 40)  # calibrated: 20..99 stayed below 0.1 after SFT
     b = rng.randint(1, a - 1)
-    wrong = a - b + rng.choice([-10, -1, 1, 10])
+    wrong = a - b + rng.choice([-1, 1, 10] + ([-10] if a - b > 10 else []))
     return _answer(f"subtract|{a}|{b}", f"What is {a} - {b}? Reply with the number only.", str(a - b), str(wrong))
 
 
@@ -113,7 +113,7 @@ def sort(rng: random.Random) -> Item:
 
 
 def count(rng: random.Random) -> Item:
-    k = rng.randint(2, 7)
+    k = rng.randint(2, 5)  # calibrated: lists of up to 7 words stayed near 0.1 after SFT
     ws = _words(rng, k)
     wrong = k + rng.choice([-1, 1]) if k > 2 else k + 1
     return _answer(f"count|{' '.join(ws)}", f"How many words are in this list: {', '.join(ws)}? Reply with the number only.",

@@ -194,7 +194,7 @@ class ModelReward:
 
     @torch.no_grad()
     def __call__(self, prompts: list[dict], responses: list[list[int]], texts: list[str], device) -> torch.Tensor:
-        from tandem.objectives.reward import sequence_rewards
+        from tandem.models.scoring import sequence_rewards
 
         if self.same_vocab:
             seqs = [p["prompt_ids"] + r for p, r in zip(prompts, responses)]
