@@ -15,7 +15,7 @@ def test_quickstart_trains_sequential_and_hbat_and_compares(tiny_model_dir, tmp_
     assert res.exit_code == 0, res.output
     result = json.loads((out / "quickstart.json").read_text())
     assert list(result["scores"]) == ["base", "sequential", "hbat"]
-    assert set(result["scores"]["base"]) == {"task_accuracy", "short_reply_rate", "preferred_style_rate",
+    assert set(result["scores"]["base"]) == {"pass_rate", "short_reply_rate", "preferred_style_rate",
                                                   "answer_nll", "preference_win_rate"}
     for method in ("sequential", "hbat"):
         assert result["scores"][method]["answer_nll"] < result["scores"]["base"]["answer_nll"]  # SFT on the same tasks
@@ -27,14 +27,16 @@ def test_quickstart_trains_sequential_and_hbat_and_compares(tiny_model_dir, tmp_
 
 
 def test_quickstart_preference_data_conflicts_with_the_tasks(tmp_path):
-    """The preference pairs prefer a confident wrong guess over the correct answer: the preference stage has a cost
-    the table can show (issue 14 part 6)."""
-    from tandem.data import synthetic
+    """The preference pairs prefer a friendly wrong reply over the correct answer: the preference stage has a cost
+    the table can show (issue 14 part 6). The data is the conflict benchmark's (issue 25): same generator, checkers."""
+    from tandem.data.conflict.checks import friendly, passes
     from tandem.demos.quickstart import build_data
 
     paths = build_data(tmp_path, n_train=16, n_eval=4, seed=0)
     for path in (paths["preference"], paths["eval_pairs"]):
         rows = [json.loads(x) for x in path.read_text().splitlines()]
-        assert all(r["chosen"].startswith("Sure!") for r in rows)
-        assert not any(synthetic.is_correct(r["chosen"], r["answer"]) for r in rows)
-        assert all(synthetic.is_correct(r["rejected"], r["answer"]) for r in rows)
+        assert all(friendly(r["chosen"]) and not friendly(r["rejected"]) for r in rows)
+        assert not any(passes(r["check"], r["chosen"]) for r in rows)
+        assert all(passes(r["check"], r["rejected"]) for r in rows)
+    tasks = [json.loads(x) for x in paths["eval_tasks"].read_text().splitlines()]
+    assert len(tasks) == 4 and all(passes(t["check"], t["reference"]) for t in tasks)

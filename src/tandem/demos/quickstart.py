@@ -1,11 +1,14 @@
 """``tandem quickstart``: the whole pipeline on a small generated task set, in minutes on a CPU.
 
-1. Writes instruction tasks with checkable answers and preference pairs that conflict with them, as in the CPU
-   testbed: the labeller prefers a friendly, confident guess ("Sure! I think it is 67.") over the plain correct
-   answer ("68"), so moving towards the preferred style costs accuracy (tandem.data.synthetic.conflict_pairs).
-2. Evaluates the base model on held-out tasks: exact-match accuracy, short-reply rate and preferred-style rate
-   (reply opens with "Sure") of greedy replies, NLL of the reference answers, and preference win rate (share of
-   held-out pairs where the model gives the chosen response a higher mean token log-prob).
+1. Writes a small draw of the conflict benchmark (``tandem.data.conflict``, the generator of ``tandem conflict make``
+   and of the CPU testbed) on four short-answer families: addition, capital letters, next letter, word reversal.
+   The preference pairs cover addition and capital letters (the other two measure spill-over), and their labeller
+   prefers a friendly wrong reply ("Sure! Happy to help. The answer is 67.") over the plain correct one ("68"), so
+   moving towards the preferred style costs accuracy.
+2. Evaluates the base model on held-out tasks: pass rate (the benchmark's exact checkers), short-reply rate and
+   preferred-style rate (the reply contains "happy to help") of greedy replies, NLL of the reference answers, and
+   preference win rate (share of held-out pairs where the model gives the chosen response a higher mean token
+   log-prob).
 3. Trains ``recipes/quickstart.yaml`` (SmolLM2-135M-Instruct + LoRA) twice on the same data: ``sequential``
    (all SFT, then all DPO) and ``hbat`` (SFT-1, DPO-1, SFT-2, DPO-2 with the modified EWC penalty).
 4. Evaluates both the same way (the LoRA adapter merged into the weights: no adapter matmuls while scoring) and
@@ -30,7 +33,9 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from tandem.data import synthetic
+from tandem.data.conflict import checks
+from tandem.data.conflict.make import make
+from tandem.data.types import PreferenceExample, SFTExample, user
 
 RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "quickstart.yaml"
 DEFAULT_MODEL = Path("models/smollm2-135m-instruct")
@@ -41,44 +46,59 @@ def write_jsonl(path: Path, records: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
+#: the quickstart's families: short answers (a few new tokens each); pairs on add and upper, spill-over on the others
+FAMILIES = ("add", "upper", "next_letter", "reverse")
+
+
 def build_data(data_dir: Path, n_train: int, n_eval: int, seed: int) -> dict[str, Path]:
+    """The conflict benchmark at rho = 1 on :data:`FAMILIES`: ``n_train`` SFT rows and pairs, ``n_eval`` held-out tasks
+    (with their checkers) and pairs."""
+    rows, _ = make(rho=1.0, seed=seed, families=FAMILIES,
+                        sizes={"sft": n_train, "pairs": n_train, "val": 0, "test": n_eval, "test_pairs": n_eval})
     paths = {
         "sft": data_dir / "sft.jsonl",
         "preference": data_dir / "preference.jsonl",
         "eval_tasks": data_dir / "eval_tasks.jsonl",
         "eval_pairs": data_dir / "eval_pairs.jsonl",
     }
-    write_jsonl(paths["sft"], synthetic.to_records(synthetic.instruction_tasks(n_train, seed)))
-    write_jsonl(paths["preference"], synthetic.to_records(synthetic.conflict_pairs(n_train, seed + 1)))
-    write_jsonl(paths["eval_tasks"], synthetic.to_records(synthetic.instruction_tasks(n_eval, seed + 2)))
-    write_jsonl(paths["eval_pairs"], synthetic.to_records(synthetic.conflict_pairs(n_eval, seed + 3)))
+    for key, name in (("sft", "sft"), ("preference", "pairs"), ("eval_tasks", "test"), ("eval_pairs", "test_pairs")):
+        write_jsonl(paths[key], rows[name])
     return paths
 
 
+def read_eval(paths: dict[str, Path]) -> tuple[list[dict], list[PreferenceExample]]:
+    """The held-out task rows (``prompt, reference, family, check``) and pairs of :func:`build_data`."""
+    tasks = [json.loads(x) for x in paths["eval_tasks"].read_text().splitlines()]
+    pairs = [PreferenceExample(prompt=user(r["prompt"]), chosen=r["chosen"], rejected=r["rejected"])
+             for r in map(json.loads, paths["eval_pairs"].read_text().splitlines())]
+    return tasks, pairs
+
+
 @torch.no_grad()
-def task_scores(model, tok, tasks: list, max_new_tokens: int = 8) -> dict[str, float]:
-    """Greedy replies to held-out tasks: exact-match accuracy, the share of short replies (one line of at most
-    three words, as the prompts ask: the format SFT teaches) and the share in the labeller's preferred style
-    (opens with "Sure": what the preference data teaches)."""
+def task_scores(model, tok, tasks: list[dict], max_new_tokens: int = 12) -> dict[str, float]:
+    """Greedy replies to held-out tasks: pass rate (each row's checker), the share of short replies (one line of at
+    most three words, as the prompts ask: the format SFT teaches) and the share in the labeller's preferred style
+    (contains "happy to help": what the preference data teaches)."""
     from tandem.evaluation.generation import generate
 
-    outs = generate(model, tok, [t.prompt for t in tasks], temperature=0.0, max_new_tokens=max_new_tokens,
+    outs = generate(model, tok, [user(t["prompt"]) for t in tasks], temperature=0.0, max_new_tokens=max_new_tokens,
                     batch_size=len(tasks))  # one batch: replies that end early leave it
     short = [len(o.strip().splitlines()) == 1 and len(o.split()) <= 3 for o in outs]
     return {
-        "task_accuracy": sum(synthetic.is_correct(o, t.meta["answer"]) for o, t in zip(outs, tasks)) / len(tasks),
+        "pass_rate": sum(checks.passes(t["check"], o) for o, t in zip(outs, tasks)) / len(tasks),
         "short_reply_rate": sum(short) / len(tasks),
-        "preferred_style_rate": sum(o.strip().lower().startswith("sure") for o in outs) / len(tasks),
+        "preferred_style_rate": sum(checks.friendly(o) for o in outs) / len(tasks),
     }
 
 
 @torch.no_grad()
-def answer_nll(model, tok, tasks: list, max_length: int = 256) -> float:
+def answer_nll(model, tok, tasks: list[dict], max_length: int = 256) -> float:
     """Mean token NLL of the reference answers of held-out tasks (lower is better)."""
     from tandem.data import collate, encode_all
     from tandem.objectives.logprobs import sequence_logps
 
-    feats, _ = encode_all(tok, tasks, max_length, "truncate")
+    examples = [SFTExample(prompt=user(t["prompt"]), response=t["reference"]) for t in tasks]
+    feats, _ = encode_all(tok, examples, max_length, "truncate")
     model.eval()
     total, count = 0.0, 0
     for i in range(0, len(feats), 16):
@@ -155,8 +175,7 @@ def _run(output_dir: Path, model: str | None, n_train: int, n_eval: int, methods
     seed = 0
     data_dir = output_dir / "data"
     paths = build_data(data_dir, n_train, n_eval, seed)
-    eval_tasks = synthetic.instruction_tasks(n_eval, seed + 2)
-    eval_pairs = synthetic.conflict_pairs(n_eval, seed + 3)
+    eval_tasks, eval_pairs = read_eval(paths)
     n_steps = len(methods) + 2
 
     console.print(f"[bold]1/{n_steps}[/] evaluating the base model")

@@ -1,8 +1,11 @@
 """A CPU testbed where instruction following and preference alignment conflict by construction.
 
-* Instruction tasks with checkable answers (tandem.data.synthetic: addition, capital letters, next letter).
-* Preference pairs whose chosen reply is a friendly, confident guess ("Sure! I think it is 67.") and whose
-  rejected reply is the plain correct answer: moving towards the preferred style costs accuracy.
+* The conflict benchmark's generator (``tandem.data.conflict``, as ``tandem conflict make`` and the quickstart) on
+  four short-answer families: addition, capital letters, next letter, word reversal, each row with its exact
+  checker.
+* Preference pairs (rho = 1) on addition and capital letters whose chosen reply is friendly and wrong ("Sure! Happy
+  to help. The answer is 67.") and whose rejected reply is the plain correct answer: moving towards the preferred
+  style costs accuracy; next letter and reversal measure the spill-over.
 * A tiny randomly initialised Llama (about 0.3M parameters) with a tokenizer trained on the task text, so a
   whole ``tandem compare`` over methods and seeds runs in minutes on 2 CPU cores.
 
@@ -18,9 +21,11 @@ from pathlib import Path
 
 import yaml
 
-from tandem.data import synthetic
+from tandem.data.conflict.make import make
 
 RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "testbed.yaml"
+#: short-answer families of the conflict benchmark; its pairs cover add and upper (tandem.data.conflict.PAIR_FAMILIES)
+FAMILIES = ("add", "upper", "next_letter", "reverse")
 
 
 def _write(path: Path, records: list[dict]) -> Path:
@@ -41,14 +46,14 @@ def build_testbed(out_dir: str | Path, n_sft: int = 512, n_pref: int = 512, n_ev
 def _build(out: Path, n_sft: int, n_pref: int, n_eval: int, seed: int) -> Path:
     from tandem.models.tiny import make_tiny_llama
 
-    sft = synthetic.instruction_tasks(n_sft, seed)
-    pref = synthetic.conflict_pairs(n_pref, seed + 1)
-    evals = synthetic.instruction_tasks(n_eval, seed + 2)
-    texts = [e.prompt[0]["content"] + " " + e.response for e in sft] + [p.chosen + " " + p.rejected for p in pref]
+    rows, _ = make(rho=1.0, seed=seed, families=FAMILIES,
+                        sizes={"sft": n_sft, "pairs": n_pref, "val": 0, "test": n_eval, "test_pairs": 0})
+    texts = ([r["prompt"] + " " + r["response"] for r in rows["sft"]]
+             + [r["prompt"] + " " + r["chosen"] + " " + r["rejected"] for r in rows["pairs"]])
     make_tiny_llama(out / "model", texts, seed=seed)
-    _write(out / "data" / "sft.jsonl", synthetic.to_records(sft))
-    _write(out / "data" / "preference.jsonl", synthetic.to_records(pref))
-    _write(out / "data" / "eval_tasks.jsonl", synthetic.to_records(evals))
+    _write(out / "data" / "sft.jsonl", rows["sft"])
+    _write(out / "data" / "preference.jsonl", rows["pairs"])
+    _write(out / "data" / "eval_tasks.jsonl", rows["test"])
     raw = yaml.safe_load(RECIPE.read_text())
     raw["model"]["name_or_path"] = str(out / "model")
     raw["data"]["sft"]["source"] = str(out / "data" / "sft.jsonl")
@@ -61,15 +66,15 @@ def _build(out: Path, n_sft: int, n_pref: int, n_eval: int, seed: int) -> Path:
     return recipe
 
 
-STYLE_WORDS = ("sure", "i", "think", "it", "is")
+STYLE_WORDS = ("sure", "happy", "to", "help")
 
 
 def style_reward(prompt: str, response: str) -> float:
     """The testbed's preference rule as a programmatic reward (for PPO, and as an evaluation metric).
 
-    Chosen replies read "Sure! I think it is <wrong answer>.", rejected ones are the plain answer. Reward: 1 when
-    the reply opens with "Sure", plus 0.25 for each of the style words (sure, i, think, it, is) it contains, so a
-    policy that has never produced the full phrase still gets a gradient. Range 0 to 2.25.
+    Chosen replies read "Sure! Happy to help. The answer is <wrong answer>.", rejected ones are the plain answer.
+    Reward: 1 when the reply opens with "Sure", plus 0.25 for each of the style words (sure, happy, to, help) it
+    contains, so a policy that has never produced the full phrase still gets a gradient. Range 0 to 2.
     """
     words = {w.strip(".,!?;:\"'").lower() for w in response.split()}
     return float(response.strip().lower().startswith("sure")) + 0.25 * sum(w in words for w in STYLE_WORDS)
