@@ -156,3 +156,14 @@ def test_kill_and_resume_gives_identical_weights(tmp_path, tiny_model_dir, synth
     la = [x["loss"] for x in read_metrics(tmp_path / "straight" / "run") if x["split"] == "train"]
     lb = [x["loss"] for x in read_metrics(tmp_path / "killed" / "run") if x["split"] == "train"]
     assert la == lb
+
+
+def test_lr_by_role_sets_each_stage_learning_rate(tmp_path, tiny_model_dir, synthetic_files):
+    """``optimizer.lr_by_role``: the preference stages of a sequential run train at their own rate, the SFT stages at
+    ``lr`` (a TRL user sets one per trainer; the conflict benchmark's DPO needs a tenth of its SFT rate)."""
+    r = recipe(tmp_path, tiny_model_dir, synthetic_files, method="sequential",
+               **{"optimizer.lr": 1e-3, "optimizer.scheduler": "constant", "optimizer.lr_by_role": {"preference": 1e-4},
+                  "schedule.max_steps_per_stage": 2})
+    train(r)
+    lrs = {(x["stage"], x["lr"]) for x in read_metrics(Path(r.output_dir)) if x["split"] == "train"}
+    assert lrs == {("01-sft", 1e-3), ("02-pref", 1e-4)}

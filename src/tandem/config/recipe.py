@@ -125,6 +125,8 @@ class OptimizerConfig(Strict):
     warmup_steps: int | None = Field(default=None, ge=0, description="warm-up optimizer steps of each stage "
                                      "(instead of warmup_ratio)")
     max_grad_norm: float | None = Field(default=1.0, gt=0, description="null = no clipping")
+    lr_by_role: dict[Literal["sft", "preference", "reward"], Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=dict, description="the learning rate of a stage role's stages instead of lr: {preference: 1e-4}")
 
     @model_validator(mode="after")
     def _one_warmup(self) -> "OptimizerConfig":

@@ -38,6 +38,7 @@ class LoopConfig:
     alternate: str | None = None  # "alright" | "maxright": one objective per step (else aux terms are added)
     alternate_weight: float = 0.5
     lr: float = 1e-5
+    lr_by_role: dict[str, float] = field(default_factory=dict)  # stage role -> its learning rate (else lr)
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     weight_decay: float = 0.0

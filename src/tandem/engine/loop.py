@@ -71,11 +71,11 @@ def fault_hook(global_step: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def make_optimizer(model, cfg: LoopConfig, total_steps: int):
-    opt = adamw(trainable_params(model), lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+def make_optimizer(model, cfg: LoopConfig, total_steps: int, role: str = ""):
+    opt = adamw(trainable_params(model), lr=cfg.lr_by_role.get(role, cfg.lr), betas=tuple(cfg.betas), eps=cfg.eps,
+                weight_decay=cfg.weight_decay)  # a stage's learning rate: its role's (optimizer.lr_by_role), else lr
     warm = cfg.warmup_steps if cfg.warmup_steps is not None else int(cfg.warmup_ratio * total_steps)
-    sched = get_scheduler(cfg.scheduler, opt, num_warmup_steps=min(warm, total_steps), num_training_steps=total_steps)
-    return opt, sched
+    return opt, get_scheduler(cfg.scheduler, opt, num_warmup_steps=min(warm, total_steps), num_training_steps=total_steps)
 
 
 def train_row(ctx: StageContext, step: int, epoch: int, lr: float, **values) -> dict:

@@ -138,7 +138,7 @@ def run(plan: RunPlan, cfg: LoopConfig, resume: bool = False) -> dict:
                                     stage_dir / "prepared-aux.pt", reuse=mid)
                 aux = [AuxTerm(aux_obj, aux_feats, plan.aux_weight, plan.aux_role)]
             total = steps[stage.index]
-            optimizer, scheduler = make_optimizer(model, cfg, total)
+            optimizer, scheduler = make_optimizer(model, cfg, total, stage.role)
             state = ckpt.read_state(resume_from) if mid else {}
             if mid:
                 (sharded.load_optimizer(resume_from, model, optimizer, scheduler) if is_sharded(model) else

@@ -38,7 +38,7 @@ def loop_config(recipe: Recipe, progress: bool | None = None) -> LoopConfig:
         output_dir=Path(recipe.output_dir), seed=recipe.seed, batch_size=b.batch_size, grad_accum=b.grad_accum,
         group_by_length=b.group_by_length, epochs=s.epochs, max_steps=s.max_steps,
         max_steps_per_stage=s.max_steps_per_stage, alternate=get_method(s.method).alternate,
-        alternate_weight=h.alternate_weight, lr=o.lr, betas=tuple(o.betas),
+        alternate_weight=h.alternate_weight, lr=o.lr, lr_by_role=dict(o.lr_by_role), betas=tuple(o.betas),
         eps=o.eps, weight_decay=o.weight_decay, scheduler=o.scheduler, warmup_ratio=o.warmup_ratio,
         warmup_steps=o.warmup_steps, max_grad_norm=o.max_grad_norm, log_every=recipe.logging.every,
         val_every=recipe.logging.val_every, checkpoint_every=c.every, checkpoint_keep=c.keep,

@@ -106,9 +106,9 @@ def next_letter(rng: random.Random) -> Item:
 
 
 def sort(rng: random.Random) -> Item:
-    ws = _words(rng, 3, distinct_initials=True)
+    ws = _words(rng, 2, distinct_initials=True)  # calibrated: three words stayed near 0.4 after SFT
     good = sorted(ws)
-    wrong = [good[1], good[0], good[2]] if rng.random() < 0.5 else [good[0], good[2], good[1]]
+    wrong = good[::-1]
     return _answer(f"sort|{' '.join(ws)}", f"Sort these words alphabetically: {' '.join(ws)}", " ".join(good), " ".join(wrong))
 
 
