@@ -38,6 +38,11 @@ def study_out(tmp_path_factory):
     questions = yaml.safe_load((RECIPES / "_contrasts.yaml").read_text())
     questions["contrasts"] = [q for q in questions["contrasts"] if {q["a"], q["b"]} <= set(ARMS)]
     questions["frontier"].update(early_stop={"arm": "sequential", "at": [0.5]}, wise_ft={"toward": "sft-only", "alphas": [0.5]})
+    # question (d): two groups of the 4 layers, ratios 0.5 or 1 each, picked on val, scored on test
+    questions["group_ratios"] = {"toward": "sft-only", "groups": "block2", "grid": [0.5, 1.0],
+                                 "val": str(bench / "val.jsonl"), "style_at": 0.5}
+    questions["contrasts"].append({"name": "(d) per-group ratios against Wise-FT", "a": "sequential~groups",
+                                   "b": "sequential~global"})
     (study / "_contrasts.yaml").write_text(yaml.safe_dump(questions))
     out = root / "study-out"
     args = ["study", str(study), "--seeds", "0,1", "-o", str(out)]
@@ -54,7 +59,9 @@ def test_study_writes_a_verdict_with_confidence_intervals(study_out):
     assert len(tax) == 1 and tax[0]["n_seeds"] == 2 and tax[0]["n_prompts"] == 12
     assert tax[0]["ci_low"] <= tax[0]["diff"] <= tax[0]["ci_high"] and 0 <= tax[0]["p_holm"] <= 1
     asked = {(r["a"], r["b"]) for r in res}
-    assert asked == {("sft-only", "sequential"), ("hbat-no-ewc", "sequential")}
+    assert asked == {("sft-only", "sequential"), ("hbat-no-ewc", "sequential"), ("sequential~groups", "sequential~global")}
+    d = next(r for r in res if r["a"] == "sequential~groups" and r["metric"] == "pass")
+    assert d["n_seeds"] == 2 and d["n_prompts"] == 12  # paired on the test prompts
     assert {"(a) is there a tax?", "(b) does alternation reduce it?"} <= {r["name"] for r in res}
     assert "95% CI" in (study_out / "contrasts.md").read_text()
 
@@ -75,6 +82,38 @@ def test_study_rows_have_per_prompt_outputs_budgets_and_frontiers(study_out):
     assert early["conflict/pass_rate"] is not None
     states = [json.loads(p.read_text()) for p in (study_out / "sequential-s0" / "checkpoints").glob("*/state.json")]
     assert {(s["stage_index"], s["stage_step"]) for s in states} >= {(1, 2)}
+
+
+def test_group_ratios_pick_on_val_and_score_on_test(study_out):
+    """Question (d): each arm but sft-only gets a per-group pick (any of the 4 ratio pairs) and a global pick (equal
+    ratios) chosen on the validation prompts by the stated rule, then scored on the test prompts."""
+    from tandem.pipelines.group_ratios import pick
+
+    rows = json.loads((study_out / "table.json").read_text())
+    for arm in ("sequential", "hbat-no-ewc"):
+        for seed in (0, 1):
+            root = study_out / f"{arm}-s{seed}" / "group-ratios"
+            points = []
+            for d in sorted(root.glob("r-*")):
+                res = json.loads((d / "val" / "eval" / "results.json").read_text())["metrics"]["conflict"]
+                points.append((tuple(float(x) for x in d.name[2:].split("-")), res["pass_rate"], res["style_rate"]))
+                assert res["n"] == 10  # the validation prompts, not the test ones
+            assert len(points) == 4
+            got = {r["method"].split("~")[1]: r for r in rows if r["seed"] == seed and r["method"] in (f"{arm}~groups", f"{arm}~global")}
+            assert tuple(got["groups"]["ratios"]) == pick(points, 0.5)
+            assert tuple(got["global"]["ratios"]) == pick([p for p in points if p[0][0] == p[0][1]], 0.5)
+            assert got["groups"]["conflict/n"] == 12 == got["global"]["conflict/n"]  # scored on the test prompts
+    assert not any(r["method"].startswith("sft-only~g") for r in rows)
+
+
+def test_pick_rule_by_hand():
+    from tandem.pipelines.group_ratios import candidates, pick
+
+    assert candidates([0.5, 1.0], 2) == [(0.5, 0.5), (0.5, 1.0), (1.0, 0.5), (1.0, 1.0)]
+    pts = [((0.5, 0.5), 0.9, 0.2), ((0.5, 1.0), 0.7, 0.6), ((1.0, 0.5), 0.8, 0.5), ((1.0, 1.0), 0.3, 1.0)]
+    assert pick(pts, 0.5) == (1.0, 0.5)  # best pass among style >= 0.5 (0.9 has too little style)
+    assert pick(pts, 1.0) == (1.0, 1.0)
+    assert pick(pts[:1], 0.5) == (0.5, 0.5)  # none reaches the style: the most stylish
 
 
 def test_shipped_questions_name_shipped_arms():

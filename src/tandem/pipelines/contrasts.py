@@ -36,9 +36,10 @@ def read_questions(path: Path) -> list[dict]:
     import yaml
 
     raw = yaml.safe_load(path.read_text()) or {}
-    unknown = set(raw) - {"contrasts", "metrics", "frontier"} if isinstance(raw, dict) else set()
+    unknown = set(raw) - {"contrasts", "metrics", "frontier", "group_ratios"} if isinstance(raw, dict) else set()
     if unknown:
-        raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (keys: contrasts, metrics, frontier)")
+        raise ValueError(f"{path}: unknown key(s) {', '.join(sorted(unknown))} (keys: contrasts, metrics, frontier, "
+                         "group_ratios)")
     items = raw.get("contrasts") if isinstance(raw, dict) else None
     if not isinstance(items, list) or not items or not all(
             isinstance(c, dict) and {"a", "b"} <= set(c) <= {"a", "b", "name", "metrics"} for c in items):
@@ -61,6 +62,16 @@ def read_frontier(path: Path) -> dict:
 
     raw = yaml.safe_load(path.read_text()) or {}
     return check_frontier(raw.get("frontier") if isinstance(raw, dict) else None, str(path))
+
+
+def read_group_ratios(path: Path) -> dict:
+    """The checked ``group_ratios`` block of a ``_contrasts.yaml`` file (``{}`` when it has none; question (d))."""
+    import yaml
+
+    from tandem.pipelines.group_ratios import check_group_ratios
+
+    raw = yaml.safe_load(path.read_text()) or {}
+    return check_group_ratios(raw.get("group_ratios") if isinstance(raw, dict) else None, str(path))
 
 
 def arm_values(rows: list[dict], metric: str) -> dict[str, dict[int, dict[str, float]]]:

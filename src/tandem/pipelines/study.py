@@ -140,15 +140,15 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
     check_run_dir(out_dir, resume=resume, overwrite=overwrite)
     rows_of = load_study(study_dir, overrides, out_dir, seeds[0], only)
     questions = Path(study_dir) / "_contrasts.yaml"
-    asked, spec = list(contrasts or []), {}
+    asked, spec, ratios = list(contrasts or []), {}, {}
     if questions.is_file():  # a bad questions file is refused before any training
-        from tandem.pipelines.contrasts import read_frontier, read_questions
+        from tandem.pipelines.contrasts import read_frontier, read_group_ratios, read_questions
 
         asked += read_questions(questions)
-        spec = read_frontier(questions)
-    if asked or spec:
+        spec, ratios = read_frontier(questions), read_group_ratios(questions)
+    if asked or spec or ratios:
         named = {q[k] for q in asked for k in ("a", "b")} | {b[k] for b, k in ((spec.get("early_stop"), "arm"),
-                                                                    (spec.get("wise_ft"), "toward")) if b}
+                                                                    (spec.get("wise_ft"), "toward"), (ratios, "toward")) if b}
         unknown = {x for x in named if "@" not in x and "~" not in x} - {p.stem for p in recipe_files(study_dir)}
         if unknown:
             raise ValueError(f"{study_dir}: no recipe for arm(s) {', '.join(sorted(unknown))} named by --contrast or "
@@ -181,6 +181,10 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
             from tandem.pipelines.frontier import frontier_rows
 
             rows += frontier_rows(spec, rows, {n: r for n, (_, r) in rows_of.items()}, reuse=resume)
+        if ratios:  # question (d): per-group ratios against global Wise-FT, both picked on val, scored on test
+            from tandem.pipelines.group_ratios import group_ratio_rows
+
+            rows += group_ratio_rows(ratios, rows, {n: r for n, (_, r) in rows_of.items()}, reuse=resume)
         x, y = default_axes(rows, x_key, y_key)
         write_tables(out_dir, rows, x, y, f"Study: {Path(study_dir).name}")
         present = {str(r["method"]) for r in rows}
