@@ -114,8 +114,8 @@ def test_train_bf16_logs_the_choice_and_keeps_fp32_updates(tmp_path, tiny_model_
     seen = {}
     real = engine_run.make_optimizer
 
-    def spy(model, cfg, total):
-        opt, sched = real(model, cfg, total)
+    def spy(model, cfg, total, role=""):
+        opt, sched = real(model, cfg, total, role)
         seen["opt"] = type(opt)
         seen["dtypes"] = {(p.requires_grad, p.dtype) for p in model.parameters()}
         return opt, sched
