@@ -208,3 +208,26 @@ def test_mask_truncated_completions_leaves_no_loss(tmp_path, tiny_model_dir, syn
     start = load_file(str(Path(r.output_dir) / "stages" / "start.safetensors"))
     end = load_file(str(Path(r.output_dir) / "stages" / "01-pref" / "end.safetensors"))
     assert all(torch.equal(start[k], end[k]) for k in start)  # a zero gradient: AdamW leaves the weights
+
+
+def test_val_every_and_a_callback_stop_inside_a_grpo_stage(tmp_path, tiny_model_dir, synthetic_files):
+    """hbat-grpo with ``logging.val_every``: the SFT validation also runs inside the GRPO stage (forgetting, step by
+    step); a callback's "stop" inside that stage checkpoints there, and ``resume`` ends with the weights of a run that
+    was never stopped."""
+    import tandem
+    from test_api import StopAt
+
+    def make(d):
+        return grpo_recipe(d, tiny_model_dir, synthetic_files, method="hbat-grpo",
+                           **{"schedule.max_steps_per_stage": 3, "logging.val_every": 1, "data.val_size": 4})
+
+    full = tandem.train(make(tmp_path / "full"))
+    val = [(x["stage"], x.get("stage_step")) for x in rows(full.dir, "val")]
+    assert val == [("01-sft", 1), ("01-sft", 2), ("01-sft", None), ("02-pref", 1), ("02-pref", 2),
+                   ("02-pref", None)]
+    assert all("sft/loss" in x for x in rows(full.dir, "val"))
+    stopped = tandem.train(make(tmp_path / "stopped"), callbacks=[StopAt(step=5)])  # stage step 2 of 02-pref
+    assert stopped.stopped and [p.name for p in (stopped.dir / "checkpoints").iterdir()] == ["stage01-step000005"]
+    done = tandem.train(make(tmp_path / "stopped"), resume=True)
+    a, b = (load_file(str(r.dir / "final" / "model.safetensors")) for r in (full, done))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

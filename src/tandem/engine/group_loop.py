@@ -1,7 +1,8 @@
 """The GRPO / RLOO stage loop: per step, ``batch_size`` prompts (seeded order per epoch) split over the processes,
 a rollout with group advantages (``tandem.objectives.grpo_rollout``), ``num_iterations`` x ``steps_per_generation``
-optimizer steps through ``apply_step`` (regularizer, clipping, loss scaling as offline), one scheduler step and one
-metrics row. Resume needs only the checkpoint: sampling and mini-batch orders are seeded by (seed, stage, step, rank).
+optimizer steps through ``apply_step`` (regularizer, clipping, loss scaling), one scheduler step, one metrics row and
+``end_step`` (validation, checkpoints, a callback's stop), as offline. Resume needs only the checkpoint: sampling and
+mini-batch orders are seeded by (seed, stage, step, rank).
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import math
 import time
 
 from tandem.engine.context import StageContext
-from tandem.engine.loop import apply_step, diverged, fault_hook, reduce_sum, train_row
-from tandem.models.sampling import eos_ids
+from tandem.engine.loop import apply_step, diverged, end_step, reduce_sum, train_row
+from tandem.models.sampling import eos_ids, pad_token_id
 from tandem.objectives.grpo_rollout import prompt_order, rollout, step_stats, update
 from tandem.objectives.ppo.setup import reference_policy
 
@@ -25,7 +26,7 @@ def run_group_stage(ctx: StageContext, algo, optimizer, scheduler, first: int, t
                          f"{B} prompts ({len(feats)} here) and at least one per process ({P})")
     reference = (reference_policy(policy, cfg.output_dir / "stages", stage.index, cfg.reference, resumed=first > 0)
                  if algo.beta > 0 else None)
-    eos, pad_id = eos_ids(policy, tok), tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    eos, pad_id = eos_ids(policy, tok), pad_token_id(tok)
 
     def step_fn(loss):
         acc.backward(ctx.scaling.scale(loss))
@@ -49,7 +50,5 @@ def run_group_stage(ctx: StageContext, algo, optimizer, scheduler, first: int, t
         if acc.is_main_process and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
             ctx.log.write(train_row(ctx, step + 1, epoch, lr, role=stage.role, seconds=time.perf_counter() - t0, **stats))
         ctx.progress.update(task, advance=1, loss=f"r={stats['reward']:.3f}", tps=f"{stats['train_tokens_per_s']:,.0f}")
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < total:
-            ctx.on_checkpoint(step + 1, optimizer, scheduler)
-        fault_hook(ctx.global_step)
+        end_step(ctx, step + 1, total, optimizer, scheduler)  # val_every, checkpoint, a callback's stop
     return ctx.global_step

@@ -78,6 +78,18 @@ def make_optimizer(model, cfg: LoopConfig, total_steps: int, role: str = ""):
     return opt, get_scheduler(cfg.scheduler, opt, num_warmup_steps=min(warm, total_steps), num_training_steps=total_steps)
 
 
+def end_step(ctx: StageContext, step: int, total: int, optimizer, scheduler) -> None:
+    """After stage step ``step`` (not the last): validation every ``val_every`` steps; a checkpoint every
+    ``checkpoint_every`` steps or when a callback asked to stop (tandem.io.hooks), then the stop; the fault hook."""
+    cfg, inside = ctx.config, step < total
+    if ctx.on_validate is not None and cfg.val_every and step % cfg.val_every == 0 and inside:
+        ctx.on_validate(step)
+    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 or ctx.log.stopping) and inside:
+        ctx.on_checkpoint(step, optimizer, scheduler)
+        ctx.log.stop_if_requested()  # the checkpoint above holds the state
+    fault_hook(ctx.global_step)
+
+
 def train_row(ctx: StageContext, step: int, epoch: int, lr: float, **values) -> dict:
     return {"split": "train", "stage": ctx.stage.name, "stage_index": ctx.stage.index, "step": ctx.global_step,
             "stage_step": step, "epoch": epoch, "lr": lr, **values}
@@ -148,12 +160,7 @@ def run_stage(ctx: StageContext, optimizer, scheduler, start_step: int, total_st
             ctx.log.write(train_row(ctx, step + 1, epoch, lr, role=term.role,
                                     tokens=n_tokens_all, tokens_per_s=tps, **stats))
         ctx.progress.update(task, advance=1, loss=f"{stats['loss']:.4f}", tps=f"{tps:,.0f}")
-        if ctx.on_validate is not None and cfg.val_every and (step + 1) % cfg.val_every == 0 and step + 1 < total_steps:
-            ctx.on_validate(step + 1)
-        if (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 or ctx.log.stopping) and step + 1 < total_steps:
-            ctx.on_checkpoint(step + 1, optimizer, scheduler)
-            ctx.log.stop_if_requested()  # a callback's "stop" (tandem.io.hooks): the checkpoint above holds the state
-        fault_hook(ctx.global_step)
+        end_step(ctx, step + 1, total_steps, optimizer, scheduler)
     return ctx.global_step
 
 

@@ -23,7 +23,7 @@ from tandem.objectives.logprobs import _forward_hidden
 from tandem.objectives.ppo import ppo_math as pm
 from tandem.objectives.ppo.critic import critic_state, fingerprint
 from tandem.objectives.ppo.objective import PPO
-from tandem.models.sampling import eos_ids
+from tandem.models.sampling import eos_ids, pad_token_id
 from tandem.objectives.ppo.rollout import collect, gather_hidden, token_index, token_stats
 from tandem.objectives.ppo.setup import (BEST_FILE, finish_stage, load_resume_state, reference_policy, reward_scorer,
                                         save_resume_state, stage_critic)
@@ -43,30 +43,26 @@ def run_ppo_stage(ctx: StageContext, ppo: PPO, optimizer, scheduler, first: int,
     if ppo.tokenizer is None:
         raise RuntimeError("ppo: its prompts were not encoded (PPO.encode), so the tokenizer is unknown")
     acc, cfg, stage, policy = ctx.accelerator, ctx.config, ctx.stage, ctx.model
-    P, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
+    P, rank, main, B = acc.num_processes, acc.process_index, acc.is_main_process, cfg.batch_size
     stage_dir = ctx.config.output_dir / "stages" / stage.name
     term, offline = ppo_terms(ctx, ppo)
     eval_feats, train_feats = ppo.eval_split(term.features, cfg.seed, stage.index)
-    B = cfg.batch_size
-    if len(train_feats) < B:
-        raise ValueError(f"ppo stage {stage.name}: {len(train_feats)} training prompts for batching.batch_size {B}")
-    if B < P:
-        raise ValueError(f"ppo: batching.batch_size ({B}) must be at least the number of processes ({P})")
+    if len(train_feats) < B or B < P:
+        raise ValueError(f"ppo stage {stage.name}: batching.batch_size {B} prompts per iteration needs at least {B} "
+                         f"training prompts ({len(train_feats)} here) and at least one per process ({P})")
     tok = ppo.tokenizer
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     critic, info = stage_critic(ppo, policy, stage_dir, stage.index, acc.device)
     fresh = info["critic_loaded_from"] is None
     critic_opt = torch.optim.AdamW(critic.parameters(), lr=ppo.critic_lr or cfg.lr, betas=tuple(cfg.betas),
                                    eps=cfg.eps, weight_decay=0.0)
-    kl_ctl = ppo.kl_controller(info["beta_start"])
-    best = {"step": None, "score": -math.inf}
+    kl_ctl, best = ppo.kl_controller(info["beta_start"]), {"step": None, "score": -math.inf}
     if first > 0:
         fresh, best, info = load_resume_state(stage_dir, first, critic, critic_opt, kl_ctl, info)
     info["critic_start_sha256"] = fingerprint(critic_state(critic))
     reference = reference_policy(policy, stage_dir.parent, stage.index, cfg.reference, resumed=first > 0)
     common = dict(batch_fn=ctx.batch_fn, critic=critic, reference=reference,
                   reward=reward_scorer(ppo, acc.device, ctx.batch_fn), temperature=ppo.temperature, top_p=ppo.top_p,
-                  max_new_tokens=ppo.max_new_tokens, pad_id=pad_id, eos=eos_ids(policy, tok))
+                  max_new_tokens=ppo.max_new_tokens, pad_id=pad_token_id(tok), eos=eos_ids(policy, tok))
 
     def evaluate(step: int) -> None:
         if not (ppo.eval_every and eval_feats):

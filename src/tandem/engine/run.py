@@ -23,6 +23,7 @@ from tandem.engine.ppo_loop import run_ppo_stage
 from tandem.io.metrics import MetricsLog, progress_bar, tracked
 from tandem.distributed import checkpoint as sharded, is_sharded, save_final
 from tandem.io.weights import load_trainable_file, save_trainable
+from tandem.models.card import card_info
 from tandem.objectives.base import evaluate_objective, prepare
 from tandem.objectives.ppo.setup import validate_prompts
 from tandem.optim import GradScaling, trained_values
@@ -200,15 +201,12 @@ def _finish(plan: RunPlan, cfg: LoopConfig, summaries: list[dict], global_step: 
     run_dir = Path(cfg.output_dir)
     budget = dict(sum((Counter(info.get("seen", {})) for info in summaries), Counter()))
     summary = {"name": plan.name, "method": plan.method, "processes": plan.accelerator.num_processes,
-               "global_steps": global_step, "seconds": seconds,
-               "budget": budget, "stages": summaries}
+               "global_steps": global_step, "seconds": seconds, "budget": budget, "stages": summaries}
     chosen = select_stage(summaries, cfg.final, cfg.select_metric, cfg.select_mode)
     summary["selected_stage"] = chosen["name"] if chosen else (summaries[-1]["name"] if summaries else None)
     if chosen is not None and chosen is not summaries[-1]:
         load_trainable_file(plan.model, run_dir / "stages" / chosen["name"] / "end.safetensors")
         log.info("final model = stage %s (best %s)", chosen["name"], cfg.select_metric)
-    from tandem.models.card import card_info
-
     save_final(plan.model, plan.tokenizer, run_dir / "final", merged=plan.save_merged,
                card=card_info(plan.meta, summary))  # every process (a sharded model is gathered), process 0 writes
     if plan.accelerator.is_main_process:

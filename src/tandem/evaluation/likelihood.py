@@ -22,6 +22,7 @@ import torch
 
 from tandem.data.encode import IGNORE, encode_preference, encode_sft
 from tandem.data.types import Message, PreferenceExample, SFTExample
+from tandem.models.sampling import pad_token_id
 
 Sequence = tuple[list[int], list[int]]  # (input_ids, labels)
 
@@ -66,7 +67,7 @@ def labelled_logps(model, seqs: list[Sequence], pad_id: int, batch_size: int = 8
 
 
 def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     return 0 if pad is None else pad
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Callable
 
 from tandem.merging.pareto import pareto_front, pick_under_budget, plot_pareto
+from tandem.models.sampling import pad_token_id
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +203,7 @@ def learn_adaptive(model, merger, cfg, fit: Callable, tokenizer, prompts, n_grou
     if not examples:
         raise ValueError("tax.adaptive: the tuned model's replies are all empty; nothing to learn the ratios on")
     feats, _ = encode_all(tokenizer, examples, 1024, "truncate")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     batches = [collate(feats[i : i + 4], mode="pad", pad_id=pad) for i in range(0, len(feats), 4)]
     theta0 = dict(zip(merger.names, merger.theta0))
     theta1 = dict(zip(merger.names, merger.theta1))

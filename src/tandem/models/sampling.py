@@ -31,6 +31,11 @@ from tandem.models.decode import decode
 __all__ = ["eos_ids", "left_pad", "sample_ids", "strip_eos"]
 
 
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's pad id, else its EOS id (decoder-only tokenizers often have no pad token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def eos_ids(model, tokenizer) -> list[int]:
     """EOS ids of the tokenizer and of the model's generation config (deduplicated, tokenizer's first)."""
     ids: list[int] = []

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tandem.probes.report import summary_markdown
+from tandem.models.sampling import pad_token_id
 
 log = logging.getLogger("tandem")
 
@@ -78,7 +79,7 @@ def entanglement(s: ProbeSettings, progress) -> dict:
         selected = select_params(m, s.params)
     except ValueError as e:
         raise ProbeInputError(f"--params: {e}") from None
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = pad_token_id(tok)
 
     def batch_fn(fs):
         return {k: v.to(dev) for k, v in collate(fs, mode="pack", pad_id=pad_id).items()}

@@ -23,6 +23,7 @@ from tandem.models.precision import apply_precision, resolve, training_attention
 from tandem.pipelines.train_data import check_source, data_sources, load_data, load_role_features  # noqa: F401 - re-exported
 from tandem.pipelines.resume import check_data_unchanged, record_changes, record_data, resume_changes
 from tandem.schedules import Method, build_stages, get_method
+from tandem.models.sampling import pad_token_id
 
 log = logging.getLogger("tandem")
 
@@ -202,7 +203,7 @@ def build_plan(recipe: Recipe, acc, objectives: dict, regularizer, fsdp=None, mo
         apply_precision(model, precision)
         if acc.is_main_process:
             log.info("%s", precision.describe())
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = pad_token_id(tok)
 
     def batch_fn(feats):
         b = collate(feats, mode=bc.mode, pad_id=pad_id, max_tokens_per_row=rows,

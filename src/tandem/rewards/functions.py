@@ -41,6 +41,7 @@ from typing import Callable
 import torch
 
 from tandem.io.callables import resolve_function
+from tandem.models.sampling import pad_token_id
 
 _MODULE_SPEC = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _FILE_SPEC = re.compile(r"^(?P<file>.+\.py):(?P<fn>[A-Za-z_]\w*)$")
@@ -89,7 +90,7 @@ class RewardModelFunction:
             self.model, self.tokenizer = load_reward_model(self.path, device=device)
             self.model.eval()
         tok = self.tokenizer
-        pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad = pad_token_id(tok)
         seqs = [prompt_ids(tok, m) + response_ids(tok, t) for m, t in zip(messages, texts)]
         out: list[float] = []
         with torch.no_grad():

@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 
 from tandem.io.weights import load_trainable_file
-from tandem.models.sampling import eos_ids
+from tandem.models.sampling import eos_ids, pad_token_id
 from tandem.objectives.ppo.critic import (
     CRITIC_FILE,
     ValueHeadCritic,
@@ -49,7 +49,7 @@ def reward_scorer(ppo, device, batch_fn):
 
     model, rtok = load_reward_model(ppo.reward_model, device=device)
     same = rtok.get_vocab() == ppo.tokenizer.get_vocab()
-    pad = rtok.pad_token_id if rtok.pad_token_id is not None else rtok.eos_token_id
+    pad = pad_token_id(rtok)
     if not same:
         def batch_fn(feats):
             return {k: v.to(device) for k, v in collate(feats, mode="pack", pad_id=pad).items()}
@@ -141,7 +141,7 @@ def validate_prompts(ppo, policy, prompts: list[dict], batch_fn, seed: int, stag
     device = next(policy.parameters()).device
     initial = (stages_dir / "start.safetensors").exists()
     reference = reference_policy(policy, stages_dir, 0, "initial", False) if initial else policy
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = pad_token_id(tok)
     ro = collect(policy, tok, prompts, batch_fn=batch_fn, critic=ValueHeadCritic(policy.config.hidden_size).to(device),
                  reference=reference, reward=reward_scorer(ppo, device, batch_fn), temperature=ppo.temperature,
                  top_p=ppo.top_p, max_new_tokens=ppo.max_new_tokens, seed=seed * 7_919 + 17, pad_id=pad_id,
