@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers_evaluation import tiny_lm
 
-from tandem.models.group_sampling import pick_tokens, sample_groups
+from tandem.models.group_sampling import pick_tokens, prompt_seeds, sample_groups
 from tandem.models.sampling import sample_ids
 
 PROMPTS = [[1, 5, 6, 7], [1, 8], [1, 10, 11, 12, 13, 14]]
@@ -67,3 +67,18 @@ def test_nucleus_rule_by_hand():
     draws = {int(pick_tokens(logits, 1.0, 0.7, g)) for _ in range(200)}
     assert draws == {0, 1}
     assert int(pick_tokens(logits, 0.0, 1.0, g)) == 0  # greedy
+
+
+def test_a_prompts_group_does_not_depend_on_the_other_prompts(lm):
+    """Per-prompt generators: the prompts split over two calls (two DDP processes) with their seeds give the same
+    completions as one call over all of them; an int seed derives one seed per prompt."""
+    model, _ = lm
+    kw = dict(n=3, pad_id=0, eos=[2], temperature=1.0, top_p=0.9, max_new_tokens=8)
+    seeds = [11, 12, 13]
+    whole = sample_groups(model, PROMPTS, seed=seeds, **kw)
+    first = sample_groups(model, PROMPTS[0::2], seed=seeds[0::2], **kw)  # "rank 0": prompts 0 and 2
+    second = sample_groups(model, PROMPTS[1::2], seed=seeds[1::2], **kw)  # "rank 1": prompt 1
+    assert whole == first[:3] + second + first[3:]
+    assert sample_groups(model, PROMPTS, seed=4, **kw) == sample_groups(model, PROMPTS, seed=prompt_seeds(4, 3), **kw)
+    with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
+        sample_groups(model, PROMPTS, seed=[1, 2], **kw)

@@ -36,11 +36,12 @@ def run_group_stage(ctx: StageContext, algo, optimizer, scheduler, first: int, t
     order: dict = {}
     for step in range(first, total):
         epoch, idx = prompt_order(len(feats), B, cfg.seed, stage.index, step, order)
-        seed, t0 = cfg.seed * 1_000_003 + stage.index * 10_007 + step * 101 + rank, time.perf_counter()
-        ro, adv, n_tokens = rollout(policy, algo, [feats[i] for i in idx[rank::P]], reference, ctx.batch_fn, pad_id,
-                                    eos, seed, lambda v: reduce_sum(acc, v))
+        seed, t0 = cfg.seed * 1_000_003 + stage.index * 10_007 + step * 101, time.perf_counter()
+        places = range(rank, len(idx), P)  # this process's prompts; a prompt's draws are seeded by its place
+        ro, adv, n_tokens = rollout(policy, algo, [feats[idx[j]] for j in places], reference, ctx.batch_fn, pad_id,
+                                    eos, [seed * 100_003 + j for j in places], lambda v: reduce_sum(acc, v))
         t1 = time.perf_counter()
-        train = update(ctx.runner, policy, algo, ro, adv, ctx.batch_fn, step_fn, seed, n_tokens)
+        train = update(ctx.runner, policy, algo, ro, adv, ctx.batch_fn, step_fn, seed + rank, n_tokens)
         stats = step_stats(algo, ro, train, lambda v: reduce_sum(acc, v), P, t1 - t0, time.perf_counter() - t1)
         if not math.isfinite(stats["loss"]):
             raise diverged(stage.name, step + 1, f"{algo.name} loss")

@@ -79,8 +79,7 @@ def make_optimizer(model, cfg: LoopConfig, total_steps: int, role: str = ""):
 
 
 def end_step(ctx: StageContext, step: int, total: int, optimizer, scheduler) -> None:
-    """After stage step ``step`` (not the last): validation every ``val_every`` steps; a checkpoint every
-    ``checkpoint_every`` steps or when a callback asked to stop (tandem.io.hooks), then the stop; the fault hook."""
+    """After stage step ``step`` < ``total``: validation, a checkpoint (every N steps or a callback's stop), fault hook."""
     cfg, inside = ctx.config, step < total
     if ctx.on_validate is not None and cfg.val_every and step % cfg.val_every == 0 and inside:
         ctx.on_validate(step)

@@ -10,8 +10,10 @@ EOS, seeded, the model's train/eval mode restored), and differs in how it gets t
   ``n`` times);
 * **per-row EOS stop**: a row that emitted EOS leaves the batch (``batch_select_indices`` on the cache), so later
   decoding steps compute only the rows still generating;
-* the draws come from a ``torch.Generator`` seeded with ``seed`` (the global RNG is not touched), so the same call
-  returns the same ids.
+* each prompt's draws come from its own ``torch.Generator`` (``seed``: one per prompt, or one int for the call from
+  which each prompt's is derived; the global RNG is not touched), so the same call returns the same ids and a prompt's
+  group does not depend on the other prompts of the batch: split over processes (DDP), each prompt keeps its seed and
+  its completions (the GRPO loop seeds a prompt by its place in the global batch).
 
 Results are prompt-major: prompt 0's ``n`` continuations, then prompt 1's, ...
 
@@ -22,12 +24,13 @@ The sampler seam: the GRPO loop calls one function ``(model, prompts, n, ...) ->
 from __future__ import annotations
 
 import inspect
+from collections.abc import Sequence
 
 import torch
 
 from tandem.models.sampling import left_pad
 
-__all__ = ["sample_groups", "pick_tokens"]
+__all__ = ["sample_groups", "pick_tokens", "prompt_seeds"]
 
 
 def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
@@ -48,16 +51,17 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float, generato
 
 @torch.no_grad()
 def sample_groups(model, prompts: list[list[int]], *, n: int, pad_id: int, eos: list[int], temperature: float,
-                  top_p: float, max_new_tokens: int, seed: int) -> list[list[int]]:
+                  top_p: float, max_new_tokens: int, seed: int | Sequence[int]) -> list[list[int]]:
     """``n`` continuations per prompt (``len(prompts) * n`` lists, prompt-major), see the module docstring."""
     if n < 1 or max_new_tokens < 1:
         raise ValueError(f"sample_groups: n ({n}) and max_new_tokens ({max_new_tokens}) must be at least 1")
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("sample_groups: every prompt needs at least one token")
+    seeds = prompt_seeds(seed, len(prompts))
     device = next(model.parameters()).device
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
     pos = (mask.cumsum(1) - 1).clamp(min=0)
-    gen = torch.Generator(device=device).manual_seed(int(seed))
+    gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     eos_t = torch.tensor(sorted(set(eos)), device=device)
     R = len(prompts) * n
     out = torch.full((R, max_new_tokens), pad_id, dtype=torch.long, device=device)
@@ -73,7 +77,7 @@ def sample_groups(model, prompts: list[list[int]], *, n: int, pad_id: int, eos: 
         mask, last = mask.repeat_interleave(n, 0), pos[:, -1].repeat_interleave(n)
         alive = torch.arange(R, device=device)  # the full-batch row of each row still generating
         for t in range(max_new_tokens):
-            tok = pick_tokens(logits, temperature, top_p, gen)
+            tok = _pick_per_prompt(logits, alive // n, temperature, top_p, gens)
             out[alive, t] = tok
             lengths[alive] += 1
             going = ~torch.isin(tok, eos_t)
@@ -91,6 +95,29 @@ def sample_groups(model, prompts: list[list[int]], *, n: int, pad_id: int, eos: 
     finally:
         model.train(was_training)
     return [row[:k] for row, k in zip(out.tolist(), lengths.tolist())]
+
+
+def prompt_seeds(seed: int | Sequence[int], count: int) -> list[int]:
+    """One generator seed per prompt: ``seed`` itself when it is a sequence (its length must be ``count``), else
+    derived from the int (prompt ``i``: ``seed * 1_000_003 + i``, modulo 2**63)."""
+    if isinstance(seed, int):
+        return [(seed * 1_000_003 + i) % 2**63 for i in range(count)]
+    seeds = [int(s) % 2**63 for s in seed]
+    if len(seeds) != count:
+        raise ValueError(f"sample_groups: {len(seeds)} seeds for {count} prompts")
+    return seeds
+
+
+def _pick_per_prompt(logits: torch.Tensor, owner: torch.Tensor, temperature: float, top_p: float,
+                     gens: list[torch.Generator]) -> torch.Tensor:
+    """:func:`pick_tokens` with each prompt's rows (``owner``: the prompt of each row) drawn from its generator."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    tok = torch.empty(len(owner), dtype=torch.long, device=logits.device)
+    for p in owner.unique().tolist():
+        rows = (owner == p).nonzero().squeeze(1)
+        tok[rows] = pick_tokens(logits[rows], temperature, top_p, gens[p])
+    return tok
 
 
 def _cache_key(model) -> str:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -65,8 +66,9 @@ def prompt_order(n: int, B: int, seed: int, stage_index: int, step: int, cache: 
 
 @torch.no_grad()
 def collect_groups(policy, algo, prompts: list[dict], *, reference, batch_fn, pad_id: int, eos: list[int],
-                   seed: int) -> GroupRollout:
-    """Sample and score ``algo.num_generations`` completions of each prompt feature (module docstring)."""
+                   seed: int | Sequence[int]) -> GroupRollout:
+    """Sample and score ``algo.num_generations`` completions of each prompt feature (module docstring); ``seed``:
+    one per prompt, or one for the call (``tandem.models.group_sampling.prompt_seeds``)."""
     G, tok = algo.num_generations, algo.tokenizer
     t0 = time.perf_counter()
     completions = sample_groups(policy, [p["prompt_ids"] for p in prompts], n=G, pad_id=pad_id, eos=eos,
@@ -102,8 +104,8 @@ def collect_groups(policy, algo, prompts: list[dict], *, reference, batch_fn, pa
                         gen_seconds=t1 - t0, score_seconds=time.perf_counter() - t1)
 
 
-def rollout(policy, algo, prompts: list[dict], reference, batch_fn, pad_id: int, eos: list[int], seed: int, reduce
-            ) -> tuple[GroupRollout, torch.Tensor, float]:
+def rollout(policy, algo, prompts: list[dict], reference, batch_fn, pad_id: int, eos: list[int],
+            seed: int | Sequence[int], reduce) -> tuple[GroupRollout, torch.Tensor, float]:
     """``(rollout, advantages, n_tokens)`` of this process's prompts: :func:`collect_groups`, :func:`advantages` and
     ``dapo``'s normaliser (the mini-batch's completion tokens over all processes, per process)."""
     if algo.tokenizer is None:
