@@ -7,7 +7,8 @@ import pytest
 import torch
 from helpers_evaluation import tiny_lm
 
-from tandem.models.group_sampling import pick_tokens, prompt_seeds, sample_groups
+from tandem.models.decode import PRUNE_SHARE, pick_next
+from tandem.models.group_sampling import prompt_seeds, sample_groups
 from tandem.models.sampling import sample_ids
 
 PROMPTS = [[1, 5, 6, 7], [1, 8], [1, 10, 11, 12, 13, 14]]
@@ -44,7 +45,9 @@ def test_one_prefill_per_prompt_and_rows_leave_at_eos(lm):
     assert all(w == 1 for w in widths[1:])  # then one token per step with the KV cache
     assert batch_sizes[1:] == sorted(batch_sizes[1:], reverse=True) and len(out) == 12
     alive_after = [sum(len(o) > t for o in out) for t in range(1, 8)]
-    assert batch_sizes[1:] == alive_after[:len(batch_sizes) - 1]  # finished rows are no longer computed
+    assert batch_sizes[-1] < 12  # finished rows left the batch ...
+    for computed, alive in zip(batch_sizes[1:], alive_after):  # ... once an eighth of it had finished
+        assert alive <= computed and (computed - alive < PRUNE_SHARE * computed or computed == alive)
     eos = set(range(40, 300))
     assert all(all(t not in eos for t in o[:-1]) for o in out)  # each result stops at its first EOS
 
@@ -64,9 +67,9 @@ def test_nucleus_rule_by_hand():
     # probabilities 0.5, 0.3, 0.15, 0.05: top_p 0.7 keeps {0.5, 0.3} (the removed tail 0.2 <= 1 - 0.7)
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     g = torch.Generator().manual_seed(0)
-    draws = {int(pick_tokens(logits, 1.0, 0.7, g)) for _ in range(200)}
+    draws = {int(pick_next(logits, 1.0, 0.7, g)) for _ in range(200)}
     assert draws == {0, 1}
-    assert int(pick_tokens(logits, 0.0, 1.0, g)) == 0  # greedy
+    assert int(pick_next(logits, 0.0, 1.0, g)) == 0  # greedy
 
 
 def test_a_prompts_group_does_not_depend_on_the_other_prompts(lm):

@@ -11,6 +11,8 @@ does instead of ``model.generate`` (each measured on SmolLM2 in docs/benchmarks.
   rows (``model.generate`` keeps decoding them as padding until the longest reply ends). The left-padding columns
   stay even when no remaining row needs them: dropping them changes the attention's key length, and in bf16 that
   changed 4 of 64 SmolLM2 greedy replies;
+* **one prefill per prompt** when a prompt has several continuations (``repeat``: GRPO groups): its cache rows are
+  repeated, not recomputed;
 * **logits of the last position only**, and the token choice on fp32 logits exactly as ``model.generate`` makes it
   (``argmax``; or temperature, then the top-p cut of transformers' ``TopPLogitsWarper``, then ``multinomial``).
 
@@ -21,6 +23,7 @@ decoding returns the same tokens as ``model.generate`` on the same batch.
 from __future__ import annotations
 
 import inspect
+from typing import Callable
 
 import torch
 from transformers import LlamaForCausalLM
@@ -74,11 +77,19 @@ class SlabLayer(DynamicLayer):
         self.kbuf, self.vbuf, self.length = self.kbuf[:k], self.vbuf[:k], n
         self.keys, self.values = self.kbuf[:, :, :n], self.vbuf[:, :, :n]
 
+    def repeat(self, n: int) -> None:
+        """Each batch row ``n`` times in a row (a prompt's prefill shared by its ``n`` continuations)."""
+        if self.is_initialized and n > 1:
+            self.kbuf, self.vbuf = self.kbuf.repeat_interleave(n, 0), self.vbuf.repeat_interleave(n, 0)
+            self.keys, self.values = self.kbuf[:, :, :self.length], self.vbuf[:, :, :self.length]
 
-def pick_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
-    """Next token per row from fp32 ``logits [B, V]``: argmax when ``temperature == 0``; else a draw from
-    ``softmax(logits / temperature)`` restricted to the top-p nucleus (transformers' ``TopPLogitsWarper``: drop the
-    least likely tokens whose cumulative probability stays <= 1 - top_p, always keep the most likely one)."""
+
+def pick_next(logits: torch.Tensor, temperature: float, top_p: float,
+              generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next token per row from fp32 ``logits [B, V]``: argmax when ``temperature == 0``; else a draw (from
+    ``generator``, else the global RNG) from ``softmax(logits / temperature)`` restricted to the top-p nucleus
+    (transformers' ``TopPLogitsWarper``: drop the least likely tokens whose cumulative probability stays <= 1 - top_p,
+    always keep the most likely one)."""
     if temperature == 0:
         return torch.argmax(logits, dim=-1)
     scores = logits / temperature
@@ -87,7 +98,7 @@ def pick_next(logits: torch.Tensor, temperature: float, top_p: float) -> torch.T
         drop = sorted_scores.softmax(dim=-1).cumsum(dim=-1) <= (1 - top_p)
         drop[..., -1:] = False
         scores = scores.masked_fill(drop.scatter(1, sorted_idx, drop), float("-inf"))
-    return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+    return torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1, generator=generator).squeeze(1)
 
 
 def _positions(mask: torch.Tensor) -> torch.Tensor:
@@ -96,12 +107,16 @@ def _positions(mask: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def decode(model, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int, eos: list[int], pad_id: int,
-           temperature: float, top_p: float, use_cache: bool = True) -> list[list[int]]:
+           temperature: float, top_p: float, use_cache: bool = True, repeat: int = 1,
+           pick: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> list[list[int]]:
     """New tokens per row of the left-padded batch ``ids``/``mask`` (``[B, T]``), each cut after its first EOS.
-    ``use_cache=False`` runs the whole sequence through the model at every step (no KV cache)."""
-    B, T = ids.shape
-    device = ids.device
+    ``use_cache=False`` runs the whole sequence through the model at every step (no KV cache). ``repeat``: ``n``
+    continuations per prompt (``B * n`` results, prompt-major) from one prefill per prompt, its cache rows repeated.
+    ``pick(logits, rows)``: the next tokens of the batch's rows (``rows``: each one's result index), instead of
+    :func:`pick_next` with the global RNG."""
+    T, device = ids.shape[1], ids.device
     eos_t = torch.tensor(sorted(set(eos)), device=device)
+    B = ids.shape[0] * repeat
     gen = torch.full((B, max_new_tokens), pad_id, dtype=torch.long, device=device)
     lengths = torch.full((B,), max_new_tokens, dtype=torch.long, device=device)
     live = torch.arange(B, device=device)  # batch row -> original row
@@ -111,8 +126,12 @@ def decode(model, ids: torch.Tensor, mask: torch.Tensor, *, max_new_tokens: int,
     seq, pos = ids, _positions(mask)
     kw = {CACHE_KW: cache, "use_cache": use_cache, "logits_to_keep": 1}
     logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, **kw).logits[:, -1].float()
+    if repeat > 1:  # one prefill per prompt, shared by its continuations
+        logits, mask, pos, seq = (x.repeat_interleave(repeat, 0) for x in (logits, mask, pos, seq))
+        for layer in cache.layers if use_cache else []:
+            layer.repeat(repeat)
     for t in range(max_new_tokens):
-        nxt = pick_next(logits, temperature, top_p).masked_fill(done, pad_id)  # finished rows: padding
+        nxt = (pick_next(logits, temperature, top_p) if pick is None else pick(logits, live)).masked_fill(done, pad_id)
         active = ~done
         gen[live[active], t] = nxt[active]
         hit = torch.isin(nxt, eos_t) & active
