@@ -64,6 +64,9 @@ def test_study_writes_a_verdict_with_confidence_intervals(study_out):
     assert d["n_seeds"] == 2 and d["n_prompts"] == 12  # paired on the test prompts
     assert {"(a) is there a tax?", "(b) does alternation reduce it?"} <= {r["name"] for r in res}
     assert "95% CI" in (study_out / "contrasts.md").read_text()
+    # the report's plot is the benchmark's trade-off: pass rate against the preferred-style rate, frontier points too
+    report = (study_out / "report.md").read_text()
+    assert "## conflict/style_rate vs conflict/pass_rate" in report and (study_out / "report_plots").is_dir()
 
 
 def test_study_rows_have_per_prompt_outputs_budgets_and_frontiers(study_out):

@@ -31,9 +31,11 @@ log = logging.getLogger("tandem")
 
 PER_METHOD = ("schedule.method", "objectives", "hbat", "regularizer")
 BOOKKEEPING = ("name", "output_dir", "seed")
-# default scatter axes, first present wins (else the report's own defaults)
-X_KEYS = ("rouge/rougeL", "reference_nll/nll", "exact_match/exact_match", "sft/loss")
-Y_KEYS = ("reward_win_rate/win_rate", "reward/mean", "implicit_reward_accuracy/accuracy", "preference/rewards/accuracy")
+# default scatter axes, first present wins (else the report's own defaults); the conflict benchmark's trade-off is
+# its pass rate against the preferred-style rate (frontier points are rows of their own)
+X_KEYS = ("conflict/pass_rate", "rouge/rougeL", "reference_nll/nll", "exact_match/exact_match", "sft/loss")
+Y_KEYS = ("conflict/style_rate", "reward_win_rate/win_rate", "reward/mean", "implicit_reward_accuracy/accuracy",
+          "preference/rewards/accuracy")
 
 
 def recipe_files(study_dir: Path, only: list[str] | None = None) -> list[Path]:
