@@ -40,6 +40,19 @@ def test_frontier_interpolation_by_hand():
     assert interpolate([(0.2, 0.4), (0.2, 0.6), (0.6, 0.0)], 0.4) == pytest.approx(0.25)  # equal styles averaged
 
 
+def test_pass_at_style_reads_the_pareto_front_by_hand():
+    """Seed 0 of the pilot (style, pass): final, three early stops, two Wise-FT merges. The early stop at 0.5
+    (0.498, 0.315) is beaten on both rates by Wise-FT 0.75 (0.680, 0.385), so at style 0.5 the frontier runs from
+    (0.023, 0.568) to (0.680, 0.385): 0.568 + (0.5 - 0.023) / 0.657 * (0.385 - 0.568) = 0.4351."""
+    from tandem.pipelines.frontier import pass_at_style
+
+    pts = [(0.986, 0.258), (0.012, 0.494), (0.498, 0.315), (0.906, 0.326), (0.023, 0.568), (0.680, 0.385)]
+    assert pass_at_style(pts, 0.5) == pytest.approx(0.568 + (0.5 - 0.023) / 0.657 * (0.385 - 0.568))
+    assert pass_at_style(pts, 0.0) == pytest.approx(0.568)  # below the front: its lowest-style point reaches it
+    assert pass_at_style(pts, 0.95) == pytest.approx(0.326 + (0.95 - 0.906) / 0.080 * (0.258 - 0.326))
+    assert pass_at_style(pts, 0.99) is None and pass_at_style([], 0.5) is None  # no point reaches that style
+
+
 def test_frontier_block_is_checked():
     from tandem.pipelines.frontier import check_frontier
 

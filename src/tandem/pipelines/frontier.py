@@ -12,9 +12,10 @@ Two kinds, set in a study's ``_contrasts.yaml`` (``frontier:``)::
   checkpoint there: ``checkpoint.every`` dividing those steps, ``keep: 0``) is evaluated as row ``<arm>@<fraction>``.
 * Wise-FT: ``theta = (1 - alpha) theta_toward + alpha theta_arm`` (full weights, :func:`tandem.pipelines.merge.merge_models`)
   for every other arm and seed, evaluated as row ``<arm>~<alpha>`` (alpha 1 is the arm itself).
-* ``frontier/pass_at_style``: per arm and seed, the pass rate linearly interpolated along the frontier (its points
-  sorted by style rate) at ``style_at``; ``None`` when ``style_at`` lies outside the frontier's style range. It is a
-  column of the arm's row, so ``tandem contrasts`` compares it across arms (seed-level bootstrap).
+* ``frontier/pass_at_style``: per arm and seed, the best pass rate the arm's points reach at a style rate of at least
+  ``style_at`` (:func:`pass_at_style`): the points' Pareto front (no other point has both a higher style and a higher
+  pass rate), linearly interpolated; below the front's lowest style rate, that point's pass rate; ``None`` above its
+  highest. It is a column of the arm's row, so ``tandem contrasts`` compares it across arms (seed-level bootstrap).
 
 Frontier rows are evaluated with the recipe's eval block restricted to the generation metric ``conflict`` (pass and
 style rates; no temperature sweep) under ``OUT/<arm>-s<seed>/frontier/<point>/eval``, reused on ``--resume``.
@@ -25,6 +26,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+
+from tandem.merging.pareto import pareto_front
 
 log = logging.getLogger("tandem")
 
@@ -83,6 +86,17 @@ def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
     return pts[0][1]
 
 
+def pass_at_style(points: list[tuple[float, float]], style_at: float) -> float | None:
+    """The best pass rate reached at a style rate of at least ``style_at`` by the ``(style, pass)`` points, one line
+    between neighbouring Pareto points (a dominated point, e.g. an early stop that a Wise-FT merge beats on both
+    rates, is not on the frontier); ``None`` when no point reaches ``style_at``."""
+    front = [points[i] for i in pareto_front(points, maximize=(True, True))]
+    if not front or style_at > max(x for x, _ in front):
+        return None
+    low = min(front)
+    return low[1] if style_at <= low[0] else interpolate(front, style_at)
+
+
 def _eval_point(recipe, point_dir: Path, model_dir: Path, reuse: bool) -> dict:
     from tandem.pipelines.compare import eval_row
 
@@ -117,5 +131,5 @@ def frontier_rows(spec: dict, rows: list[dict], recipes: dict[str, object], reus
             new.append({"method": name, "seed": seed, "run": str(point_dir), **res})
             curve.append((res.get("conflict/style_rate"), res.get("conflict/pass_rate")))
         if spec.get("style_at") is not None and all(v is not None for p in curve for v in p):
-            row["frontier/pass_at_style"] = interpolate(curve, float(spec["style_at"]))
+            row["frontier/pass_at_style"] = pass_at_style(curve, float(spec["style_at"]))
     return new
