@@ -54,8 +54,6 @@ def sample_groups(model, prompts: list[list[int]], *, n: int, pad_id: int, eos: 
     gens = [torch.Generator(device=device).manual_seed(s) for s in prompt_seeds(seed, len(prompts))]
 
     def pick(logits: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:  # each prompt's rows from its generator
-        if temperature == 0:
-            return logits.argmax(-1)
         owner, tok = rows // n, torch.empty(len(rows), dtype=torch.long, device=device)
         for p in owner.unique().tolist():
             mine = (owner == p).nonzero().squeeze(1)
@@ -67,6 +65,6 @@ def sample_groups(model, prompts: list[list[int]], *, n: int, pad_id: int, eos: 
     model.eval()
     try:
         return decode(model, ids, mask, max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id,
-                      temperature=temperature, top_p=top_p, repeat=n, pick=pick)
+                      temperature=temperature, top_p=top_p, repeat=n, pick=pick if temperature > 0 else None)
     finally:
         model.train(was_training)
