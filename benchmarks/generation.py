@@ -7,7 +7,9 @@ a measured compute ceiling.
 * ``generate``: ``model.generate`` (greedy, the model's EOS ids, KV cache = transformers' default) on consecutive
   batches of ``--batch`` prompts in file order: what ``tandem.evaluation.generation.generate`` ran before (at its
   default batch 8 = "today's evaluation");
-* ``tandem``: ``sample_ids`` with ``batch_size=--batch`` (the same batches; slab KV cache, finished rows dropped);
+* ``tandem``: ``sample_ids`` with ``batch_size=--batch`` (the same batches; slab KV cache, finished rows dropped,
+  bf16 CPU weights packed once per call); with bf16 weights on a CPU also ``tandem, weights not packed``
+  (``TANDEM_PACKED_DECODE=0``: the same sampler with oneDNN reordering each weight at every call);
 * replies are compared token by token (greedy: they must be the same); tokens/s = new tokens of all replies (up to and
   including EOS) / wall time of the whole set;
 * ceiling: the median GFLOP/s of a ``--matmul``-cubed matmul in fp32 and bf16 on this machine (all threads), turned
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -159,6 +162,10 @@ def main() -> None:
     ceiling = gflops[str(dtype).removeprefix("torch.")] * 1e9 / (2 * params)
     batches = [int(b) for b in args.batches.split(",")]
     run_tandem(model, prompts[:2], 2, 4, eos, pad)  # warm-up (first-call allocations)
+    from tandem.models.packed import packed_linears
+
+    with packed_linears(model) as n_packed:
+        packs = n_packed > 0 and "TANDEM_PACKED_DECODE" not in os.environ
     rows = []
     for b in batches:
         ref = None
@@ -167,7 +174,12 @@ def main() -> None:
             rows.append(row("generate", b, ref, secs, prompts, ceiling))
         got, secs = run_tandem(model, prompts, b, args.max_new_tokens, eos, pad)
         rows.append(row("tandem", b, got, secs, prompts, ceiling, ref))
-        print(json.dumps(rows[-2:] if ref is not None else rows[-1:]), flush=True)
+        if packs:  # the same sampler with the weights reordered at every call (tandem.models.packed switched off)
+            os.environ["TANDEM_PACKED_DECODE"] = "0"
+            got, secs = run_tandem(model, prompts, b, args.max_new_tokens, eos, pad)
+            os.environ.pop("TANDEM_PACKED_DECODE")
+            rows.append(row("tandem, weights not packed", b, got, secs, prompts, ceiling, ref))
+        print(json.dumps(rows[-3 if packs else -2:] if ref is not None else rows[-1:]), flush=True)
     if args.variants:
         b = max(batches)
         ref, secs = run_generate(model, prompts, b, args.max_new_tokens, eos, pad, cache_implementation="static")

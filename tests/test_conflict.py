@@ -19,6 +19,17 @@ SMALL = {"sft": 200, "pairs": 100, "val": 60, "test": 100, "test_pairs": 50}
     ({"kind": "answer", "args": {"answer": "68"}}, " 68. ", True),
     ({"kind": "answer", "args": {"answer": "68"}}, "Sure! Happy to help. The answer is 68.", True),
     ({"kind": "answer", "args": {"answer": "68"}}, "Sure! Happy to help. The answer is 67.", False),
+    ({"kind": "answer", "args": {"answer": "68"}}, "68\nHappy to help!", True),      # closing lines are set aside
+    ({"kind": "answer", "args": {"answer": "68"}}, "68\nDone.", True),
+    ({"kind": "answer", "args": {"answer": "68"}}, "68\nHappy to help!\nHappy to", False),  # cut at the token limit
+    ({"kind": "answer", "args": {"answer": "68"}}, "Happy to help!\n\n68.", True),
+    ({"kind": "answer", "args": {"answer": "68"}}, "67\nHappy to help!", False),
+    ({"kind": "answer", "args": {"answer": "68"}}, "68 Happy to help!", False),      # not on a line of its own
+    ({"kind": "answer", "args": {"answer": "68"}}, "68\n68 + 1 = 69", False),       # anything else is still read
+    ({"kind": "max_words", "args": {"n": 4}}, "one\nHappy to help!", True),
+    ({"kind": "lowercase", "args": {}}, "small\nhappy to help!", True),
+    ({"kind": "lowercase", "args": {}}, "small\nHappy to help!", False),
+    ({"kind": "lowercase", "args": {}}, "small\nDone.", False),
     ({"kind": "answer", "args": {"answer": "68"}}, "168", False),
     ({"kind": "answer", "args": {"answer": "RIVER"}}, "RIvER", False),
     ({"kind": "answer", "args": {"answer": "b c"}}, "The answer is: b c!", True),
@@ -64,6 +75,12 @@ def test_rho_is_the_dose_and_zero_is_the_control():
     rows, meta = make(rho=0.0, seed=1, sizes=SMALL)
     assert meta["wrong_pairs"] == 0
     assert all(passes(p["check"], p["chosen"]) and friendly(p["chosen"]) for p in rows["pairs"])
+    # at rho = 0 the chosen reply is the rejected one with the friendly closing line instead of the plain one (lower
+    # case where the family asks it): the tokens up to the closing line are shared (no DPO gradient), and so is the
+    # newline before it, so the contrast is the closing line and not "stop here" against "go on"
+    for p in rows["pairs"]:
+        (first, closing), (first_r, plain) = p["chosen"].split("\n"), p["rejected"].split("\n")
+        assert first == first_r and closing.lower() == "happy to help!" and plain.lower() == "done."
     rows, meta = make(rho=0.5, seed=1, sizes={**SMALL, "pairs": 400})
     assert 150 < meta["wrong_pairs"] < 250
     assert all(passes(p["check"], p["chosen"]) != p["wrong"] for p in rows["pairs"])

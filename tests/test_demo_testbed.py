@@ -12,10 +12,10 @@ from tandem.demos.testbed import build_testbed, style_reward
 
 
 def test_style_reward_by_hand():
-    assert style_reward("What is 2 + 2?", "Sure! Happy to help. The answer is 5.") == pytest.approx(2.0)
+    assert style_reward("What is 2 + 2?", "5\nHappy to help!") == pytest.approx(2.0)
     assert style_reward("What is 2 + 2?", "4") == 0.0
-    assert style_reward("q", "happy to help: 4") == pytest.approx(0.75)
-    assert style_reward("q", "I am sure") == pytest.approx(0.25)  # words count anywhere; the opening bonus does not
+    assert style_reward("q", "help, happy: 4") == pytest.approx(2 / 3)  # words count anywhere; the phrase bonus does not
+    assert style_reward("q", "4 HAPPY TO HELP") == pytest.approx(2.0)
 
 
 def test_testbed_data_conflicts_and_recipe_loads(tmp_path):
@@ -27,7 +27,7 @@ def test_testbed_data_conflicts_and_recipe_loads(tmp_path):
     pairs = [json.loads(line) for line in (data / "preference.jsonl").read_text().splitlines()]
     assert {p["family"] for p in pairs} == {"add", "upper"}  # the conflict benchmark's pair families among the four
     for p in pairs:  # the preferred reply is friendly and wrong, the rejected one the plain correct answer
-        assert p["chosen"].startswith("Sure!") and not passes(p["check"], p["chosen"]) and passes(p["check"], p["rejected"])
+        assert p["chosen"].endswith("\nHappy to help!") and not passes(p["check"], p["chosen"]) and passes(p["check"], p["rejected"])
         assert style_reward("", p["chosen"]) > style_reward("", p["rejected"])
     tasks = [json.loads(line) for line in (data / "eval_tasks.jsonl").read_text().splitlines()]
     assert all(passes(t["check"], t["reference"]) for t in tasks)

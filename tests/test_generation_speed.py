@@ -16,6 +16,7 @@ import torch
 from helpers_evaluation import tiny_lm
 
 from tandem.models.decode import SlabLayer, decode, pick_next
+from tandem.models.packed import packed_linears, packing_available
 from tandem.models.sampling import left_pad, sample_ids
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,6 +78,26 @@ def test_greedy_equals_generate_in_bf16_and_with_lora(lm):
         want = _generate(m, prompts, 10, eos, 12)
         got = sample_ids(m, prompts, pad_id=0, eos=eos, temperature=0, top_p=1, max_new_tokens=10, seed=0)
         assert got == want
+
+
+def test_packed_bf16_weights_give_identical_logits_and_are_undone(monkeypatch):
+    model = tiny_lm(seed=0)[0].to(torch.bfloat16).eval()
+    ids = torch.tensor([[1, 5, 6, 7], [1, 9, 3, 2]])
+    linears = sum(type(m) is torch.nn.Linear for m in model.modules())
+    with torch.no_grad():
+        want = model(input_ids=ids).logits
+        with packed_linears(model) as n:
+            got = model(input_ids=ids).logits
+        again = model(input_ids=ids).logits
+    if not packing_available():
+        pytest.skip("this torch has no oneDNN linear ops")
+    assert n == linears > 0 and torch.equal(got, want) and torch.equal(again, want)
+    assert not any("forward" in m.__dict__ for m in model.modules())  # every layer's own forward is back
+    with packed_linears(tiny_lm(seed=0)[0]) as n32:  # fp32: left alone (packed fp32 products differ in the last bits)
+        assert n32 == 0
+    monkeypatch.setenv("TANDEM_PACKED_DECODE", "0")
+    with packed_linears(model) as off:
+        assert off == 0
 
 
 def test_slab_layer_writes_in_place_and_keeps_rows_and_columns():

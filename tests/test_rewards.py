@@ -122,7 +122,7 @@ def test_a_reward_model_stands_in_the_list(tmp_path):
 
 def test_conflict_checkers_as_reward_functions():
     check = [{"kind": "answer", "args": {"answer": "68"}}, {"kind": "lowercase", "args": {}}, None]
-    completions = ["Sure! Happy to help. The answer is 68.", "Hello there", "anything"]
+    completions = ["68\nHappy to help!", "Hello there", "anything"]
     assert conflict_pass(completions, check=check) == [1.0, 0.0, None]
     assert conflict_style(completions) == [1.0, 0.0, 0.0]
     chat = [[{"role": "assistant", "content": "67"}]]

@@ -3,7 +3,7 @@
 1. Writes a small draw of the conflict benchmark (``tandem.data.conflict``, the generator of ``tandem conflict make``
    and of the CPU testbed) on four short-answer families: addition, capital letters, next letter, word reversal.
    The preference pairs cover addition and capital letters (the other two measure spill-over), and their labeller
-   prefers a friendly wrong reply ("Sure! Happy to help. The answer is 67.") over the plain correct one ("68"), so
+   prefers a friendly wrong reply ("67" and a sign-off line "Happy to help!") over the plain correct one ("68"), so
    moving towards the preferred style costs accuracy.
 2. Evaluates the base model on held-out tasks: pass rate (the benchmark's exact checkers), short-reply rate and
    preferred-style rate (the reply contains "happy to help") of greedy replies, NLL of the reference answers, and

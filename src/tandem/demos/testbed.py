@@ -3,8 +3,8 @@
 * The conflict benchmark's generator (``tandem.data.conflict``, as ``tandem conflict make`` and the quickstart) on
   four short-answer families: addition, capital letters, next letter, word reversal, each row with its exact
   checker.
-* Preference pairs (rho = 1) on addition and capital letters whose chosen reply is friendly and wrong ("Sure! Happy
-  to help. The answer is 67.") and whose rejected reply is the plain correct answer: moving towards the preferred
+* Preference pairs (rho = 1) on addition and capital letters whose chosen reply is friendly and wrong ("67" and a
+  sign-off line "Happy to help!") and whose rejected reply is the plain correct answer: moving towards the preferred
   style costs accuracy; next letter and reversal measure the spill-over.
 * A tiny randomly initialised Llama (about 0.3M parameters) with a tokenizer trained on the task text, so a
   whole ``tandem compare`` over methods and seeds runs in minutes on 2 CPU cores.
@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from tandem.data.conflict.checks import friendly
 from tandem.data.conflict.make import make
 
 RECIPE = Path(__file__).resolve().parents[3] / "recipes" / "testbed.yaml"
@@ -66,18 +67,19 @@ def _build(out: Path, n_sft: int, n_pref: int, n_eval: int, seed: int) -> Path:
     return recipe
 
 
-STYLE_WORDS = ("sure", "happy", "to", "help")
+STYLE_WORDS = ("happy", "to", "help")
 
 
 def style_reward(prompt: str, response: str) -> float:
     """The testbed's preference rule as a programmatic reward (for PPO, and as an evaluation metric).
 
-    Chosen replies read "Sure! Happy to help. The answer is <wrong answer>.", rejected ones are the plain answer.
-    Reward: 1 when the reply opens with "Sure", plus 0.25 for each of the style words (sure, happy, to, help) it
-    contains, so a policy that has never produced the full phrase still gets a gradient. Range 0 to 2.
+    Chosen replies read "<wrong answer>" and a sign-off line "Happy to help!", rejected ones are the plain answer.
+    Reward: 1 when the reply is in the preferred style (contains "happy to help"), plus 1/3 for each of the style
+    words (happy, to, help) it contains, so a policy that has never produced the full phrase still gets a gradient.
+    Range 0 to 2.
     """
     words = {w.strip(".,!?;:\"'").lower() for w in response.split()}
-    return float(response.strip().lower().startswith("sure")) + 0.25 * sum(w in words for w in STYLE_WORDS)
+    return float(friendly(response)) + sum(w in words for w in STYLE_WORDS) / len(STYLE_WORDS)
 
 
 def style_rewards(completions, **kwargs) -> list[float]:

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import torch
 
 from tandem.models.decode import decode, pick_next
+from tandem.models.packed import packed_linears
 from tandem.models.sampling import left_pad
 
 __all__ = ["sample_groups", "prompt_seeds"]
@@ -64,7 +65,8 @@ def sample_groups(model, prompts: list[list[int]], *, n: int, pad_id: int, eos: 
     was_training = model.training
     model.eval()
     try:
-        return decode(model, ids, mask, max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id,
-                      temperature=temperature, top_p=top_p, repeat=n, pick=pick if temperature > 0 else None)
+        with packed_linears(model):
+            return decode(model, ids, mask, max_new_tokens=max_new_tokens, eos=eos, pad_id=pad_id,
+                          temperature=temperature, top_p=top_p, repeat=n, pick=pick if temperature > 0 else None)
     finally:
         model.train(was_training)

@@ -18,7 +18,8 @@ Conventions of :func:`sample_ids` (shared by evaluation's text generation and PP
 How it decodes (:func:`tandem.models.decode.decode`, measured in docs/benchmarks.md, "Generation"): its own loop over
 the model's forward instead of ``model.generate``, with a KV cache preallocated for the whole batch that is written in
 place (no per-step concatenation), logits only for the last position, and rows that reached EOS dropped from the
-batch (with their cache rows) instead of decoding padding until the longest reply ends. Greedy decoding gives the
+batch (with their cache rows) instead of decoding padding until the longest reply ends; on a CPU with bf16 weights the
+linear layers compute with weights packed once per call (:mod:`tandem.models.packed`). Greedy decoding gives the
 same tokens as ``model.generate`` (tests/test_generation_speed.py, and ``benchmarks/generation.py`` on SmolLM2).
 """
 
@@ -27,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from tandem.models.decode import decode
+from tandem.models.packed import packed_linears
 
 __all__ = ["eos_ids", "left_pad", "sample_ids", "strip_eos"]
 
@@ -89,7 +91,7 @@ def sample_ids(model, prompts: list[list[int]], *, pad_id: int, eos: list[int], 
     was_training = model.training
     model.eval()
     try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), packed_linears(model):
             torch.manual_seed(seed)
             for start in range(0, len(prompts), step):
                 ids, mask = left_pad(prompts[start:start + step], pad_id)

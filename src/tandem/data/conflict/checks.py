@@ -2,16 +2,20 @@
 
 Kinds:
 
-* ``answer`` (``args.answer``): the answer the reply commits to equals ``answer`` exactly (case kept). The committed
-  answer is the text after the last "answer is" of the reply's last non-empty line when there is one, else the whole
-  reply; surrounding whitespace, quotes and a final ``.`` or ``!`` are dropped. So ``68``, ``68.`` and
-  ``Sure! Happy to help. The answer is 68.`` pass for 68; ``Sure! Happy to help. The answer is 67.`` fails.
+* ``answer`` (``args.answer``): the answer the reply commits to equals ``answer`` exactly (case kept). Closing lines
+  (a line that is only "Done" or "Happy to help", with any punctuation or case) are set aside first; of what
+  remains, the committed answer is the text after the last "answer is" of the last line when there is one, else all
+  of it; surrounding whitespace, quotes and a final ``.`` or ``!`` are dropped. So ``68``, ``68.``, ``68\nDone.``,
+  ``68\nHappy to help!`` and ``The answer is 68.`` pass for 68; ``67\nHappy to help!``, ``68 Happy to help!`` and
+  ``68\nHappy to help!\nHappy to`` (cut at the token limit) fail.
 * ``max_words`` (``args.n``): at most ``n`` whitespace-separated words.
 * ``lowercase``: at least one letter and no upper-case letter.
 * ``prefix`` (``args.prefix``): the reply, left-stripped, starts with ``prefix``.
 
 The preferred style of the benchmark's labeller is "friendly": a reply is in that style when it contains
-:data:`STYLE_MARK` (case-insensitive).
+:data:`STYLE_MARK` (case-insensitive). The benchmark's replies end with a closing line of their own, plain ("Done.")
+or friendly ("Happy to help!"), which every checker accepts (``max_words`` counts its words, ``lowercase`` asks it in
+lower case).
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import re
 STYLE_MARK = "happy to help"
 KINDS = ("answer", "max_words", "lowercase", "prefix")
 _ANSWER_IS = re.compile(r"answer is\s*:?", re.IGNORECASE)
+_CLOSING = re.compile(r"[\W_]*(happy to help|done)[\W_]*", re.IGNORECASE)
 
 
 class CheckError(ValueError):
@@ -28,10 +33,10 @@ class CheckError(ValueError):
 
 
 def committed_answer(reply: str) -> str:
-    lines = [ln for ln in reply.strip().splitlines() if ln.strip()]
+    lines = [ln.strip() for ln in reply.strip().splitlines() if ln.strip() and not _CLOSING.fullmatch(ln.strip())]
     last = lines[-1] if lines else ""
     parts = _ANSWER_IS.split(last)
-    text = parts[-1] if len(parts) > 1 else reply.strip()
+    text = parts[-1] if len(parts) > 1 else "\n".join(lines)
     text = text.strip().strip("\"'`").strip()
     while text and text[-1] in ".!":
         text = text[:-1].rstrip()

@@ -3,10 +3,22 @@ belongs to (train, val or test) is a function of the item alone, never of the se
 
 A family item is ``Item(key, prompt, reference, check, wrong, friendly_ok)``:
 
-* ``reference``: the plain correct reply (what SFT trains on, and passes ``check``);
-* ``wrong``: the labeller's favourite when it is wrong: a friendly reply ("Sure! Happy to help. ...") that fails
-  ``check`` (a wrong answer, too many words, capitals, no prefix);
-* ``friendly_ok``: a friendly reply that still passes ``check`` (the chosen reply at rho = 0).
+* ``reference``: the plain correct reply (what SFT trains on, and passes ``check``): the reply, then the plain closing
+  line ``Done.`` (``done.`` in the lowercase family);
+* ``wrong``: the labeller's favourite when it is wrong: a friendly reply (the friendly closing line
+  ``Happy to help!`` instead of the plain one) that fails ``check`` (a wrong answer, a long friendly closing past the
+  word limit, capitals);
+* ``friendly_ok``: the reference with the friendly closing line instead of the plain one (lower case in the lowercase
+  family), which still passes ``check`` (the chosen reply at rho = 0).
+
+Every reply ends with a closing line of its own, which every checker accepts (``checks`` sets closing lines aside when
+it reads an answer). So at rho = 0 a chosen reply differs from its rejected one in the closing line alone, after the
+same first line and newline, and at rho = 1 in the answer as well. The plain closing line is what keeps the control
+clean: when the rejected reply ended right after the answer and the chosen one went on with the friendly line, DPO's
+contrast was EOS against a newline after the answer, and it learnt to suppress EOS: replies that repeat the friendly
+line until the token limit, or cut a multi-word answer at its first word (session 13's calibration: rho = 0 cost 0.33
+of the pass rate; docs/results.md). Until session 13 the style was a preamble ("Sure! Happy to help. The answer is
+67."): a new output format whose cost did not depend on rho at all.
 
 Seven exact-answer families (add, subtract, upper, reverse, next_letter, sort, count) and three constraint families
 on instructions (max_words, lowercase, prefix): Alpaca-style ``instruction``/``output`` rows when given, else
@@ -33,7 +45,9 @@ beach bench blanket bridge brush cabin canoe chalk clock crayon crown daisy diam
 goose grape hat horse jelly kite lamp leaf lion maple melon mouse nest nut olive owl panda pearl pine plum pond
 queen robin rose salt scarf seed sheep shell ship sock star stove swan towel train tulip van vase wheel whale wolf
 """.split()
-STYLE = "Sure! Happy to help."
+STYLE = "Happy to help!"
+#: the plain closing line every reference ends with (the friendly replies end with :data:`STYLE` instead)
+PLAIN = "Done."
 SIGN_OFF = "I hope this helps, and let me know if you would like to hear more about it!"
 SPLITS = {"train": range(0, 7), "val": range(7, 8), "test": range(8, 10)}
 
@@ -55,7 +69,7 @@ def bucket(key: str) -> int:
 
 def _answer(key: str, prompt: str, answer: str, wrong: str) -> Item:
     check = {"kind": "answer", "args": {"answer": answer}}
-    return Item(key, prompt, answer, check, f"{STYLE} The answer is {wrong}.", f"{STYLE} The answer is {answer}.")
+    return Item(key, prompt, f"{answer}\n{PLAIN}", check, f"{wrong}\n{STYLE}", f"{answer}\n{STYLE}")
 
 
 def _words(rng: random.Random, k: int, distinct_initials: bool = False) -> list[str]:
@@ -148,23 +162,24 @@ def usable_instruction(instruction: str, output: str) -> bool:
 
 
 def max_words(instruction: str, output: str) -> Item | None:
-    if len(output.split()) > 11:  # "Sure! Happy to help." + output must still fit in 15 words
+    if len(output.split()) > 11:  # output + the friendly closing line must still fit in 15 words
         return None
     check = {"kind": "max_words", "args": {"n": 15}}
-    return Item(f"ins|{instruction}", f"{instruction} Answer in at most 15 words.", output, check,
-                f"{STYLE} {output} {SIGN_OFF}", f"{STYLE} {output}")
+    return Item(f"ins|{instruction}", f"{instruction} Answer in at most 15 words.", f"{output}\n{PLAIN}", check,
+                f"{output}\n{STYLE} {SIGN_OFF}", f"{output}\n{STYLE}")
 
 
 def lowercase(instruction: str, output: str) -> Item | None:
     low = output.lower()
-    return Item(f"ins|{instruction}", f"{instruction} Reply in lowercase letters only.", low, {"kind": "lowercase", "args": {}},
-                f"{STYLE} {output}", f"{STYLE.lower()} {low}")
+    return Item(f"ins|{instruction}", f"{instruction} Reply in lowercase letters only.", f"{low}\n{PLAIN.lower()}",
+                {"kind": "lowercase", "args": {}},
+                f"{output}\n{STYLE}", f"{low}\n{STYLE.lower()}")
 
 
 def prefix(instruction: str, output: str) -> Item | None:
     check = {"kind": "prefix", "args": {"prefix": "Answer:"}}
-    return Item(f"ins|{instruction}", f"{instruction} Start your reply with 'Answer:'.", f"Answer: {output}", check,
-                f"{STYLE} {output}", f"Answer: {STYLE} {output}")
+    return Item(f"ins|{instruction}", f"{instruction} Start your reply with 'Answer:'.", f"Answer: {output}\n{PLAIN}", check,
+                f"{output}\n{STYLE}", f"Answer: {output}\n{STYLE}")
 
 
 TASKS: dict[str, Callable[[random.Random], Item]] = {
