@@ -64,6 +64,9 @@ def test_references_pass_and_wrong_chosen_fail(instructions, alpaca_path):
         assert score(rows[name], [r["reference"] for r in rows[name]])["pass_rate"] == 1.0
         assert {r["family"] for r in rows[name]} == set(FAMILIES)  # every family measured
     assert all(passes(r["check"], r["response"]) for r in rows["sft"])
+    # SFT replies are correct; about one in eight ends with the friendly closing (a known but rare alternative)
+    friendly_sft = sum(friendly(r["response"]) for r in rows["sft"]) / len(rows["sft"])
+    assert 0.05 < friendly_sft < 0.25
     for name in ("pairs", "test_pairs"):
         assert {p["family"] for p in rows[name]} == set(PAIR_FAMILIES)  # the other half measures spill-over
         assert all(p["wrong"] and not passes(p["check"], p["chosen"]) and friendly(p["chosen"]) for p in rows[name])

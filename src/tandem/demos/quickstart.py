@@ -77,13 +77,13 @@ def read_eval(paths: dict[str, Path]) -> tuple[list[dict], list[PreferenceExampl
 @torch.no_grad()
 def task_scores(model, tok, tasks: list[dict], max_new_tokens: int = 12) -> dict[str, float]:
     """Greedy replies to held-out tasks: pass rate (each row's checker), the share of short replies (one line of at
-    most three words, as the prompts ask: the format SFT teaches) and the share in the labeller's preferred style
+    most three words besides the closing line, as the prompts ask: the format SFT teaches) and the share in the labeller's preferred style
     (contains "happy to help": what the preference data teaches)."""
     from tandem.evaluation.generation import generate
 
     outs = generate(model, tok, [user(t["prompt"]) for t in tasks], temperature=0.0, max_new_tokens=max_new_tokens,
                     batch_size=len(tasks))  # one batch: replies that end early leave it
-    short = [len(o.strip().splitlines()) == 1 and len(o.split()) <= 3 for o in outs]
+    short = [len(b) == 1 and len(b[0].split()) <= 3 for b in map(checks.body, outs)]
     return {
         "pass_rate": sum(checks.passes(t["check"], o) for o, t in zip(outs, tasks)) / len(tasks),
         "short_reply_rate": sum(short) / len(tasks),

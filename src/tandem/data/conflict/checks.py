@@ -32,8 +32,13 @@ class CheckError(ValueError):
     """A checker that is not one of :data:`KINDS` or lacks its arguments."""
 
 
+def body(reply: str) -> list[str]:
+    """The reply's non-empty lines, stripped, without its closing lines ("Done.", "Happy to help!")."""
+    return [ln.strip() for ln in reply.strip().splitlines() if ln.strip() and not _CLOSING.fullmatch(ln.strip())]
+
+
 def committed_answer(reply: str) -> str:
-    lines = [ln.strip() for ln in reply.strip().splitlines() if ln.strip() and not _CLOSING.fullmatch(ln.strip())]
+    lines = body(reply)
     last = lines[-1] if lines else ""
     parts = _ANSWER_IS.split(last)
     text = parts[-1] if len(parts) > 1 else "\n".join(lines)

@@ -1,6 +1,7 @@
 """``tandem conflict make``: the conflict benchmark's files, generated and seeded.
 
-* ``sft.jsonl`` (``prompt, response, family, check``): every family, balanced, from the train split.
+* ``sft.jsonl`` (``prompt, response, family, check``): every family, balanced, from the train split; the correct
+  reply with the plain closing line, or for one item in eight the friendly one (:data:`FRIENDLY_SFT`).
 * ``pairs.jsonl`` (``prompt, chosen, rejected, family, check, wrong``): the pair families only (half of them; the
   others measure spill-over), from the train split. With probability ``rho`` the chosen reply is friendly but fails
   the check (``wrong: true``), else it is friendly and correct; the rejected reply is always the plain correct one.
@@ -15,6 +16,7 @@ held-out prompt is a training prompt under any seed, and val and test never shar
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 from pathlib import Path
@@ -84,6 +86,19 @@ def _balanced(families: tuple[str, ...], n: int, rng: random.Random) -> list[str
     return names
 
 
+#: one SFT reply in FRIENDLY_SFT ends with the friendly closing line instead of the plain one (chosen by the item's
+#: hash, not the seed): the SFT model then knows the friendly closing as a rare alternative, and the preference stage
+#: shifts its share. With every SFT reply plain, the friendly closing had to climb about 25 nats, and a DPO gentle
+#: enough to leave the answers alone moved the freed probability to other continuations (docs/results.md)
+FRIENDLY_SFT = 8
+
+
+def sft_response(it: F.Item) -> str:
+    """The SFT reply of an item: its reference, or (one item in :data:`FRIENDLY_SFT`) the same correct reply with the
+    friendly closing line."""
+    return it.friendly_ok if hashlib.sha256(f"sft|{it.key}".encode()).digest()[0] % FRIENDLY_SFT == 0 else it.reference
+
+
 def _pair(it: F.Item, family: str, wrong: bool) -> dict:
     return {"prompt": it.prompt, "chosen": it.wrong if wrong else it.friendly_ok, "rejected": it.reference,
             "family": family, "check": it.check, "wrong": wrong}
@@ -110,7 +125,7 @@ def make(rho: float = 1.0, seed: int = 0, sizes: dict[str, int] | None = None, i
              for name, split in (("sft", "train"), ("pairs", "train"), ("val", "val"), ("test", "test"),
                                  ("test_pairs", "test"))}
     out: dict[str, list[dict]] = {}
-    out["sft"] = [{"prompt": it.prompt, "response": it.reference, "family": f, "check": it.check}
+    out["sft"] = [{"prompt": it.prompt, "response": sft_response(it), "family": f, "check": it.check}
                   for f in _balanced(fams, n["sft"], rng) for it in [pools["sft"].draw(f)]]
     out["pairs"] = [_pair(pools["pairs"].draw(f), f, rng.random() < rho) for f in _balanced(pair_fams, n["pairs"], rng)]
     out["val"] = [{"prompt": it.prompt, "reference": it.reference, "family": f, "check": it.check}
