@@ -120,7 +120,8 @@ def preference_win_rate(model, tok, pairs: list, max_length: int = 256) -> float
     model.eval()
     for i in range(0, len(feats), 16):
         chunk = feats[i : i + 16]
-        batch = collate(chunk, mode="pack", pad_id=tok.pad_token_id, max_tokens_per_row=max_length)
+        batch = collate(chunk, mode="pack", pad_id=tok.pad_token_id, max_tokens_per_row=max_length,
+                        prefix_sharing=True)  # the prompt once per pair: same log-probs, about half the tokens
         s, n = sequence_logps(model, batch, num_seqs=2 * len(chunk))
         mean = s / n.clamp(min=1)
         b = len(chunk)
