@@ -100,6 +100,25 @@ def test_packed_bf16_weights_give_identical_logits_and_are_undone(monkeypatch):
         assert off == 0
 
 
+def test_packed_products_equal_f_linear_on_decode_shapes_and_prefills_keep_f_linear():
+    from tandem.models.packed import MAX_ROWS
+
+    if not packing_available():
+        pytest.skip("this torch has no oneDNN linear ops")
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(576, 1536, bias=False).to(torch.bfloat16)  # SmolLM2's widths
+    with torch.no_grad(), packed_linears(layer) as n:
+        assert n == 1
+        for rows in (1, 7, 16, 64, MAX_ROWS):  # decode steps: one position per row, the packed product
+            x = torch.randn(rows, 1, 576).to(torch.bfloat16)
+            assert torch.equal(layer(x), torch.nn.functional.linear(x, layer.weight))
+    square = torch.nn.Linear(576, 576, bias=False).to(torch.bfloat16)
+    with torch.no_grad(), packed_linears(square):
+        # a prefill of 8 x 60 tokens: F.linear itself (on an AMX CPU the packed product differs here in the last bit)
+        x = torch.randn(8, 60, 576).to(torch.bfloat16)
+        assert torch.equal(square(x), torch.nn.functional.linear(x, square.weight))
+
+
 def test_slab_layer_writes_in_place_and_keeps_rows_and_columns():
     layer = SlabLayer(capacity=6)
     k = torch.arange(3 * 1 * 2 * 2, dtype=torch.float32).view(3, 1, 2, 2)  # [B=3, H=1, T=2, D=2]

@@ -5,8 +5,9 @@ A bf16 ``F.linear`` on a CPU (oneDNN, AMX / avx512_bf16) reorders its weight int
 call. Training amortises that over large matrices; decoding does not: a decode step multiplies a few rows by every
 weight of the model, so the reorder is a large part of the step. :func:`packed_linears` reorders each ``nn.Linear``
 weight once (``torch.ops.mkldnn._reorder_linear_weight``, what inductor's CPU weight prepacking uses) and routes the
-layer's forward through ``torch.ops.mkldnn._linear_pointwise`` until the ``with`` ends. The products are the same
-oneDNN kernels' (bit-identical on the shapes tested: tests/test_generation_speed.py, and the same greedy replies as
+layer's forward through ``torch.ops.mkldnn._linear_pointwise`` for decode-sized inputs (at most :data:`MAX_ROWS`
+rows) until the ``with`` ends. There the products are bit-identical to ``F.linear``'s (every decode shape of SmolLM2
+from 1 to 128 rows: tests/test_generation_speed.py checks shapes like them; the same greedy replies as
 ``model.generate`` on SmolLM2 in benchmarks/generation.py; gain in docs/benchmarks.md, "Generation").
 
 Only where it pays and is exact: a CPU model, bf16 weights, torch built with oneDNN; fp32 weights are left alone
@@ -23,7 +24,13 @@ from typing import Iterator
 import torch
 from torch import nn
 
-__all__ = ["packed_linears", "packing_available"]
+__all__ = ["MAX_ROWS", "packed_linears", "packing_available"]
+
+#: the packed product is used for inputs of at most this many rows (a decode step: one position per row); larger
+#: inputs (a prefill) keep ``F.linear``: there oneDNN picked other kernels for the two layouts, whose bf16 sums
+#: differed in the last bit for some shapes (SmolLM2 prefills of 8 x 60 tokens: 24 of 64 greedy replies changed),
+#: while every decode shape tested, 1 to 128 rows, was bit-identical (tests/test_generation_speed.py)
+MAX_ROWS = 128
 
 
 def _ops():
@@ -66,7 +73,7 @@ def packed_linears(model: nn.Module) -> Iterator[int]:
             packed, bias = reorder(m.weight.detach(), None), m.bias
 
             def forward(x, _w=packed, _b=bias, _m=m):
-                if x.dtype != torch.bfloat16:  # what F.linear does with it (an error, or autocast's cast)
+                if x.dtype != torch.bfloat16 or x.numel() > MAX_ROWS * x.shape[-1]:  # F.linear's own product
                     return nn.functional.linear(x, _m.weight, _m.bias)
                 return linear(x.contiguous(), _w, _b, "none", [], "")
 
