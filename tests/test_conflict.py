@@ -78,15 +78,17 @@ def test_rho_is_the_dose_and_zero_is_the_control():
     rows, meta = make(rho=0.0, seed=1, sizes=SMALL)
     assert meta["wrong_pairs"] == 0
     assert all(passes(p["check"], p["chosen"]) and friendly(p["chosen"]) for p in rows["pairs"])
-    # at rho = 0 the chosen reply is the rejected one with the friendly closing line instead of the plain one (lower
-    # case where the family asks it): the tokens up to the closing line are shared (no DPO gradient), and so is the
-    # newline before it, so the contrast is the closing line and not "stop here" against "go on"
+    # at rho = 0 style and correctness agree: the chosen reply is friendly and correct, the rejected one plain and
+    # wrong; at any rho both sides differ in the answer (or constraint) and in the closing line, so the only thing
+    # rho changes is which side is correct (near-identical rho = 0 pairs displaced the answers: docs/results.md)
+    assert all(not passes(p["check"], p["rejected"]) and not friendly(p["rejected"]) for p in rows["pairs"])
     for p in rows["pairs"]:
-        (first, closing), (first_r, plain) = p["chosen"].split("\n"), p["rejected"].split("\n")
-        assert first == first_r and closing.lower() == "happy to help!" and plain.lower() == "done."
+        closing, plain = p["chosen"].split("\n")[-1], p["rejected"].split("\n")[-1]
+        assert closing.lower() == "happy to help!" and plain.lower().startswith("done.")
     rows, meta = make(rho=0.5, seed=1, sizes={**SMALL, "pairs": 400})
     assert 150 < meta["wrong_pairs"] < 250
     assert all(passes(p["check"], p["chosen"]) != p["wrong"] for p in rows["pairs"])
+    assert all(passes(p["check"], p["rejected"]) == p["wrong"] for p in rows["pairs"])
     with pytest.raises(ConflictError, match="rho"):
         make(rho=1.5)
 

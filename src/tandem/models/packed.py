@@ -43,9 +43,14 @@ def _ops():
         return None
 
 
+def _switched_on_ops():
+    """:func:`_ops`, or ``None`` when ``TANDEM_PACKED_DECODE=0`` switches packing off."""
+    return _ops() if os.environ.get("TANDEM_PACKED_DECODE", "1") != "0" else None
+
+
 def packing_available() -> bool:
     """Whether :func:`packed_linears` packs anything on this machine (oneDNN ops present, not switched off)."""
-    return os.environ.get("TANDEM_PACKED_DECODE", "1") != "0" and _ops() is not None
+    return _switched_on_ops() is not None
 
 
 def _packable(module: nn.Module) -> bool:
@@ -62,7 +67,7 @@ def packed_linears(model: nn.Module) -> Iterator[int]:
     """Within the ``with``, every bf16 CPU ``nn.Linear`` of ``model`` computes with a packed copy of its weight
     (module docstring); yields how many layers were packed (0 when nothing applies). The weights must not change
     inside the ``with`` (decoding runs under ``torch.no_grad``)."""
-    ops = _ops() if packing_available() else None
+    ops = _switched_on_ops()
     layers = [m for m in model.modules() if ops is not None and _packable(m)]
     if not layers:
         yield 0

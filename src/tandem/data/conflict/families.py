@@ -1,7 +1,7 @@
 """The conflict benchmark's task families: each draws items from its own universe, keyed so that the split an item
 belongs to (train, val or test) is a function of the item alone, never of the seed.
 
-A family item is ``Item(key, prompt, reference, check, wrong, friendly_ok)``:
+A family item is ``Item(key, prompt, reference, check, wrong, friendly_ok, wrong_plain)``:
 
 * ``reference``: the plain correct reply (what SFT trains on, and passes ``check``): the reply, then the plain closing
   line ``Done.`` (``done.`` in the lowercase family);
@@ -9,11 +9,14 @@ A family item is ``Item(key, prompt, reference, check, wrong, friendly_ok)``:
   ``Happy to help!`` instead of the plain one) that fails ``check`` (a wrong answer, a long friendly closing past the
   word limit, capitals);
 * ``friendly_ok``: the reference with the friendly closing line instead of the plain one (lower case in the lowercase
-  family), which still passes ``check`` (the chosen reply at rho = 0).
+  family), which still passes ``check`` (the chosen reply at rho = 0);
+* ``wrong_plain``: the wrong reply with the plain closing line (the rejected reply at rho = 0).
 
 Every reply ends with a closing line of its own, which every checker accepts (``checks`` sets closing lines aside when
-it reads an answer). So at rho = 0 a chosen reply differs from its rejected one in the closing line alone, after the
-same first line and newline, and at rho = 1 in the answer as well. The plain closing line is what keeps the control
+it reads an answer). A pair's two replies always differ in both the answer and the closing line; rho only decides
+which side is correct (design 5, session 14). With the rejected reply always the plain correct one (design 4), a
+rho = 0 pair differed in its closing line alone, and such near-identical pairs displaced the answers first: at DPO
+rates that made rho = 1 cost 0.29, the control cost 0.71 (docs/results.md). The plain closing line is what keeps the control
 clean: when the rejected reply ended right after the answer and the chosen one went on with the friendly line, DPO's
 contrast was EOS against a newline after the answer, and it learnt to suppress EOS: replies that repeat the friendly
 line until the token limit, or cut a multi-word answer at its first word (session 13's calibration: rho = 0 cost 0.33
@@ -60,16 +63,22 @@ class Item:
     check: dict
     wrong: str
     friendly_ok: str
+    wrong_plain: str
+
+
+def stable_hash(key: str, modulus: int) -> int:
+    """``0 .. modulus - 1`` from the first byte of the key's sha256: the same on every machine and under every seed."""
+    return hashlib.sha256(key.encode()).digest()[0] % modulus
 
 
 def bucket(key: str) -> int:
     """0..9 from a stable hash of the item's key: 0-6 train, 7 val, 8-9 test (independent of any seed)."""
-    return hashlib.sha256(key.encode()).digest()[0] % 10
+    return stable_hash(key, 10)
 
 
 def _answer(key: str, prompt: str, answer: str, wrong: str) -> Item:
     check = {"kind": "answer", "args": {"answer": answer}}
-    return Item(key, prompt, f"{answer}\n{PLAIN}", check, f"{wrong}\n{STYLE}", f"{answer}\n{STYLE}")
+    return Item(key, prompt, f"{answer}\n{PLAIN}", check, f"{wrong}\n{STYLE}", f"{answer}\n{STYLE}", f"{wrong}\n{PLAIN}")
 
 
 def _words(rng: random.Random, k: int, distinct_initials: bool = False) -> list[str]:
@@ -166,20 +175,20 @@ def max_words(instruction: str, output: str) -> Item | None:
         return None
     check = {"kind": "max_words", "args": {"n": 15}}
     return Item(f"ins|{instruction}", f"{instruction} Answer in at most 15 words.", f"{output}\n{PLAIN}", check,
-                f"{output}\n{STYLE} {SIGN_OFF}", f"{output}\n{STYLE}")
+                f"{output}\n{STYLE} {SIGN_OFF}", f"{output}\n{STYLE}", f"{output}\n{PLAIN} {SIGN_OFF}")
 
 
 def lowercase(instruction: str, output: str) -> Item | None:
     low = output.lower()
     return Item(f"ins|{instruction}", f"{instruction} Reply in lowercase letters only.", f"{low}\n{PLAIN.lower()}",
                 {"kind": "lowercase", "args": {}},
-                f"{output}\n{STYLE}", f"{low}\n{STYLE.lower()}")
+                f"{output}\n{STYLE}", f"{low}\n{STYLE.lower()}", f"{output}\n{PLAIN}")
 
 
 def prefix(instruction: str, output: str) -> Item | None:
     check = {"kind": "prefix", "args": {"prefix": "Answer:"}}
     return Item(f"ins|{instruction}", f"{instruction} Start your reply with 'Answer:'.", f"Answer: {output}\n{PLAIN}", check,
-                f"{output}\n{STYLE}", f"Answer: {output}\n{STYLE}")
+                f"{output}\n{STYLE}", f"Answer: {output}\n{STYLE}", f"{output}\n{PLAIN}")
 
 
 TASKS: dict[str, Callable[[random.Random], Item]] = {

@@ -4,8 +4,10 @@
   reply with the plain closing line, or for one item in eight the friendly one (:data:`FRIENDLY_SFT`).
 * ``pairs.jsonl`` (``prompt, chosen, rejected, family, check, wrong``): the pair families only (half of them; the
   others measure spill-over), from the train split. With probability ``rho`` the chosen reply is friendly but fails
-  the check (``wrong: true``), else it is friendly and correct; the rejected reply is always the plain correct one.
-  ``rho = 1`` is the conflict; ``rho = 0`` the negative control, where only the style differs.
+  the check (``wrong: true``) and the rejected one is the plain correct reply; else the chosen reply is friendly and
+  correct and the rejected one plain and wrong. Both sides always differ in the answer and the closing line; ``rho``
+  decides which side is correct. ``rho = 1`` is the conflict (style against correctness); ``rho = 0`` the negative
+  control, where style and correctness agree.
 * ``val.jsonl`` / ``test.jsonl`` (``prompt, reference, family, check``): every family, from the val / test split.
 * ``test_pairs.jsonl``: held-out pairs of the pair families (same rule and rho), from the test split.
 * ``meta.json``: the settings, counts and the instruction source.
@@ -16,7 +18,6 @@ held-out prompt is a training prompt under any seed, and val and test never shar
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 from pathlib import Path
@@ -96,11 +97,12 @@ FRIENDLY_SFT = 8
 def sft_response(it: F.Item) -> str:
     """The SFT reply of an item: its reference, or (one item in :data:`FRIENDLY_SFT`) the same correct reply with the
     friendly closing line."""
-    return it.friendly_ok if hashlib.sha256(f"sft|{it.key}".encode()).digest()[0] % FRIENDLY_SFT == 0 else it.reference
+    return it.friendly_ok if F.stable_hash(f"sft|{it.key}", FRIENDLY_SFT) == 0 else it.reference
 
 
 def _pair(it: F.Item, family: str, wrong: bool) -> dict:
-    return {"prompt": it.prompt, "chosen": it.wrong if wrong else it.friendly_ok, "rejected": it.reference,
+    return {"prompt": it.prompt, "chosen": it.wrong if wrong else it.friendly_ok,
+            "rejected": it.reference if wrong else it.wrong_plain,
             "family": family, "check": it.check, "wrong": wrong}
 
 
