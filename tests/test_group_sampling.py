@@ -7,7 +7,7 @@ import pytest
 import torch
 from helpers_evaluation import tiny_lm
 
-from tandem.models.decode import PRUNE_SHARE, pick_next
+from tandem.models.decode import PRUNE_SHARE, inverse_cdf, pick_next
 from tandem.models.group_sampling import prompt_seeds, sample_groups
 from tandem.models.sampling import sample_ids
 
@@ -85,3 +85,25 @@ def test_a_prompts_group_does_not_depend_on_the_other_prompts(lm):
     assert sample_groups(model, PROMPTS, seed=4, **kw) == sample_groups(model, PROMPTS, seed=prompt_seeds(4, 3), **kw)
     with pytest.raises(ValueError, match="2 seeds for 3 prompts"):
         sample_groups(model, PROMPTS, seed=[1, 2], **kw)
+
+
+def test_inverse_cdf_draws_the_distribution_and_never_a_cut_token():
+    # cdf 0.5, 0.8, 0.8, 1.0: a uniform u in [0, 0.5) draws token 0, [0.5, 0.8) token 1, [0.8, 1) token 3; the
+    # zero-probability token 2 has an empty interval
+    probs = torch.tensor([[0.5, 0.3, 0.0, 0.2]])
+    for seed in range(40):
+        u = float(torch.rand((1, 1), dtype=torch.float64, generator=torch.Generator().manual_seed(seed)))
+        want = 0 if u < 0.5 else 1 if u < 0.8 else 3
+        assert int(inverse_cdf(probs, torch.Generator().manual_seed(seed))) == want
+        assert int(inverse_cdf(probs * 4, torch.Generator().manual_seed(seed))) == want  # weights need not sum to 1
+    g = torch.Generator().manual_seed(3)
+    draws = inverse_cdf(probs.repeat(40_000, 1), g)
+    freq = torch.bincount(draws, minlength=4).double() / len(draws)
+    assert freq[2] == 0 and torch.allclose(freq, probs[0].double(), atol=0.01)
+    # through pick_next: the top-p cut still applies, and the draw is seeded by the generator
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(5000, 1)
+    a = pick_next(logits, 1.0, 0.7, torch.Generator().manual_seed(1), draw="inverse_cdf")
+    assert set(a.tolist()) == {0, 1} and abs(float((a == 0).double().mean()) - 0.5 / 0.8) < 0.03
+    assert torch.equal(a, pick_next(logits, 1.0, 0.7, torch.Generator().manual_seed(1), draw="inverse_cdf"))
+    with pytest.raises(ValueError, match="draw"):
+        pick_next(logits, 1.0, 1.0, draw="gumbel")

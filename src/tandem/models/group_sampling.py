@@ -3,7 +3,7 @@
 :func:`sample_groups` follows the conventions of :mod:`tandem.models.sampling` (left padding, ``temperature == 0``
 is greedy, nucleus sampling with ``top_p`` and no top-k cut, a result is the new tokens up to and including the first
 EOS, the model's train/eval mode restored) and decodes with the same loop (:func:`tandem.models.decode.decode`: slab
-KV cache, finished rows leave the batch), with two differences:
+KV cache, finished rows leave the batch), with three differences:
 
 * **one prefill per prompt**: the ``P`` distinct prompts are left-padded into one batch and run once; the KV cache
   and the last logits are then repeated ``n`` times along the batch (``model.generate`` with ``num_return_sequences``
@@ -11,7 +11,10 @@ KV cache, finished rows leave the batch), with two differences:
 * each prompt's draws come from its own ``torch.Generator`` (``seed``: one per prompt, or one int for the call from
   which each prompt's is derived; the global RNG is not touched), so the same call returns the same ids and a prompt's
   group does not depend on the other prompts of the batch: split over processes (DDP), each prompt keeps its seed and
-  its completions (the GRPO loop seeds a prompt by its place in the global batch).
+  its completions (the GRPO loop seeds a prompt by its place in the global batch);
+* tokens are drawn by inverse CDF (one uniform per row, :func:`tandem.models.decode.inverse_cdf`): the same
+  distribution as ``torch.multinomial``, whose exponential variate per vocabulary entry was a fifth of the decode step
+  on a CPU (docs/benchmarks.md, "GRPO step").
 
 Results are prompt-major: prompt 0's ``n`` continuations, then prompt 1's, ...
 
@@ -58,7 +61,7 @@ def sample_groups(model, prompts: list[list[int]], *, n: int, pad_id: int, eos: 
         owner, tok = rows // n, torch.empty(len(rows), dtype=torch.long, device=device)
         for p in owner.unique().tolist():
             mine = (owner == p).nonzero().squeeze(1)
-            tok[mine] = pick_next(logits[mine], temperature, top_p, gens[p])
+            tok[mine] = pick_next(logits[mine], temperature, top_p, gens[p], draw="inverse_cdf")
         return tok
 
     ids, mask = (t.to(device) for t in left_pad(prompts, pad_id))
