@@ -31,6 +31,19 @@ def test_auto_on_cpu_follows_the_flags():
     assert "no native bf16" in q.describe()
 
 
+@pytest.mark.parametrize("var", ["ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"])
+def test_auto_is_fp32_when_onednn_is_capped_below_bf16(monkeypatch, var):
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    monkeypatch.delenv("DNNL_MAX_CPU_ISA", raising=False)
+    monkeypatch.setenv(var, "avx2")  # oneDNN would emulate bf16: auto must not pick it
+    p = resolve("auto", device="cpu", cpuinfo=ZEN4)
+    assert p.name == "fp32" and f"{'ONEDNN_MAX_CPU_ISA'}=AVX2" in p.describe()
+    assert resolve("bf16", device="cpu", cpuinfo=ZEN4).name == "bf16"  # a recipe can still force it
+    for cap in ("AVX512_CORE_BF16", "AVX512_CORE_AMX", "DEFAULT"):  # caps that keep bf16
+        monkeypatch.setenv(var, cap)
+        assert resolve("auto", device="cpu", cpuinfo=ZEN4).name == "bf16"
+
+
 def test_auto_attention_is_eager_only_for_short_bf16_rows_on_cpu():
     bf16, fp32 = resolve("auto", device="cpu", cpuinfo=ZEN4), resolve("auto", device="cpu", cpuinfo=OLD)
     assert training_attention("auto", bf16, "cpu", 256)[0] == "eager" == training_attention("auto", bf16, "cpu", 64)[0]

@@ -6,7 +6,9 @@ scaled, and a one-line reason for the run log. ``auto`` picks bf16 where the har
 
 * a CUDA GPU that supports bf16 (``torch.cuda.is_bf16_supported()``);
 * a CPU with native bf16 instructions: ``avx512_bf16`` or ``amx_bf16`` (x86), ``bf16`` (aarch64), read from the
-  ``flags``/``Features`` lines of ``/proc/cpuinfo``;
+  ``flags``/``Features`` lines of ``/proc/cpuinfo``, unless ``ONEDNN_MAX_CPU_ISA`` (or its older name
+  ``DNNL_MAX_CPU_ISA``) caps oneDNN, torch's CPU matmul library, below its bf16 instructions (``AVX2``,
+  ``AVX512_CORE``, ...): oneDNN would then emulate bf16 (this is also how a bf16 machine behaves like one without);
 
 and fp32 elsewhere (an older CPU would emulate bf16 and run slower than fp32).
 
@@ -31,6 +33,8 @@ import torch
 
 Requested = Literal["auto", "fp32", "bf16", "fp16"]
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
+#: oneDNN ISA caps (``ONEDNN_MAX_CPU_ISA``) below its first bf16 instructions (``AVX512_CORE_BF16``)
+ONEDNN_NO_BF16 = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI")
 
 __all__ = ["CPU_BF16_FLAGS", "Precision", "apply_precision", "cpu_bf16_flags", "inference_dtype", "resolve", "training_attention"]
 
@@ -47,6 +51,14 @@ class Precision:
 
     def describe(self) -> str:
         return f"precision {self.name}: {self.reason}"
+
+
+def onednn_cap() -> str | None:
+    """``ONEDNN_MAX_CPU_ISA`` (or ``DNNL_MAX_CPU_ISA``) when it caps oneDNN below its bf16 instructions, else None."""
+    import os
+
+    cap = (os.environ.get("ONEDNN_MAX_CPU_ISA") or os.environ.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return cap if cap in ONEDNN_NO_BF16 else None
 
 
 def cpu_bf16_flags(cpuinfo: str | None = None) -> list[str]:
@@ -81,9 +93,10 @@ def resolve(requested: Requested, device: str | None = None, cpuinfo: str | None
         ok, what = _gpu_bf16()
         what = f"GPU {what} {'supports' if ok else 'does not support'} bf16"
     else:
-        flags = cpu_bf16_flags(cpuinfo)
-        ok = bool(flags)
+        flags, cap = cpu_bf16_flags(cpuinfo), onednn_cap()
+        ok = bool(flags) and cap is None
         what = (f"CPU has native bf16 ({', '.join(flags)})" if ok
+                else f"CPU has native bf16 ({', '.join(flags)}) but ONEDNN_MAX_CPU_ISA={cap} caps oneDNN below it" if flags
                 else "CPU has no native bf16 instructions (no avx512_bf16 / amx_bf16 / bf16 flag)")
     master = "bf16 weights (LoRA: base and adapters), fp32 master weights and optimizer state"
     if requested == "bf16":
