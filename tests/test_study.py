@@ -184,3 +184,20 @@ def test_only_runs_the_named_rows_and_refuses_an_unknown_one(studied, tmp_path):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and "--only: no recipe orpo" in lines[0] and "alt, seq" in lines[0]
     assert not (tmp_path / "new").exists()
+
+
+def test_jobs_run_the_same_runs_side_by_side(studied, tmp_path):
+    """--jobs 2: each (row, seed) in a process of its own with one thread; the same rows, in plan order, with the same
+    numbers as the one-job study (also one thread); a bad --jobs is refused."""
+    recipes, _, rows = studied
+    got = study(recipes, SEEDS, tmp_path / "par", [], jobs=2, threads=1)
+    assert [(r["method"], r["seed"]) for r in got] == [(r["method"], r["seed"]) for r in rows]
+    for a, b in zip(got, rows):
+        if a["method"] == "base":
+            continue
+        assert a["run"] != b["run"] and a["steps"] == b["steps"]
+        for k in ("rouge/rougeL", "reference_nll/nll", "implicit_reward_accuracy/accuracy", "reward_win_rate/win_rate"):
+            assert a[k] == b[k], k
+    assert json.loads((tmp_path / "par" / "table.json").read_text()) == got
+    with pytest.raises(ValueError, match="--jobs"):
+        study(recipes, SEEDS, tmp_path / "bad", [], jobs=0)

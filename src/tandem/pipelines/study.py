@@ -131,14 +131,18 @@ def default_axes(rows: list[dict], x_key: str | None, y_key: str | None) -> tupl
 
 def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str] | None = None, resume: bool = False,
           x_key: str | None = None, y_key: str | None = None, overwrite: bool = False,
-          only: list[str] | None = None, contrasts: list[dict] | None = None) -> list[dict]:
+          only: list[str] | None = None, contrasts: list[dict] | None = None, jobs: int = 1,
+          threads: int | None = None) -> list[dict]:
     """Run every recipe of ``study_dir`` (or the rows ``only`` names) for every seed into ``out_dir``; returns the
-    table rows."""
+    table rows. ``jobs`` > 1 runs that many (row, seed) runs at once, ``threads`` threads each (default: the cores
+    shared out; :mod:`tandem.pipelines.jobs`)."""
     from tandem.io.rundir import check_run_dir, open_run_dir, path_inputs
 
     out_dir, overrides = Path(out_dir), list(overrides or [])
     if not seeds:
         raise ValueError("--seeds: give at least one seed")
+    if jobs < 1 or (threads is not None and threads < 1):
+        raise ValueError(f"--jobs {jobs}: give at least 1 job (and at least 1 thread each)")
     check_run_dir(out_dir, resume=resume, overwrite=overwrite)
     rows_of = load_study(study_dir, overrides, out_dir, seeds[0], only)
     questions = Path(study_dir) / "_contrasts.yaml"
@@ -168,17 +172,27 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
         if "reward_win_rate" in first.eval.metrics and first.eval.baseline is None:
             rows.append(base_row(first, out_dir / "base", reuse=resume))
             overrides.append(f"eval.baseline={out_dir / 'base' / 'eval' / 'generations.jsonl'}")
-        for i, (name, path, seed) in enumerate(plan, 1):
-            t0 = time.perf_counter()
-            run_dir = out_dir / f"{name}-s{seed}"
-            row = run_one(path, None, seed, run_dir, overrides, resume, name=name, sweep=True, reuse_eval=resume)
-            row["recipe"] = str(path)
-            rows.append(row)
-            (out_dir / "table.json").write_text(json.dumps(rows, indent=2))
-            x, y = default_axes(rows, x_key, y_key)
+        first_rows = list(rows)
+
+        def finished(done: list[dict], row: dict, seconds: float) -> None:
+            (out_dir / "table.json").write_text(json.dumps(first_rows + done, indent=2))
+            x, y = default_axes(first_rows + done, x_key, y_key)
             scores = ", ".join(f"{k} {row[k]:.4g}" for k in (x, y) if k in row)
-            log.info("study %d/%d: %s seed %d, %d steps, %.0fs%s", i, len(plan), name, seed, row["steps"],
-                     time.perf_counter() - t0, f", {scores}" if scores else "")
+            log.info("study %d/%d: %s seed %d, %d steps, %.0fs%s", len(done), len(plan), row["method"], row["seed"],
+                     row["steps"], seconds, f", {scores}" if scores else "")
+
+        if jobs > 1:  # several runs at once, each a process with its share of the cores (tandem.pipelines.jobs)
+            from tandem.pipelines.jobs import run_parallel
+
+            rows += run_parallel(plan, out_dir, overrides, resume, jobs, threads, on_row=finished)
+        else:
+            for name, path, seed in plan:
+                t0 = time.perf_counter()
+                row = run_one(path, None, seed, out_dir / f"{name}-s{seed}", overrides, resume, name=name, sweep=True,
+                              reuse_eval=resume)
+                row["recipe"] = str(path)
+                rows.append(row)
+                finished(rows[len(first_rows):], row, time.perf_counter() - t0)
         if spec:  # frontier points (early stops, Wise-FT) of the rows
             from tandem.pipelines.frontier import frontier_rows
 
