@@ -179,7 +179,7 @@ def cached_pair_logps(cache_dir: Path | None, key: str, compute) -> tuple[list[f
         return got["chosen"], got["rejected"]
     chosen, rejected = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
+    tmp = path.with_suffix(f".json.{os.getpid()}.tmp")  # one file per writer: `tandem study --jobs` runs side by side
     tmp.write_text(json.dumps({"chosen": chosen, "rejected": rejected}))
     os.replace(tmp, path)
     return chosen, rejected
