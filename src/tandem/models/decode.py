@@ -94,8 +94,9 @@ def pick_next(logits: torch.Tensor, temperature: float, top_p: float,
 
     ``draw``: ``"multinomial"`` is ``torch.multinomial``, the same random stream as ``model.generate``'s (an
     exponential variate per vocabulary entry: on a CPU with SmolLM2's 49,152 tokens, 27 ms a step at 16 rows, a fifth
-    of the decode step); ``"inverse_cdf"`` draws the same distribution from one uniform per row (:func:`inverse_cdf`),
-    under 2 ms, and is what the GRPO / RLOO rollouts use (their per-prompt streams are tandem's own anyway)."""
+    of the decode step); ``"inverse_cdf"`` draws the same distribution from one uniform per row (:func:`inverse_cdf`:
+    a cumulative sum and a binary search per row), and is what the GRPO / RLOO rollouts use (their per-prompt
+    streams are tandem's own anyway)."""
     if temperature == 0:
         return torch.argmax(logits, dim=-1)
     scores = logits / temperature

@@ -22,9 +22,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from multiprocessing import get_context
 from pathlib import Path
 
-log = logging.getLogger("tandem")
-
-__all__ = ["default_threads", "run_parallel"]
+__all__ = ["default_threads", "run_parallel", "run_row"]
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -44,20 +42,24 @@ def _init(threads: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _one(name: str, path: str, seed: int, run_dir: str, overrides: list[str], resume: bool) -> tuple[dict, float]:
-    """One (row, seed) of the study in a job process: the row and its seconds."""
+def run_row(name: str, path: Path, seed: int, run_dir: Path, overrides: list[str], resume: bool) -> tuple[dict, float]:
+    """One (row, seed) of a study, trained (or reused, or resumed) and scored: its table row and its seconds."""
     from tandem.pipelines.compare import run_one
 
+    t0 = time.perf_counter()
+    row = run_one(path, None, seed, run_dir, overrides, resume, name=name, sweep=True, reuse_eval=resume)
+    row["recipe"] = str(path)
+    return row, time.perf_counter() - t0
+
+
+def _one(name: str, path: str, seed: int, run_dir: str, overrides: list[str], resume: bool) -> tuple[dict, float]:
+    """:func:`run_row` in a job process: log lines named after the run, no progress bar."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s [{name}-s{seed}] %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("tandem")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    t0 = time.perf_counter()
-    row = run_one(Path(path), None, seed, Path(run_dir), [*overrides, "logging.progress=false"], resume, name=name,
-                  sweep=True, reuse_eval=resume)
-    row["recipe"] = str(path)
-    return row, time.perf_counter() - t0
+    return run_row(name, Path(path), seed, Path(run_dir), [*overrides, "logging.progress=false"], resume)
 
 
 def run_parallel(plan: list[tuple[str, Path, int]], out_dir: Path, overrides: list[str], resume: bool, jobs: int,

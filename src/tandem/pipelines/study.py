@@ -22,10 +22,10 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from pathlib import Path
 
 from tandem.pipelines.compare import BASE_SKIPS, base_row, check_recipe, run_one, run_recipe, write_tables  # noqa: F401
+from tandem.pipelines.jobs import run_parallel, run_row
 
 log = logging.getLogger("tandem")
 
@@ -181,18 +181,13 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
             log.info("study %d/%d: %s seed %d, %d steps, %.0fs%s", len(done), len(plan), row["method"], row["seed"],
                      row["steps"], seconds, f", {scores}" if scores else "")
 
-        if jobs > 1:  # several runs at once, each a process with its share of the cores (tandem.pipelines.jobs)
-            from tandem.pipelines.jobs import run_parallel
-
+        if jobs > 1:  # several runs at once, each a process with its share of the cores
             rows += run_parallel(plan, out_dir, overrides, resume, jobs, threads, on_row=finished)
         else:
             for name, path, seed in plan:
-                t0 = time.perf_counter()
-                row = run_one(path, None, seed, out_dir / f"{name}-s{seed}", overrides, resume, name=name, sweep=True,
-                              reuse_eval=resume)
-                row["recipe"] = str(path)
+                row, seconds = run_row(name, path, seed, out_dir / f"{name}-s{seed}", overrides, resume)
                 rows.append(row)
-                finished(rows[len(first_rows):], row, time.perf_counter() - t0)
+                finished(rows[len(first_rows):], row, seconds)
         if spec:  # frontier points (early stops, Wise-FT) of the rows
             from tandem.pipelines.frontier import frontier_rows
 
