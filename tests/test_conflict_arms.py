@@ -59,6 +59,9 @@ def test_frontier_block_is_checked():
     assert check_frontier(None, "f") == {}
     with pytest.raises(ValueError, match="early_stop needs exactly"):
         check_frontier({"early_stop": {"arm": "sequential", "at": [1.5]}}, "f")
+    assert check_frontier({"early_stop": {"arm": "sequential", "at": [0, 0.5]}}, "f")  # 0: the stage's start
+    with pytest.raises(ValueError, match=r"alphas a list of numbers in \(0, 1\)"):
+        check_frontier({"wise_ft": {"toward": "sft-only", "alphas": [0]}}, "f")  # alpha 0 is the toward arm itself
     with pytest.raises(ValueError, match="takes early_stop"):
         check_frontier({"wise": {}}, "f")
     with pytest.raises(ValueError, match="style_at"):

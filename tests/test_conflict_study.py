@@ -36,8 +36,9 @@ def study_out(tmp_path_factory):
     for arm in ARMS:
         shutil.copy(RECIPES / f"{arm}.yaml", study)
     questions = yaml.safe_load((RECIPES / "_contrasts.yaml").read_text())
-    questions["contrasts"] = [q for q in questions["contrasts"] if {q["a"], q["b"]} <= set(ARMS)]
-    questions["frontier"].update(early_stop={"arm": "sequential", "at": [0.5]}, wise_ft={"toward": "sft-only", "alphas": [0.5]})
+    questions["contrasts"] = [q for q in questions["contrasts"]
+                              if {q["a"].split("@")[0], q["b"]} <= set(ARMS)]  # sequential@0: a frontier row
+    questions["frontier"].update(early_stop={"arm": "sequential", "at": [0, 0.5]}, wise_ft={"toward": "sft-only", "alphas": [0.5]})
     # question (d): two groups of the 4 layers, ratios 0.5 or 1 each, picked on val, scored on test
     questions["group_ratios"] = {"toward": "sft-only", "groups": "block2", "grid": [0.5, 1.0],
                                  "val": str(bench / "val.jsonl"), "style_at": 0.5}
@@ -59,7 +60,8 @@ def test_study_writes_a_verdict_with_confidence_intervals(study_out):
     assert len(tax) == 1 and tax[0]["n_seeds"] == 2 and tax[0]["n_prompts"] == 12
     assert tax[0]["ci_low"] <= tax[0]["diff"] <= tax[0]["ci_high"] and 0 <= tax[0]["p_holm"] <= 1
     asked = {(r["a"], r["b"]) for r in res}
-    assert asked == {("sft-only", "sequential"), ("hbat-no-ewc", "sequential"), ("sequential~groups", "sequential~global")}
+    assert asked == {("sft-only", "sequential"), ("sequential@0", "sequential"), ("hbat-no-ewc", "sequential"),
+                     ("sequential~groups", "sequential~global")}
     d = next(r for r in res if r["a"] == "sequential~groups" and r["metric"] == "pass")
     assert d["n_seeds"] == 2 and d["n_prompts"] == 12  # paired on the test prompts
     assert {"(a) is there a tax?", "(b) does alternation reduce it?"} <= {r["name"] for r in res}
@@ -72,7 +74,7 @@ def test_study_writes_a_verdict_with_confidence_intervals(study_out):
 def test_study_rows_have_per_prompt_outputs_budgets_and_frontiers(study_out):
     rows = json.loads((study_out / "table.json").read_text())
     names = {r["method"] for r in rows}
-    assert {"sequential@0.5", "sequential~0.5", "hbat-no-ewc~0.5"} <= names
+    assert {"sequential@0", "sequential@0.5", "sequential~0.5", "hbat-no-ewc~0.5"} <= names
     assert not any(n.startswith("sft-only~") for n in names)  # merged toward itself: nothing to trace
     for r in rows:
         per_prompt = [json.loads(x) for x in open(f"{r['run']}/eval/per_prompt.jsonl")]
@@ -85,6 +87,14 @@ def test_study_rows_have_per_prompt_outputs_budgets_and_frontiers(study_out):
     assert early["conflict/pass_rate"] is not None
     states = [json.loads(p.read_text()) for p in (study_out / "sequential-s0" / "checkpoints").glob("*/state.json")]
     assert {(s["stage_index"], s["stage_step"]) for s in states} >= {(1, 2)}
+    # the early stop at 0 is the run's own SFT model: the checkpoint that closed stage 0, scored like the others
+    from tandem.pipelines.frontier import early_stop_checkpoints
+
+    (_, start), = early_stop_checkpoints(study_out / "sequential-s0", [0])
+    assert json.loads((start / "state.json").read_text())["stage_index"] == 0
+    assert json.loads((start / "state.json").read_text())["stage_done"]
+    at0 = next(r for r in rows if r["method"] == "sequential@0" and r["seed"] == 0)
+    assert at0["run"].endswith("frontier/sequential-at-0") and at0["conflict/n"] == 12
 
 
 def test_group_ratios_pick_on_val_and_score_on_test(study_out):
@@ -124,8 +134,9 @@ def test_shipped_questions_name_shipped_arms():
 
     arms = {p.stem for p in RECIPES.glob("*.yaml") if not p.name.startswith("_")}
     qs = read_questions(RECIPES / "_contrasts.yaml")
-    assert {q[k] for q in qs for k in ("a", "b")} <= arms and len(arms) == 8
     spec = read_frontier(RECIPES / "_contrasts.yaml")
+    points = {f"{spec['early_stop']['arm']}@{f:g}" for f in spec["early_stop"]["at"]}
+    assert {q[k] for q in qs for k in ("a", "b")} <= arms | points and len(arms) == 8
     assert spec["early_stop"]["arm"] in arms and spec["wise_ft"]["toward"] in arms
 
 

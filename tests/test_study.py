@@ -201,3 +201,54 @@ def test_jobs_run_the_same_runs_side_by_side(studied, tmp_path):
     assert json.loads((tmp_path / "par" / "table.json").read_text()) == got
     with pytest.raises(ValueError, match="--jobs"):
         study(recipes, SEEDS, tmp_path / "bad", [], jobs=0)
+
+
+def test_a_job_dies_with_its_study(tmp_path):
+    """kill -9 of the study's process takes its jobs with it: no orphan trains on into a run dir that a --resume then
+    uses (the pool's initializer, as run_parallel starts it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("PR_SET_PDEATHSIG is Linux's")
+    pid_file = tmp_path / "child.pid"
+    script = f"""
+import os, time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from tandem.pipelines.jobs import die_with_parent
+
+def job(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)
+
+if __name__ == "__main__":
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn"), initializer=die_with_parent, initargs=(os.getpid(),)) as pool:
+        pool.submit(job, {str(pid_file)!r}).result()
+"""
+    (tmp_path / "study.py").write_text(script)  # a file: spawn re-imports the main module by its path
+    parent = subprocess.Popen([sys.executable, str(tmp_path / "study.py")])
+    try:
+        deadline = time.time() + 60
+        while not (pid_file.is_file() and pid_file.read_text()) and time.time() < deadline:
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                os.kill(child, 0)
+            except ProcessLookupError:
+                break
+            if open(f"/proc/{child}/stat").read().split(") ")[1][0] == "Z":  # dead, not yet reaped
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(child, signal.SIGKILL)
+            pytest.fail("the job outlived its study")
+    finally:
+        parent.kill()

@@ -10,9 +10,12 @@ Two kinds, set in a study's ``_contrasts.yaml`` (``frontier:``)::
 
 * Early stop: the arm's checkpoint at each fraction of its last stage (``RUN/checkpoints/<name>``; the recipe must
   checkpoint there: ``checkpoint.every`` dividing those steps, ``keep: 0``) is evaluated as row ``<arm>@<fraction>``.
+  Fraction 0 is the stage's start: the checkpoint that closed the stage before it (for ``sequential``, the run's own
+  SFT model), so ``<arm>@0`` minus ``<arm>`` is the last stage's cost on the very model it started from.
 * Wise-FT: ``theta = (1 - alpha) theta_toward + alpha theta_arm`` (full weights, :func:`tandem.pipelines.merge.merge_models`)
   for every other arm and seed, evaluated as row ``<arm>~<alpha>`` (alpha 1 is the arm itself).
-* ``frontier/pass_at_style``: per arm and seed, the best pass rate the arm's points reach at a style rate of at least
+* ``frontier/pass_at_style``: per arm and seed (an early stop at 0 is left out: Wise-FT curves do not have their
+  alpha-0 end either), the best pass rate the arm's points reach at a style rate of at least
   ``style_at`` (:func:`pass_at_style`): the points' Pareto front (no other point has both a higher style and a higher
   pass rate), linearly interpolated; below the front's lowest style rate, that point's pass rate; ``None`` above its
   highest. It is a column of the arm's row, so ``tandem contrasts`` compares it across arms (seed-level bootstrap).
@@ -39,12 +42,14 @@ def check_frontier(spec: dict | None, where: str) -> dict:
     if not isinstance(spec, dict) or set(spec) - {"early_stop", "wise_ft", "style_at"}:
         raise ValueError(f"{where}: frontier takes early_stop, wise_ft and style_at")
     es, wf = spec.get("early_stop"), spec.get("wise_ft")
-    for name, block, keys, field in (("early_stop", es, {"arm", "at"}, "at"), ("wise_ft", wf, {"toward", "alphas"}, "alphas")):
+    for name, block, keys, field, low in (("early_stop", es, {"arm", "at"}, "at", 0.0),
+                                          ("wise_ft", wf, {"toward", "alphas"}, "alphas", None)):
         if block is None:
             continue
         if not isinstance(block, dict) or set(block) != keys or not isinstance(block[field], list) or not block[field] \
-                or not all(isinstance(v, (int, float)) and 0 < v < 1 for v in block[field]):
-            raise ValueError(f"{where}: frontier.{name} needs exactly {sorted(keys)}, with {field} a list of numbers in (0, 1)")
+                or not all(isinstance(v, (int, float)) and (0 < v < 1 or v == low) for v in block[field]):
+            span = "[0, 1)" if low == 0 else "(0, 1)"
+            raise ValueError(f"{where}: frontier.{name} needs exactly {sorted(keys)}, with {field} a list of numbers in {span}")
     s = spec.get("style_at")
     if s is not None and not (isinstance(s, (int, float)) and 0 <= s <= 1):
         raise ValueError(f"{where}: frontier.style_at must be a number in [0, 1]")
@@ -52,8 +57,9 @@ def check_frontier(spec: dict | None, where: str) -> dict:
 
 
 def early_stop_checkpoints(run_dir: Path, fractions: list[float]) -> list[tuple[float, Path]]:
-    """``(fraction, checkpoint dir)`` of the run's last stage at each fraction of its steps (``ValueError`` naming the
-    missing step when the run did not checkpoint there)."""
+    """``(fraction, checkpoint dir)`` of the run's last stage at each fraction of its steps; fraction 0 is the
+    checkpoint that closed the stage before it (``ValueError`` naming the missing step when the run did not checkpoint
+    there, or when the last stage is the run's first)."""
     stages = sorted(p for p in (run_dir / "stages").iterdir() if (p / "stage.json").is_file())
     last = json.loads((stages[-1] / "stage.json").read_text())
     by_step = {}
@@ -61,6 +67,8 @@ def early_stop_checkpoints(run_dir: Path, fractions: list[float]) -> list[tuple[
         st = json.loads(c.read_text())
         if st.get("stage_index") == last["index"]:
             by_step[int(st["stage_step"])] = c.parent
+        elif st.get("stage_index") == last["index"] - 1 and st.get("stage_done"):
+            by_step[0] = c.parent
     out = []
     for f in fractions:
         step = int(f * last["steps"] + 0.5)  # half up (round() would take 2.5 to 2)
@@ -124,12 +132,13 @@ def frontier_rows(spec: dict, rows: list[dict], recipes: dict[str, object], reus
                     merge_models(str(Path(toward["run"]) / "final"), str(run_dir / "final"), merged, alpha=a, overwrite=True)
                 points.append((f"{arm}~{a:g}", a, merged))
         curve = [(row.get("conflict/style_rate"), row.get("conflict/pass_rate"))]
-        for name, _, model_dir in points:
+        for name, where, model_dir in points:
             point_dir = run_dir / "frontier" / name.replace("@", "-at-").replace("~", "-wise-")
             log.info("frontier: %s seed %d", name, seed)
             res = _eval_point(recipes[arm], point_dir, Path(model_dir), reuse)
             new.append({"method": name, "seed": seed, "run": str(point_dir), **res})
-            curve.append((res.get("conflict/style_rate"), res.get("conflict/pass_rate")))
+            if where > 0:  # an early stop at 0 is the model before the stage: no arm's curve has that point
+                curve.append((res.get("conflict/style_rate"), res.get("conflict/pass_rate")))
         if spec.get("style_at") is not None and all(v is not None for p in curve for v in p):
             row["frontier/pass_at_style"] = pass_at_style(curve, float(spec["style_at"]))
     return new

@@ -8,6 +8,11 @@ process of its own (``spawn``: a fresh interpreter, no forked OpenMP state) that
 lock and order, and collects the rows. A run is the same run as in a one-job study (its own directory, seeds and
 checkpoints; ``--resume`` continues it either way); with the same number of threads its numbers are the same.
 
+A job does not outlive the study: on Linux each job asks the kernel to kill it when its parent dies
+(``PR_SET_PDEATHSIG``), so a study stopped with ``kill`` or ``kill -9`` leaves no run training on in the background, where
+it would write into a run directory that a ``--resume`` is about to use (checkpoints are atomic, so the kill is safe).
+Elsewhere a job checks that its parent is alive before it starts.
+
 Progress bars are off in the jobs (several bars on one terminal garble each other); each job's log lines carry its
 run's name, and the parent logs each run as it finishes. The first failure stops new jobs from starting; the
 running ones finish (their runs stay resumable) and the failure is raised.
@@ -22,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from multiprocessing import get_context
 from pathlib import Path
 
-__all__ = ["default_threads", "run_parallel", "run_row"]
+__all__ = ["default_threads", "die_with_parent", "run_parallel", "run_row"]
 
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -36,7 +41,21 @@ def default_threads(jobs: int) -> int:
     return max(1, cores // max(1, jobs))
 
 
-def _init(threads: int) -> None:
+def die_with_parent(parent: int) -> None:
+    """Have the kernel kill this process when its parent exits (Linux); exit now if the parent ``parent`` is gone."""
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # it died before the call above
+        os._exit(1)
+
+
+def _init(threads: int, parent: int) -> None:
+    die_with_parent(parent)
     import torch
 
     torch.set_num_threads(threads)
@@ -72,7 +91,7 @@ def run_parallel(plan: list[tuple[str, Path, int]], out_dir: Path, overrides: li
     rows: dict[int, dict] = {}
     try:
         with ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_init,
-                                 initargs=(threads,)) as pool:
+                                 initargs=(threads, os.getpid())) as pool:
             pending = list(enumerate(plan))
             running: dict[Future, int] = {}
             failure: BaseException | None = None
