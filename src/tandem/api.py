@@ -159,9 +159,10 @@ def resolve_recipe(recipe: Recipe | Mapping | str | os.PathLike | None, model=No
 def train(recipe: Recipe | Mapping | str | os.PathLike | None = None, *, model=None, tokenizer=None,
           data: Mapping[str, Any] | None = None, callbacks: Iterable[Callback] = (), output_dir=None,
           overrides: Sequence[str] = (), resume: bool = False, overwrite: bool = False,
-          allow_changes: Sequence[str] = (), progress: bool | None = None) -> Run:
+          allow_changes: Sequence[str] = (), progress: bool | None = None,
+          fork_from: str | os.PathLike | None = None) -> Run:
     """Train a recipe; returns the :class:`Run` (see the module docstring). ``overrides``: ``--set`` items
-    (``"optimizer.lr=1e-5"``); ``resume``/``overwrite``/``allow_changes``: as ``tandem train``'s flags."""
+    (``"optimizer.lr=1e-5"``); ``resume``/``overwrite``/``allow_changes``/``fork_from``: as ``tandem train``'s flags."""
     from tandem.pipelines.train import train as run_train
 
     with user_errors(output_dir):
@@ -176,7 +177,8 @@ def train(recipe: Recipe | Mapping | str | os.PathLike | None = None, *, model=N
         elif tokenizer is None and model is not None:
             raise InputError("model: a model object needs its tokenizer= too")
         summary = run_train(r, resume=resume, overwrite=overwrite, progress=progress,
-                            allow_changes=list(allow_changes), model=model, tokenizer=tokenizer, callbacks=callbacks)
+                            allow_changes=list(allow_changes), model=model, tokenizer=tokenizer, callbacks=callbacks,
+                            fork_from=fork_from)
     return Run(Path(r.output_dir), summary)
 
 

@@ -29,6 +29,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue a killed run from its last checkpoint."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory (only one tandem created)."),
     allow_change: list[str] = typer.Option([], "--allow-change", help="With --resume: accept a change of this recipe field if it is safe mid-run (e.g. schedule.max_steps; repeatable)."),
+    fork_from: Optional[Path] = typer.Option(None, "--fork-from", help="Start as another run up to its checkpoint "
+                                             "RUN/checkpoints/NAME (NAME may be stageNN-end: the checkpoint that closed "
+                                             "stage NN) and continue from there: a branch that shares the stages before."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress bar."),
     verbose: bool = typer.Option(False, "--verbose", "-v"),
 ) -> None:
@@ -43,6 +46,9 @@ def train(
       accelerate launch --num_processes 2 -m tandem.cli.main train recipes/sft.yaml   # multi-GPU / multi-process
 
       tandem train recipes/sft.yaml --resume     # after a crash: same final weights as an uninterrupted run
+
+      tandem train recipes/sequential.yaml --set optimizer.lr_by_role.preference=5e-5 -o runs/dpo-5e-5 \
+        --fork-from runs/seq/checkpoints/stage00-end   # the same SFT stage, another DPO stage
     """
     setup_logging(verbose)
     r = recipe_or_fail(recipe, list(set_) + ([f"output_dir={output_dir}"] if output_dir else []))
@@ -50,7 +56,7 @@ def train(
         from tandem.api import train as run_train
 
         summary = run_train(r, resume=resume, overwrite=overwrite, progress=not no_progress,
-                            allow_changes=list(allow_change)).summary
+                            allow_changes=list(allow_change), fork_from=fork_from).summary
     console.print(f"[green]done[/]: {summary['global_steps']} steps in {summary['seconds']:.1f}s -> {r.output_dir}/final")
 
 

@@ -44,11 +44,13 @@ def check_recipe(r) -> None:
 
 
 def run_one(recipe_path: Path, method: str | None, seed: int, run_dir: Path, overrides: list[str], resume: bool,
-            name: str | None = None, sweep: bool = False, reuse_eval: bool = False) -> dict:
+            name: str | None = None, sweep: bool = False, reuse_eval: bool = False,
+            fork: tuple[str, str] | None = None) -> dict:
     """Train (or reuse, or resume) one run and score it: one table row. ``method`` ``None`` keeps the recipe's
     ``schedule.method``; ``name`` is the row's ``method`` (default: ``method``). ``sweep`` also runs the recipe's
     ``eval.temperatures`` (columns ``t<T>/<metric>``); ``reuse_eval`` keeps an earlier evaluation of the run made
-    with the same eval block (``eval/eval_block.json``)."""
+    with the same eval block (``eval/eval_block.json``). ``fork``: ``(source study, checkpoint name)``: a run not
+    started yet begins as the source study's run of the same name up to that checkpoint (:mod:`tandem.pipelines.fork`)."""
     from tandem.io.rundir import is_run_dir
     from tandem.pipelines.evaluate import numeric
     from tandem.pipelines.train import train
@@ -58,7 +60,13 @@ def run_one(recipe_path: Path, method: str | None, seed: int, run_dir: Path, ove
         summary = json.loads((run_dir / "summary.json").read_text())  # finished earlier: reuse
         log.info("%s: finished earlier, reused", run_dir)
     else:  # an unfinished run continues from its last checkpoint
-        summary = train(r, resume=resume and is_run_dir(run_dir), overwrite=False, progress=True)
+        started = is_run_dir(run_dir)
+        fork_from = None
+        if fork is not None and not started:
+            from tandem.pipelines.fork import resolve_checkpoint
+
+            fork_from = resolve_checkpoint(Path(fork[0]) / run_dir.name, fork[1])
+        summary = train(r, resume=resume and started, overwrite=False, progress=True, fork_from=fork_from)
     row = {"method": name or method, "seed": seed, "run": str(run_dir), "steps": summary["global_steps"],
            "seconds": round(summary["seconds"], 1),
            **{f"budget/{role}": n for role, n in sorted(summary.get("budget", {}).items())},

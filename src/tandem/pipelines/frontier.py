@@ -9,7 +9,7 @@ Two kinds, set in a study's ``_contrasts.yaml`` (``frontier:``)::
       style_at: 0.5                                          # pass rate interpolated at this style rate
 
 * Early stop: the arm's checkpoint at each fraction of its last stage (``RUN/checkpoints/<name>``; the recipe must
-  checkpoint there: ``checkpoint.every`` dividing those steps, ``keep: 0``) is evaluated as row ``<arm>@<fraction>``.
+  checkpoint there: ``checkpoint.every`` dividing those steps, ``keep`` at least the run's number of checkpoints) is evaluated as row ``<arm>@<fraction>``.
   Fraction 0 is the stage's start: the checkpoint that closed the stage before it (for ``sequential``, the run's own
   SFT model), so ``<arm>@0`` minus ``<arm>`` is the last stage's cost on the very model it started from.
 * Wise-FT: ``theta = (1 - alpha) theta_toward + alpha theta_arm`` (full weights, :func:`tandem.pipelines.merge.merge_models`)
@@ -74,7 +74,7 @@ def early_stop_checkpoints(run_dir: Path, fractions: list[float]) -> list[tuple[
         step = int(f * last["steps"] + 0.5)  # half up (round() would take 2.5 to 2)
         if step not in by_step:
             raise ValueError(f"{run_dir}: no checkpoint at step {step} of stage {last['name']} ({f:g} of {last['steps']}); "
-                             "set checkpoint.every to divide it and checkpoint.keep: 0 (keep all)")
+                             "set checkpoint.every to divide it and checkpoint.keep to at least the number of checkpoints the run writes")
         out.append((f, by_step[step]))
     return out
 

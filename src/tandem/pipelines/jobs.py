@@ -61,30 +61,34 @@ def _init(threads: int, parent: int) -> None:
     torch.set_num_threads(threads)
 
 
-def run_row(name: str, path: Path, seed: int, run_dir: Path, overrides: list[str], resume: bool) -> tuple[dict, float]:
-    """One (row, seed) of a study, trained (or reused, or resumed) and scored: its table row and its seconds."""
+def run_row(name: str, path: Path, seed: int, run_dir: Path, overrides: list[str], resume: bool,
+            fork: tuple[str, str] | None = None) -> tuple[dict, float]:
+    """One (row, seed) of a study, trained (or reused, resumed, or forked: ``tandem study --fork-from``) and scored:
+    its table row and its seconds."""
     from tandem.pipelines.compare import run_one
 
     t0 = time.perf_counter()
-    row = run_one(path, None, seed, run_dir, overrides, resume, name=name, sweep=True, reuse_eval=resume)
+    row = run_one(path, None, seed, run_dir, overrides, resume, name=name, sweep=True, reuse_eval=resume, fork=fork)
     row["recipe"] = str(path)
     return row, time.perf_counter() - t0
 
 
-def _one(name: str, path: str, seed: int, run_dir: str, overrides: list[str], resume: bool) -> tuple[dict, float]:
+def _one(name: str, path: str, seed: int, run_dir: str, overrides: list[str], resume: bool,
+         fork: tuple[str, str] | None) -> tuple[dict, float]:
     """:func:`run_row` in a job process: log lines named after the run, no progress bar."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter(f"%(asctime)s [{name}-s{seed}] %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger("tandem")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
-    return run_row(name, Path(path), seed, Path(run_dir), [*overrides, "logging.progress=false"], resume)
+    return run_row(name, Path(path), seed, Path(run_dir), [*overrides, "logging.progress=false"], resume, fork)
 
 
 def run_parallel(plan: list[tuple[str, Path, int]], out_dir: Path, overrides: list[str], resume: bool, jobs: int,
-                 threads: int | None = None, on_row=None) -> list[dict]:
+                 threads: int | None = None, on_row=None, fork: tuple[str, str] | None = None) -> list[dict]:
     """The rows of ``plan`` (``(name, recipe path, seed)``), in plan order, run ``jobs`` at a time with ``threads``
-    threads each (default :func:`default_threads`); ``on_row(done_rows, row, seconds)`` after each finished run."""
+    threads each (default :func:`default_threads`); ``on_row(done_rows, row, seconds)`` after each finished run;
+    ``fork``: as :func:`run_row`'s."""
     threads = threads or default_threads(jobs)
     saved = {k: os.environ.get(k) for k in THREAD_VARS}
     os.environ.update({k: str(threads) for k in THREAD_VARS})  # the jobs' OpenMP pools start with this many threads
@@ -99,7 +103,7 @@ def run_parallel(plan: list[tuple[str, Path, int]], out_dir: Path, overrides: li
                 while pending and len(running) < jobs and failure is None:
                     i, (name, path, seed) = pending.pop(0)
                     running[pool.submit(_one, name, str(path), seed, str(out_dir / f"{name}-s{seed}"), list(overrides),
-                                        resume)] = i
+                                        resume, fork)] = i
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)

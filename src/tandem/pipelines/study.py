@@ -132,10 +132,12 @@ def default_axes(rows: list[dict], x_key: str | None, y_key: str | None) -> tupl
 def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str] | None = None, resume: bool = False,
           x_key: str | None = None, y_key: str | None = None, overwrite: bool = False,
           only: list[str] | None = None, contrasts: list[dict] | None = None, jobs: int = 1,
-          threads: int | None = None) -> list[dict]:
+          threads: int | None = None, fork: tuple[str, str] | None = None) -> list[dict]:
     """Run every recipe of ``study_dir`` (or the rows ``only`` names) for every seed into ``out_dir``; returns the
     table rows. ``jobs`` > 1 runs that many (row, seed) runs at once, ``threads`` threads each (default: the cores
-    shared out; :mod:`tandem.pipelines.jobs`)."""
+    shared out; :mod:`tandem.pipelines.jobs`). ``fork``: ``(source study, checkpoint name)``: each run not started
+    yet begins as the source study's run of the same name and seed up to that checkpoint (``--fork-from``/``--fork-at``;
+    :mod:`tandem.pipelines.fork`), e.g. the same SFT stages under another preference stage."""
     from tandem.io.rundir import check_run_dir, open_run_dir, path_inputs
 
     out_dir, overrides = Path(out_dir), list(overrides or [])
@@ -166,6 +168,13 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
             check_inputs(r)
             inputs.update(path_inputs(r.model_dump(mode="json"), exclude=("output_dir", "tax.out")))
     plan = [(name, path, seed) for name, (path, _) in rows_of.items() for seed in seeds]
+    if fork is not None:  # every run to fork must have its checkpoint before anything is written
+        from tandem.io.rundir import is_run_dir
+        from tandem.pipelines.fork import resolve_checkpoint
+
+        for name, _, seed in plan:
+            if not is_run_dir(out_dir / f"{name}-s{seed}"):
+                resolve_checkpoint(Path(fork[0]) / f"{name}-s{seed}", fork[1])
     first = next(iter(rows_of.values()))[1]
     with open_run_dir(out_dir, resume=resume, overwrite=overwrite, command="study", inputs=inputs):
         rows: list[dict] = []
@@ -182,10 +191,10 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
                      row["steps"], seconds, f", {scores}" if scores else "")
 
         if jobs > 1:  # several runs at once, each a process with its share of the cores
-            rows += run_parallel(plan, out_dir, overrides, resume, jobs, threads, on_row=finished)
+            rows += run_parallel(plan, out_dir, overrides, resume, jobs, threads, on_row=finished, fork=fork)
         else:
             for name, path, seed in plan:
-                row, seconds = run_row(name, path, seed, out_dir / f"{name}-s{seed}", overrides, resume)
+                row, seconds = run_row(name, path, seed, out_dir / f"{name}-s{seed}", overrides, resume, fork)
                 rows.append(row)
                 finished(rows[len(first_rows):], row, seconds)
         if spec:  # frontier points (early stops, Wise-FT) of the rows

@@ -260,7 +260,8 @@ def build_objectives(recipe: Recipe) -> dict:
 
 
 def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progress: bool | None = None,
-          allow_changes: list[str] | None = None, model=None, tokenizer=None, callbacks=()) -> dict:
+          allow_changes: list[str] | None = None, model=None, tokenizer=None, callbacks=(),
+          fork_from: str | Path | None = None) -> dict:
     """Build everything the recipe names, prepare and lock the run directory, run the engine; returns the summary.
 
     Nothing is written before the recipe's method, objectives, regularizer and data sources are checked. The run
@@ -271,7 +272,9 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
     Every data check (reading, format detection, role checks, encoding) runs before the run directory is created.
     ``model``/``tokenizer``: objects to train instead of loading ``model.name_or_path`` (:mod:`tandem.api`);
     ``callbacks``: :class:`tandem.io.hooks.Callback` objects. A callback's ``"stop"`` returns the summary so far with
-    ``"stopped": True`` (the last checkpoint holds the state: resume continues).
+    ``"stopped": True`` (the last checkpoint holds the state: resume continues). ``fork_from``: a checkpoint of another
+    run that closed a stage (``RUN/checkpoints/NAME``): the new run starts as that run up to it and continues from
+    there (:mod:`tandem.pipelines.fork`).
     """
     from tandem.io.hooks import RunHooks, RunStopped
     from tandem.models import load_tokenizer
@@ -281,6 +284,13 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
 
     hooks = RunHooks(callbacks)
     objectives, regularizer = check_recipe(recipe, model_given=model is not None)
+    if fork_from is not None:
+        from tandem.pipelines.fork import fork_into, resolve_checkpoint
+
+        if resume:
+            raise ValueError("--fork-from starts a new run from another run's checkpoint; --resume continues this one: "
+                             "give one of them")
+        fork_from = resolve_checkpoint(Path(fork_from).parent.parent, Path(fork_from).name)
     run_dir = Path(recipe.output_dir)
     # --overwrite must not delete the model, data, tokenizer or chat template it reads (eval/tax/probe: other commands)
     inputs = path_inputs(recipe.model_dump(mode="json"), exclude=("output_dir", "eval", "tax", "probe", "logging"))
@@ -308,6 +318,8 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
             stack.enter_context(open_run_dir(run_dir, resume=resume, overwrite=overwrite, command="train", inputs=inputs))
             if resume:
                 record_changes(run_dir, changes)
+            elif fork_from is not None:
+                fork_into(run_dir, fork_from, recipe)
             else:
                 record_data(run_dir, recipe)
                 (run_dir / "recipe.yaml").write_text(dump_recipe(recipe))
@@ -316,7 +328,7 @@ def train(recipe: Recipe, resume: bool = False, overwrite: bool = False, progres
         plan = build_plan(recipe, acc, objectives, regularizer, fsdp, model=model, tokenizer=tokenizer, data=data,
                           hooks=hooks)
         try:
-            summary = run(plan, loop_config(recipe, progress), resume=resume)
+            summary = run(plan, loop_config(recipe, progress), resume=resume or fork_from is not None)
         except RunStopped as e:
             log.info("%s", e)
             return {"name": recipe.name, "method": recipe.schedule.method, "stopped": True, "global_steps": e.global_step}
