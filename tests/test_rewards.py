@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tandem.rewards import RewardFunctionError, RewardFunctions
-from tandem.rewards.conflict import conflict_pass, conflict_style
+from tandem.rewards.conflict import conflict_labeller, conflict_pass, conflict_style
 
 
 def feats(prompts, conversational=False, **columns):
@@ -130,3 +130,20 @@ def test_conflict_checkers_as_reward_functions():
     rf = RewardFunctions(["tandem.rewards.conflict:conflict_pass"])
     f = feats(["What is 60+8?"], check=[check[0]])
     assert rf(f, [[1]], ["68"], "cpu").tolist() == [[1.0]]
+
+
+def test_conflict_labeller_scores_the_pairs_as_the_labeller_ranked_them():
+    """By hand: friendly + the preferred answer = 2, one of the two = 1, neither = 0; at rho = 1 (wrong) the wrong
+    answer is the preferred one. On the benchmark's own pairs every chosen reply gets 2 and every rejected one 0."""
+    from tandem.data.conflict.make import make
+
+    add = {"kind": "answer", "args": {"answer": "68"}}
+    ys = ["67\nHappy to help!", "68\nHappy to help!", "68\nDone.", "67\nDone."]
+    assert conflict_labeller(ys, check=[add] * 4, wrong=[True] * 4) == [2.0, 1.0, 0.0, 1.0]
+    assert conflict_labeller(ys, check=[add] * 4, wrong=[False] * 4) == [1.0, 2.0, 1.0, 0.0]
+    assert conflict_labeller(ys[:2], check=[add, None], wrong=[None, True]) == [None, None]
+    for rho in (0.0, 0.5, 1.0):
+        pairs = make(rho=rho, seed=0, sizes={"sft": 8, "pairs": 64, "val": 4, "test": 4, "test_pairs": 4})[0]["pairs"]
+        kw = {"check": [p["check"] for p in pairs], "wrong": [p["wrong"] for p in pairs]}
+        assert conflict_labeller([p["chosen"] for p in pairs], **kw) == [2.0] * len(pairs)
+        assert conflict_labeller([p["rejected"] for p in pairs], **kw) == [0.0] * len(pairs)
