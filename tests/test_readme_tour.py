@@ -178,6 +178,12 @@ TOUR: dict[str, Run | Launch | Skip] = {
            for x in ("--set", kv))),
         ("runs/conflict-study/contrasts.md", "runs/conflict-study/hbat-s0/eval/per_prompt.jsonl",
          "runs/conflict-study/sequential-s0/frontier/sequential-at-0.25/eval/per_prompt.jsonl")),
+    "tandem study recipes/conflict --only sequential --seeds 0,1,2 -o runs/conflict-5e-5 --fork-from runs/conflict-study "
+    "--set optimizer.lr_by_role.preference=5e-5": Run(
+        ("--seeds", "0",
+         *(x for kv in ("batching.batch_size=4", "checkpoint.every=1", "eval.max_new_tokens=4", "logging.progress=false")
+           for x in ("--set", kv))),
+        ("runs/conflict-5e-5/sequential-s0/forked-from.json", "runs/conflict-5e-5/sequential-s0/eval/per_prompt.jsonl")),
     "tandem contrasts runs/conflict-study --questions recipes/conflict/_contrasts.yaml":
         Run(output=r"sft-only - sequential \| [+-]\d\.\d{3} \| n = 1"),
     "tandem conflict score runs/conflict/rho1-s0/test.jsonl runs/conflict-study/hbat-s0/eval/generations.jsonl":
