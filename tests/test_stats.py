@@ -83,6 +83,28 @@ def test_cli_contrasts_on_a_table(tmp_path):
     assert "Not run yet (arms hbat): hbat - sequential" in r.output and "sft-only - sequential | +0.400" in r.output
 
 
+def test_contrasts_across_studies(tmp_path):
+    """--with NAME=DIR: another study's rows as NAME/<row>, paired with this study's by seed and prompt."""
+    for study, rate in (("rho1", 0.5), ("rho0", 0.8)):
+        rows = []
+        for seed in (0, 1):
+            run = tmp_path / study / f"sequential-s{seed}"
+            (run / "eval").mkdir(parents=True)
+            (run / "eval" / "per_prompt.jsonl").write_text("".join(
+                json.dumps({"prompt": f"q{i}", "pass": i < rate * 10, "style": True, "words": 3}) + "\n" for i in range(10)))
+            rows.append({"method": "sequential", "seed": seed, "run": str(run)})
+        (tmp_path / study / "table.json").write_text(json.dumps(rows))
+    r = CliRunner().invoke(app, ["contrasts", str(tmp_path / "rho1"), "--with", f"rho0={tmp_path / 'rho0'}",
+                                 "--contrast", "rho0/sequential:sequential", "--n-boot", "200"])
+    assert r.exit_code == 0, r.output
+    res = json.loads((tmp_path / "rho1" / "contrasts.json").read_text())
+    assert res[0]["diff"] == pytest.approx(0.3) and res[0]["n_seeds"] == 2 and res[0]["n_prompts"] == 10
+    r = CliRunner().invoke(app, ["contrasts", str(tmp_path / "rho1"), "--with", "rho0", "--contrast", "a:b"])
+    assert r.exit_code == 2 and "expected NAME=DIR" in r.output
+    r = CliRunner().invoke(app, ["contrasts", str(tmp_path / "rho1"), "--with", f"x={tmp_path}", "--contrast", "a:b"])
+    assert r.exit_code == 2 and "table.json not found" in r.output
+
+
 def test_compare_and_study_refuse_a_bad_contrast_before_training(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: {name_or_path: nowhere}\n")

@@ -19,6 +19,7 @@ def contrasts(
     questions: Optional[Path] = typer.Option(None, "--questions", help="A _contrasts.yaml file (contrasts with names, metrics) instead of --contrast."),
     metric: list[str] = typer.Option([], "--metric", help="pass, style, words (per prompt, from eval/per_prompt.jsonl) or a table column; repeatable (default: pass)."),
     n_boot: int = typer.Option(2000, "--n-boot", min=100, help="Bootstrap draws."),
+    with_: list[str] = typer.Option([], "--with", help="NAME=DIR: another study's rows as NAME/<row>, for contrasts across studies (repeatable)."),
 ) -> None:
     """Paired differences with 95% hierarchical-bootstrap CIs (seeds, then prompts), seed-level paired t-tests and
     Holm's correction; writes OUT/contrasts.md and contrasts.json.
@@ -28,9 +29,11 @@ def contrasts(
       tandem contrasts runs/conflict-study --contrast sft-only:sequential --contrast hbat:hbat-no-ewc
 
       tandem contrasts runs/conflict-study --questions recipes/conflict/_contrasts.yaml
+
+      tandem contrasts runs/rho1 --with rho0=runs/rho0 --contrast rho0/sequential:sequential   # across studies
     """
     with user_errors(out):
-        from tandem.pipelines.contrasts import asked_contrasts, contrasts_of_table, read_questions
+        from tandem.pipelines.contrasts import asked_contrasts, contrasts_of_table, parse_with, read_questions
 
         if questions is not None:
             asked = read_questions(questions)
@@ -40,6 +43,8 @@ def contrasts(
             raise ValueError("give --contrast A:B (repeatable) or --questions FILE")
         if metric:
             asked = [{**q, "metrics": list(metric)} for q in asked]
-        contrasts_of_table(out, asked, n_boot=n_boot, strict=questions is None)  # a file: its arms may not have run yet
+        others = dict(map(parse_with, with_))
+        contrasts_of_table(out, asked, n_boot=n_boot, strict=questions is None,  # a file: its arms may not have run yet
+                           others=others)
     typer.echo((out / "contrasts.md").read_text())
     console.print(f"wrote {out}/contrasts.md, contrasts.json")

@@ -135,9 +135,28 @@ def write_contrasts(out_dir: Path, rows: list[dict], questions: list[dict], n_bo
     return result
 
 
-def contrasts_of_table(out_dir: Path, questions: list[dict], n_boot: int = 2000, strict: bool = True) -> list[dict]:
-    """:func:`write_contrasts` on ``OUT/table.json`` of a finished (or partly finished) study or comparison."""
+def read_table(out_dir: Path) -> list[dict]:
+    """The rows of ``OUT/table.json`` (a study's or comparison's)."""
     table = Path(out_dir) / "table.json"
     if not table.is_file():
         raise FileNotFoundError(f"{table} not found: give the output directory of `tandem study` or `tandem compare`")
-    return write_contrasts(Path(out_dir), json.loads(table.read_text()), questions, n_boot, strict)
+    return json.loads(table.read_text())
+
+
+def parse_with(text: str) -> tuple[str, Path]:
+    """``--with NAME=DIR``: another study's rows, named ``NAME/<row>``."""
+    name, sep, path = text.partition("=")
+    if not sep or not name.strip() or not path.strip() or "/" in name or ":" in name:
+        raise ValueError(f"--with {text!r}: expected NAME=DIR (NAME without '/' or ':'), e.g. rho0=runs/conflict-rho0")
+    return name.strip(), Path(path.strip())
+
+
+def contrasts_of_table(out_dir: Path, questions: list[dict], n_boot: int = 2000, strict: bool = True,
+                       others: dict[str, Path] | None = None) -> list[dict]:
+    """:func:`write_contrasts` on ``OUT/table.json`` of a finished (or partly finished) study or comparison, with the
+    rows of ``others`` (``{NAME: DIR}``) added as ``NAME/<row>``: contrasts across studies (another dose, another
+    learning rate), paired by seed and prompt as within one; the test prompts must be the same for a pairing."""
+    rows = read_table(out_dir)
+    for name, path in (others or {}).items():
+        rows += [{**r, "method": f"{name}/{r['method']}"} for r in read_table(path)]
+    return write_contrasts(Path(out_dir), rows, questions, n_boot, strict)
