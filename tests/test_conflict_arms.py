@@ -66,3 +66,16 @@ def test_frontier_block_is_checked():
         check_frontier({"wise": {}}, "f")
     with pytest.raises(ValueError, match="style_at"):
         check_frontier({"style_at": 2}, "f")
+
+
+def test_an_early_stop_at_0_is_not_on_the_arm_s_curve():
+    """By hand: the run's own SFT model (style 0, pass 0.8) would lift the curve at style 0.5 from 0.6 to 0.633; it is
+    left out, as every Wise-FT curve lacks its alpha-0 end."""
+    from tandem.pipelines.frontier import arm_curve, pass_at_style
+
+    row = {"conflict/style_rate": 0.9, "conflict/pass_rate": 0.5}
+    at0, half = {"conflict/style_rate": 0.0, "conflict/pass_rate": 0.8}, {"conflict/style_rate": 0.6, "conflict/pass_rate": 0.6}
+    curve = arm_curve(row, [(0, at0), (0.5, half)])
+    assert curve == [(0.9, 0.5), (0.6, 0.6)]
+    assert pass_at_style(curve, 0.5) == 0.6
+    assert pass_at_style(curve + [(0.0, 0.8)], 0.5) == pytest.approx(0.8 - 0.2 * 0.5 / 0.6)  # what including it would give

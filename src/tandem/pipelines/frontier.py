@@ -105,6 +105,13 @@ def pass_at_style(points: list[tuple[float, float]], style_at: float) -> float |
     return low[1] if style_at <= low[0] else interpolate(front, style_at)
 
 
+def arm_curve(row: dict, points: list[tuple[float, dict]]) -> list[tuple[float | None, float | None]]:
+    """``(style, pass)`` of an arm's row and of its frontier points (``(fraction or alpha, metrics)``), leaving out an
+    early stop at 0: that is the model before the stage, and no Wise-FT curve has its alpha-0 end either."""
+    key = ("conflict/style_rate", "conflict/pass_rate")
+    return [(row.get(key[0]), row.get(key[1]))] + [(r.get(key[0]), r.get(key[1])) for where, r in points if where > 0]
+
+
 def _eval_point(recipe, point_dir: Path, model_dir: Path, reuse: bool) -> dict:
     from tandem.pipelines.compare import eval_row
 
@@ -131,14 +138,14 @@ def frontier_rows(spec: dict, rows: list[dict], recipes: dict[str, object], reus
                 if not (merged / "config.json").is_file():
                     merge_models(str(Path(toward["run"]) / "final"), str(run_dir / "final"), merged, alpha=a, overwrite=True)
                 points.append((f"{arm}~{a:g}", a, merged))
-        curve = [(row.get("conflict/style_rate"), row.get("conflict/pass_rate"))]
+        scored = []
         for name, where, model_dir in points:
             point_dir = run_dir / "frontier" / name.replace("@", "-at-").replace("~", "-wise-")
             log.info("frontier: %s seed %d", name, seed)
             res = _eval_point(recipes[arm], point_dir, Path(model_dir), reuse)
             new.append({"method": name, "seed": seed, "run": str(point_dir), **res})
-            if where > 0:  # an early stop at 0 is the model before the stage: no arm's curve has that point
-                curve.append((res.get("conflict/style_rate"), res.get("conflict/pass_rate")))
+            scored.append((where, res))
+        curve = arm_curve(row, scored)
         if spec.get("style_at") is not None and all(v is not None for p in curve for v in p):
             row["frontier/pass_at_style"] = pass_at_style(curve, float(spec["style_at"]))
     return new
