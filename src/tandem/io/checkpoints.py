@@ -67,6 +67,15 @@ def read_state(path: str | Path) -> dict:
     return state
 
 
+def stage_end(root: str | Path, index: int) -> Path | None:
+    """The checkpoint under ``root`` that closed stage ``index`` (``stage_done``), or ``None``."""
+    for c in sorted(Path(root).glob("*/state.json")):
+        st = json.loads(c.read_text())
+        if st.get("stage_index") == index and st.get("stage_done"):
+            return c.parent
+    return None
+
+
 def checkpoint_problem(path: str | Path, check_finite: bool = True) -> str | None:
     """What makes the checkpoint at ``path`` unusable (``None`` when it is complete and finite)."""
     from safetensors import SafetensorError

@@ -26,7 +26,7 @@ from pathlib import Path
 import yaml
 
 from tandem.config.recipe import Recipe, dump_recipe
-from tandem.io.checkpoints import checkpoint_problem, read_state
+from tandem.io.checkpoints import checkpoint_problem, read_state, stage_end
 
 log = logging.getLogger("tandem")
 
@@ -39,11 +39,9 @@ def resolve_checkpoint(run_dir: Path, name: str) -> Path:
     root = Path(run_dir) / "checkpoints"
     if name.startswith("stage") and name.endswith("-end") and name[5:-4].isdigit():
         index = int(name[5:-4])
-        ends = [c.parent for c in root.glob("*/state.json")
-                if (st := json.loads(c.read_text())).get("stage_index") == index and st.get("stage_done")]
-        if not ends:
+        path = stage_end(root, index)
+        if path is None:
             raise ValueError(f"--fork-from {run_dir}: no checkpoint closed stage {index} ({name}) in {root}")
-        path = ends[0]
     else:
         path = root / name
         if not path.is_dir():

@@ -30,6 +30,7 @@ import json
 import logging
 from pathlib import Path
 
+from tandem.io.checkpoints import stage_end
 from tandem.merging.pareto import pareto_front
 
 log = logging.getLogger("tandem")
@@ -67,8 +68,9 @@ def early_stop_checkpoints(run_dir: Path, fractions: list[float]) -> list[tuple[
         st = json.loads(c.read_text())
         if st.get("stage_index") == last["index"]:
             by_step[int(st["stage_step"])] = c.parent
-        elif st.get("stage_index") == last["index"] - 1 and st.get("stage_done"):
-            by_step[0] = c.parent
+    start = stage_end(run_dir / "checkpoints", last["index"] - 1) if last["index"] > 0 else None
+    if start is not None:
+        by_step[0] = start
     out = []
     for f in fractions:
         step = int(f * last["steps"] + 0.5)  # half up (round() would take 2.5 to 2)
