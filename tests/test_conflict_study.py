@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -117,6 +118,33 @@ def test_group_ratios_pick_on_val_and_score_on_test(study_out):
             assert tuple(got["global"]["ratios"]) == pick([p for p in points if p[0][0] == p[0][1]], 0.5)
             assert got["groups"]["conflict/n"] == 12 == got["global"]["conflict/n"]  # scored on the test prompts
     assert not any(r["method"].startswith("sft-only~g") for r in rows)
+
+
+def test_wise_ft_toward_a_run_s_own_sft_model(study_out, tmp_path):
+    """``toward: sequential@0``: the seed's sequential run's end-of-SFT checkpoint is the merge base, so a Wise-FT of
+    sequential is the paper's (weights before and after its preference stage) and needs no sft-only run."""
+    from safetensors.torch import load_file
+
+    from tandem.models.merged import load_full_weights
+    from tandem.pipelines.frontier import check_frontier, early_stop_checkpoints, toward_model
+    from tandem.pipelines.merge import merge_models
+
+    rows = json.loads((study_out / "table.json").read_text())
+    by_key = {(r["method"], r["seed"]): r for r in rows}
+    (_, start), = early_stop_checkpoints(study_out / "sequential-s1", [0])
+    assert toward_model("sequential@0", 1, by_key) == start
+    assert toward_model("sft-only", 1, by_key) == study_out / "sft-only-s1" / "final"
+    assert toward_model("sequential@0", 7, by_key) is None  # no run of that seed
+    merge_models(str(start), str(study_out / "hbat-no-ewc-s1" / "final"), tmp_path / "m", alpha=0.25)
+    base = load_full_weights(start).state_dict()
+    tuned = load_full_weights(study_out / "hbat-no-ewc-s1" / "final").state_dict()
+    merged = load_file(str(tmp_path / "m" / "model.safetensors"))
+    name = next(k for k in merged if "q_proj" in k)
+    assert not torch.equal(base[name], tuned[name])  # the SFT checkpoint is not the final model
+    torch.testing.assert_close(merged[name].float(), (0.75 * base[name] + 0.25 * tuned[name]).float(), rtol=1e-3, atol=1e-6)
+    assert check_frontier({"wise_ft": {"toward": "sequential@0", "alphas": [0.5]}}, "f")
+    with pytest.raises(ValueError, match="toward must be an arm"):
+        check_frontier({"wise_ft": {"toward": "sequential@0.5", "alphas": [0.5]}}, "f")
 
 
 def test_pick_rule_by_hand():

@@ -13,7 +13,10 @@ Two kinds, set in a study's ``_contrasts.yaml`` (``frontier:``)::
   Fraction 0 is the stage's start: the checkpoint that closed the stage before it (for ``sequential``, the run's own
   SFT model), so ``<arm>@0`` minus ``<arm>`` is the last stage's cost on the very model it started from.
 * Wise-FT: ``theta = (1 - alpha) theta_toward + alpha theta_arm`` (full weights, :func:`tandem.pipelines.merge.merge_models`)
-  for every other arm and seed, evaluated as row ``<arm>~<alpha>`` (alpha 1 is the arm itself).
+  for every other arm and seed, evaluated as row ``<arm>~<alpha>`` (alpha 1 is the arm itself). ``toward: <arm>@0``
+  merges every arm of a seed (that arm too) toward the checkpoint that closed the next-to-last stage of that seed's
+  ``<arm>`` run: with ``sequential@0``, Wise-FT between the weights before and after its preference stage, as the
+  paper defines it, and the same SFT model for every arm of the seed, without training an ``sft-only`` run.
 * ``frontier/pass_at_style``: per arm and seed (an early stop at 0 is left out: Wise-FT curves do not have their
   alpha-0 end either), the best pass rate the arm's points reach at a style rate of at least
   ``style_at`` (:func:`pass_at_style`): the points' Pareto front (no other point has both a higher style and a higher
@@ -51,6 +54,8 @@ def check_frontier(spec: dict | None, where: str) -> dict:
                 or not all(isinstance(v, (int, float)) and (0 < v < 1 or v == low) for v in block[field]):
             span = "[0, 1)" if low == 0 else "(0, 1)"
             raise ValueError(f"{where}: frontier.{name} needs exactly {sorted(keys)}, with {field} a list of numbers in {span}")
+    if wf is not None and not (isinstance(wf["toward"], str) and wf["toward"].partition("@")[2] in ("", "0")):
+        raise ValueError(f"{where}: frontier.wise_ft.toward must be an arm, or an arm's early stop at 0 ('<arm>@0')")
     s = spec.get("style_at")
     if s is not None and not (isinstance(s, (int, float)) and 0 <= s <= 1):
         raise ValueError(f"{where}: frontier.style_at must be a number in [0, 1]")
@@ -79,6 +84,16 @@ def early_stop_checkpoints(run_dir: Path, fractions: list[float]) -> list[tuple[
                              "set checkpoint.every to divide it and checkpoint.keep to at least the number of checkpoints the run writes")
         out.append((f, by_step[step]))
     return out
+
+
+def toward_model(toward: str, seed: int, by_key: dict) -> Path | None:
+    """The model the seed's arms are merged toward: ``<arm>``'s final model, or for ``<arm>@0`` the checkpoint that
+    closed that run's next-to-last stage; ``None`` when the study has no such run for ``seed``."""
+    arm, _, at = toward.partition("@")
+    row = by_key.get((arm, seed))
+    if row is None:
+        return None
+    return Path(row["run"]) / "final" if not at else early_stop_checkpoints(Path(row["run"]), [0.0])[0][1]
 
 
 def interpolate(points: list[tuple[float, float]], x: float) -> float | None:
@@ -133,12 +148,12 @@ def frontier_rows(spec: dict, rows: list[dict], recipes: dict[str, object], reus
         run_dir, points = Path(row["run"]), []
         if es and arm == es["arm"]:
             points += [(f"{arm}@{f:g}", f, ckpt) for f, ckpt in early_stop_checkpoints(run_dir, es["at"])]
-        toward = by_key.get((wf["toward"], seed)) if wf else None
+        toward = toward_model(wf["toward"], seed, by_key) if wf else None
         if toward is not None and arm != wf["toward"]:
             for a in wf["alphas"]:
                 merged = run_dir / "frontier" / f"wise-ft-{a:g}" / "model"
                 if not (merged / "config.json").is_file():
-                    merge_models(str(Path(toward["run"]) / "final"), str(run_dir / "final"), merged, alpha=a, overwrite=True)
+                    merge_models(str(toward), str(run_dir / "final"), merged, alpha=a, overwrite=True)
                 points.append((f"{arm}~{a:g}", a, merged))
         scored = []
         for name, where, model_dir in points:

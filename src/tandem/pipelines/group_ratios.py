@@ -4,7 +4,8 @@ on validation prompts and are scored on the test prompts?
 Set in a study's ``_contrasts.yaml``::
 
     group_ratios:
-      toward: sft-only                      # every other arm's final model is averaged toward this arm (same seed)
+      toward: sft-only                      # every other arm's final model is averaged toward this arm (same seed);
+                                            # <arm>@0: toward that run's own SFT model, as frontier.wise_ft.toward
       groups: block3                        # `tandem merge --groups`
       grid: [0.5, 0.75, 1.0]                # each group's weight of the arm's model (1 = the arm itself)
       val: runs/conflict/rho1-s0/val.jsonl  # the prompts the ratios are picked on (the recipe's eval data is the test)
@@ -41,6 +42,8 @@ def check_group_ratios(spec: dict | None, where: str) -> dict:
         raise ValueError(f"{where}: group_ratios.grid must be a non-empty list of numbers in [0, 1]")
     if not (isinstance(spec["style_at"], (int, float)) and 0 <= spec["style_at"] <= 1):
         raise ValueError(f"{where}: group_ratios.style_at must be a number in [0, 1]")
+    if not (isinstance(spec["toward"], str) and spec["toward"].partition("@")[2] in ("", "0")):
+        raise ValueError(f"{where}: group_ratios.toward must be an arm, or an arm's early stop at 0 ('<arm>@0')")
     if not Path(str(spec["val"])).is_file():
         raise ValueError(f"{where}: group_ratios.val: no file {spec['val']} (`tandem conflict make` writes val.jsonl)")
     return spec
@@ -76,21 +79,21 @@ def _name(ratios: tuple[float, ...]) -> str:
 def group_ratio_rows(spec: dict, rows: list[dict], recipes: dict[str, object], reuse: bool) -> list[dict]:
     """The ``<arm>~groups`` and ``<arm>~global`` rows (test scores of the ratios picked on validation) of every
     trained arm but ``toward``, for each seed that also has a ``toward`` row."""
-    from tandem.pipelines.frontier import _eval_point
+    from tandem.pipelines.frontier import _eval_point, toward_model
     from tandem.pipelines.merge import merge_models
 
     new: list[dict] = []
     by_key = {(r["method"], r["seed"]): r for r in rows if r["method"] in recipes}
     for (arm, seed), row in by_key.items():
-        toward = by_key.get((spec["toward"], seed))
-        if arm == spec["toward"] or toward is None:
+        base = toward_model(str(spec["toward"]), seed, by_key)
+        if arm == spec["toward"] or base is None:
             continue
-        base, tuned, root = Path(toward["run"]) / "final", Path(row["run"]) / "final", Path(row["run"]) / "group-ratios"
+        tuned, root = Path(row["run"]) / "final", Path(row["run"]) / "group-ratios"
         recipe = recipes[arm]
         val_recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={
             "data": recipe.eval.data.model_copy(update={"source": str(spec["val"])})})})
         points, models = [], {}
-        for ratios in candidates([float(v) for v in spec["grid"]], _n_groups(base, str(spec["groups"]))):
+        for ratios in candidates([float(v) for v in spec["grid"]], _n_groups(tuned, str(spec["groups"]))):
             model = root / _name(ratios) / "model"
             if not (model / "config.json").is_file():
                 merge_models(str(base), str(tuned), model, alphas=list(ratios), groups=str(spec["groups"]), overwrite=True)

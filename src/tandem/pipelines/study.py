@@ -157,7 +157,7 @@ def study(study_dir: Path, seeds: list[int], out_dir: Path, overrides: list[str]
     if asked or spec or ratios:
         named = {q[k] for q in asked for k in ("a", "b")} | {b[k] for b, k in ((spec.get("early_stop"), "arm"),
                                                                     (spec.get("wise_ft"), "toward"), (ratios, "toward")) if b}
-        unknown = {x for x in named if "@" not in x and "~" not in x} - {p.stem for p in recipe_files(study_dir)}
+        unknown = {x.split("@")[0] for x in named if "~" not in x} - {p.stem for p in recipe_files(study_dir)}
         if unknown:
             raise ValueError(f"{study_dir}: no recipe for arm(s) {', '.join(sorted(unknown))} named by --contrast or "
                              f"_contrasts.yaml (rows: {', '.join(p.stem for p in recipe_files(study_dir))})")
