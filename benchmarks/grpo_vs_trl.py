@@ -16,7 +16,9 @@ suppressed in both so every completion has exactly ``--new-tokens`` tokens: the 
 TRL's fastest CPU settings here: bf16 weights where the CPU has native bf16 (``bf16=True``, as tandem's
 ``precision: auto``), ``adamw_torch_fused``, dropout off (TRL's default), no gradient checkpointing, no vLLM
 (CPU), ``logging_steps`` 1, no reports, no saves. Timed: wall seconds per step after ``--warmup`` steps (generation,
-scoring, the update); tokens/s = (prompt + completion tokens of the step) / step seconds.
+scoring, the update); tokens/s = (prompt + completion tokens of the step) / step seconds, tokens tandem's update
+computed: with ``batching.prefix_sharing`` (tandem's best setting, ``tandem``) each prompt once per group, without it
+(``tandem-unshared``) once per completion, as TRL.
 """
 
 from __future__ import annotations
@@ -74,17 +76,17 @@ def write_rows(args) -> Path:
     return path
 
 
-def run_tandem(args) -> dict:
+def run_tandem(args, share: bool = True) -> dict:
     import tandem.engine.group_loop as gl
     from tandem.config.recipe import parse_recipe
     from tandem.pipelines.train import train
 
     gl.eos_ids = lambda model, tok: [model.config.vocab_size + 7]  # EOS never comes: every completion is full length
-    out = Path(args.workdir) / "tandem-run"
+    out = Path(args.workdir) / ("tandem-run" if share else "tandem-unshared-run")
     raw = {"name": "grpo-bench", "output_dir": str(out), "seed": 0, "precision": "auto",
            "model": {"name_or_path": args.model},
            "data": {"preference": {"source": args.rows}, "max_length": args.max_length, "val_size": 0},
-           "batching": {"mode": "pack", "batch_size": args.batch},
+           "batching": {"mode": "pack", "batch_size": args.batch, "prefix_sharing": share},
            "optimizer": {"lr": 1e-6, "scheduler": "constant"},
            "schedule": {"method": "grpo", "max_steps": args.steps + args.warmup, "epochs": 100},
            "objectives": {"preference": {"name": "grpo", "reward_funcs": [f"{Path(__file__).resolve()}:reward_len"],
@@ -166,14 +168,15 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--workdir", default="runs/bench-grpo")
-    ap.add_argument("--only", default="tandem,trl")
+    ap.add_argument("--only", default="tandem,trl", help="tools to run, of tandem (prefix sharing: each prompt once per "
+                    "group in the update), tandem-unshared (every completion with its own copy of the prompt), trl")
     ap.add_argument("--one", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--rows", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.one:
-        res = {"tandem": run_tandem, "trl": run_trl}[args.one](args)
+        res = {"tandem": run_tandem, "tandem-unshared": lambda a: run_tandem(a, share=False), "trl": run_trl}[args.one](args)
         print("RESULT " + json.dumps(res))
         return
     Path(args.workdir).mkdir(parents=True, exist_ok=True)

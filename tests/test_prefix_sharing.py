@@ -1,7 +1,10 @@
-"""Prefix sharing (batching.prefix_sharing): the prompt once per pair, with the same log-probs, losses, gradients
-and training run as the unshared pack layout."""
+"""Prefix sharing (batching.prefix_sharing): the prompt once per pair (or per GRPO / RLOO group), with the same
+log-probs, losses, gradients and training run as the unshared pack layout."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -216,6 +219,7 @@ def test_refused_where_it_does_not_apply(tmp_path, tiny_model_dir, synthetic_fil
         _recipe(tmp_path, tiny_model_dir, synthetic_files, "dpo", **{"batching.prefix_sharing": True, "batching.mode": "pad"})
     _recipe(tmp_path, tiny_model_dir, synthetic_files, "hbat", **{"batching.prefix_sharing": True})  # SFT stages: plain
     _recipe(tmp_path, tiny_model_dir, synthetic_files, "reward", **{"batching.prefix_sharing": True})
+    _recipe(tmp_path, tiny_model_dir, synthetic_files, "hbat-grpo", **{"batching.prefix_sharing": True})  # GRPO groups
 
 
 def test_training_run_gives_the_same_weights(tmp_path, tiny_model_dir, synthetic_files):
@@ -235,3 +239,68 @@ def test_training_run_gives_the_same_weights(tmp_path, tiny_model_dir, synthetic
         if k in start:
             moved = max(moved, float((v - start[k]).abs().max()))
     assert moved > 1e-4  # the runs trained
+
+
+# one GRPO group: a prompt [5, 6, 7] and three completions, then a second group of one
+GROUP = [{"input_ids": [5, 6, 7, 1, 2], "labels": [I, I, I, 1, 2], "group": 0},
+         {"input_ids": [5, 6, 7, 3], "labels": [I, I, I, 3], "group": 0},
+         {"input_ids": [5, 6, 7, 4, 4], "labels": [I, I, I, 4, 4], "group": 0},
+         {"input_ids": [9, 8], "labels": [I, 8], "group": 1}]
+
+
+def test_hand_written_group_layout_mask_and_positions():
+    """By hand: the prompt once, completion 1 after it, completions 2 and 3 each from a copy of the prompt's last
+    token (position 2), each seeing the prompt's first two tokens and itself only."""
+    b = collate(GROUP, mode="pack", pad_id=0, max_tokens_per_row=12, prefix_sharing=True)
+    assert b["input_ids"][0].tolist() == [5, 6, 7, 1, 2, 7, 3, 7, 4, 4, 9, 8]
+    assert b["labels"][0].tolist() == [I, I, I, 1, 2, I, 3, I, 4, 4, I, 8]
+    assert b["position_ids"][0].tolist() == [0, 1, 2, 3, 4, 2, 3, 2, 3, 4, 0, 1]
+    assert b["seq_ids"][0].tolist() == [0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 3, 3]
+    m = b["attention_mask"][0, 0]
+    assert m[6].tolist() == [True, True, False, False, False, True, True] + [False] * 5  # completion 2's token 3
+    assert m[9].tolist() == [True, True] + [False] * 5 + [True, True, True] + [False] * 2  # completion 3's last token
+    assert m[4, :5].tolist() == [True] * 5 and m[11].tolist() == [False] * 10 + [True, True]  # group 2: its own block
+    plain = collate([{k: v for k, v in f.items() if k != "group"} for f in GROUP], mode="pack", pad_id=0, prefix_sharing=True)
+    assert "attention_mask" not in plain  # SFT features without a group: no sharing
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_grpo_token_logps_equal_unshared(tiny, attn):
+    """Per-token log-probs of a GRPO rollout's completions, through the update's own index, in both layouts."""
+    from tandem.objectives.ppo.rollout import response_features, token_index, token_stats
+
+    model_dir, tok, _ = tiny
+    model = AutoModelForCausalLM.from_pretrained(model_dir, attn_implementation=attn).eval()
+    prompts = [tok(p).input_ids for p in ("Tell me about the sea and its", "Two words")]
+    comps = [[11, 12, 13], [11, 14], [15, 16, 17, 18], [19], [20, 21], [22, 23, 24]]  # three completions per prompt
+    feats = [{**f, "group": i // 3} for i, f in
+             enumerate(response_features([prompts[i // 3] for i in range(6)], comps))]
+    lens = torch.tensor([len(prompts[i // 3]) for i in range(6)])
+    out = []
+    for share in (False, True):
+        b = collate(feats, mode="pack", pad_id=tok.pad_token_id, max_tokens_per_row=64, prefix_sharing=share)
+        idx = token_index(b, lens, L=4)
+        with torch.no_grad():
+            out.append((idx.pad(token_stats(model, b, idx)[0]), int(b["input_ids"].numel()), idx))
+    (a, n_plain, ia), (s, n_shared, _) = out
+    torch.testing.assert_close(s, a, atol=1e-5, rtol=1e-5)
+    assert n_shared < n_plain  # each prompt computed once per group
+    assert ia.mask().sum() == sum(map(len, comps))
+
+
+def test_grpo_run_with_prefix_sharing_gives_the_same_weights(tmp_path, tiny_model_dir, synthetic_files):
+    from helpers_grpo import grpo_recipe
+
+    from tandem.pipelines.train import train
+
+    out, tokens = {}, {}
+    for share in (False, True):
+        r = grpo_recipe(tmp_path / str(share), tiny_model_dir, synthetic_files, grpo={"num_iterations": 2, "beta": 0.1},
+                        **{"batching.prefix_sharing": share, "schedule.max_steps_per_stage": 2})
+        train(r)
+        out[share] = load_file(str(Path(r.output_dir) / "final" / "model.safetensors"))
+        tokens[share] = [json.loads(x)["tokens"] for x in (Path(r.output_dir) / "metrics.jsonl").read_text().splitlines()
+                         if json.loads(x)["split"] == "train"]
+    assert all(a < b for a, b in zip(tokens[True], tokens[False]))  # the update computed each prompt once per group
+    for k, v in out[False].items():
+        torch.testing.assert_close(out[True][k], v, atol=1e-5, rtol=1e-4, msg=k)

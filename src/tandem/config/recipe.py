@@ -53,6 +53,9 @@ from tandem.config.inputs import (  # noqa: F401 - re-exported: tandem.config.re
 # sequence's last token, which the layout keeps too
 LOGPROB_PAIR_OBJECTIVES = ("dpo", "dpop", "orpo", "simpo", "sparse_token")
 PREFIX_SHARING_OBJECTIVES = (*LOGPROB_PAIR_OBJECTIVES, "reward")
+# online objectives whose update reads per-token log-probs of each completion: a prompt's num_generations completions
+# share its prefix the same way (one block per group, tandem.data.prefix)
+GROUP_OBJECTIVES = ("grpo", "rloo")
 
 
 def prefix_sharing_problem(method: str, objectives: dict) -> str | None:
@@ -71,10 +74,11 @@ def prefix_sharing_problem(method: str, objectives: dict) -> str | None:
 
     trained = {r: (m.preference_objective or name(r)) if r == "preference" else name(r) or r
                for r in ("preference", "reward") if r in roles}
-    if trained and all(o in PREFIX_SHARING_OBJECTIVES for o in trained.values()):
+    if trained and all(o in PREFIX_SHARING_OBJECTIVES + GROUP_OBJECTIVES for o in trained.values()):
         return None
     what = ", ".join(f"objective {o}" for o in trained.values()) or "no preference pairs"
-    return (f"batching.prefix_sharing: true applies to pair training with {', '.join(PREFIX_SHARING_OBJECTIVES)}; "
+    return (f"batching.prefix_sharing: true applies to pair training with {', '.join(PREFIX_SHARING_OBJECTIVES)} "
+            f"and to the groups of {', '.join(GROUP_OBJECTIVES)}; "
             f"schedule.method {method} trains {what}: set batching.prefix_sharing: false")
 
 
@@ -90,7 +94,8 @@ class BatchingConfig(Strict):
     group_by_length: bool = True
     prefix_sharing: bool = Field(default=False, description="pack, preference pairs: the prompt once per pair, one "
                                  "[prompt][chosen][rejected] block with a block attention mask (arXiv 2410.20305); "
-                                 f"objectives {', '.join(PREFIX_SHARING_OBJECTIVES)}")
+                                 f"objectives {', '.join(PREFIX_SHARING_OBJECTIVES)}; and {', '.join(GROUP_OBJECTIVES)}: "
+                                 "the prompt once per group of num_generations completions")
 
     @field_validator("max_tokens_per_row")
     @classmethod

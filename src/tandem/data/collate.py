@@ -21,7 +21,8 @@ shape ``[len(features)]`` (a pair without a margin, from another source, counts 
 
 ``prefix_sharing`` (pack mode, preference features): each pair is one block [prompt][chosen][rejected] with a
 ``[R, 1, T, T]`` boolean ``attention_mask`` (see :mod:`tandem.data.prefix`); the blocks are packed like sequences.
-SFT features ignore it.
+SFT-layout features with a ``group`` key (a GRPO / RLOO rollout: one prompt's completions) are one block per group;
+SFT features without one ignore it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import random
 
 import torch
 
-from tandem.data.prefix import blocks, collate_shared
+from tandem.data.prefix import blocks, collate_shared, group_blocks
 
 IGNORE = -100
 PREFERENCE_KEYS = ("chosen_input_ids", "chosen_labels", "rejected_input_ids", "rejected_labels")
@@ -85,6 +86,11 @@ def collate(features: list[dict], mode: str = "pack", pad_id: int = 0, max_token
             raise ValueError(f"collate: prefix_sharing needs mode 'pack', got {mode!r}")
         blks = blocks(features)
         return _with_refs(collate_shared(blks, _pack_layout([len(b) for b in blks], max_tokens_per_row), pad_id), features)
+    if prefix_sharing and "group" in features[0]:  # GRPO / RLOO: one prompt's completions
+        if mode != "pack":
+            raise ValueError(f"collate: prefix_sharing needs mode 'pack', got {mode!r}")
+        blks = group_blocks(features)
+        return collate_shared(blks, _pack_layout([len(b) for b in blks], max_tokens_per_row), pad_id)
     if mode == "pad":
         layout = [[i] for i in range(len(seqs))]
     elif mode == "pack" and "kl_input_ids" in features[0]:  # KTO: completions and KL sequences in separate rows

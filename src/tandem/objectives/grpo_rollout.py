@@ -4,8 +4,9 @@ A rollout of ``B`` prompts (this process's share of the step's prompts):
 
 1. **Sampling** (:func:`tandem.models.group_sampling.sample_groups`): ``num_generations`` completions per prompt;
    the group shares the prompt's prefill and KV cache, prompts are left-padded, each row stops at its EOS.
-2. **Sequences**: ``prompt + completion`` with labels on the completion (the SFT feature layout), packed by the
-   engine's ``batch_fn``; the loss mask covers the completion tokens (0 for truncated completions with
+2. **Sequences**: ``prompt + completion`` with labels on the completion (the SFT feature layout) and the prompt's
+   ``group``, packed by the engine's ``batch_fn`` (with ``batching.prefix_sharing`` one block per group: the prompt
+   once, then its completions, :mod:`tandem.data.prefix`); the loss mask covers the completion tokens (0 for truncated completions with
    ``mask_truncated_completions``).
 3. **Log-probs** without gradient: the policy's ``logp_old`` only when the algorithm needs them
    (``num_iterations > 1``, ``steps_per_generation > 1`` or RLOO's KL in the reward), the reference's only with
@@ -79,7 +80,7 @@ def collect_groups(policy, algo, prompts: list[dict], *, reference, batch_fn, pa
     t1 = time.perf_counter()
     rep = [p for p in prompts for _ in range(G)]
     eos_set = set(eos)
-    feats = response_features([p["prompt_ids"] for p in rep], completions)
+    feats = [{**f, "group": i // G} for i, f in enumerate(response_features([p["prompt_ids"] for p in rep], completions))]
     batch = batch_fn(feats)
     device = batch["input_ids"].device
     prompt_lens = torch.tensor([len(p["prompt_ids"]) for p in rep], device=device)
