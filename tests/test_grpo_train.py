@@ -131,20 +131,11 @@ def test_grpo_raises_the_reward_of_a_tiny_policy(tmp_path, tiny_model_dir, synth
 # ---------------------------------------------------------------------------------- kill -9 and --resume
 
 def _same_after_kill(tmp_path, make, kill_after: int, files: list[str]) -> None:
-    from test_reliability_train import _run
+    """The straight and the killed run side by side (one thread each), then the resume: identical ``files`` and
+    rewards."""
+    from test_reliability_train import _kill_resume_identical
 
-    paths = {}
-    for name in ("straight", "killed"):
-        paths[name] = tmp_path / f"{name}.yaml"
-        paths[name].write_text(dump_recipe(make(tmp_path / name)))
-    assert _run(paths["straight"], "fresh").returncode == 0
-    killed = _run(paths["killed"], "fresh", kill_after=kill_after)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    res = _run(paths["killed"], "resume")
-    assert res.returncode == 0, res.stderr[-3000:]
-    for f in files:
-        ta, tb = load_file(str(tmp_path / "straight" / "run" / f)), load_file(str(tmp_path / "killed" / "run" / f))
-        assert ta.keys() == tb.keys() and all(torch.equal(ta[k], tb[k]) for k in ta), f
+    _kill_resume_identical(tmp_path, make, kill_after, files)
     ra = [x["reward"] for x in rows(tmp_path / "straight" / "run") if "reward" in x]
     assert ra and ra == [x["reward"] for x in rows(tmp_path / "killed" / "run") if "reward" in x]
 
