@@ -119,3 +119,7 @@ def test_compare_and_study_refuse_a_bad_contrast_before_training(tmp_path):
         shutil.copy(Path(__file__).resolve().parents[1] / "recipes" / "conflict" / f"{arm}.yaml", study)
     r = CliRunner().invoke(app, ["study", str(study), "--contrast", "hbat:alright", "-o", str(tmp_path / "s")])
     assert r.exit_code == 2 and "no recipe for arm(s) alright" in r.output and not (tmp_path / "s").exists()
+    (study / "_contrasts.yaml").write_text("contrasts: [{name: q, a: hbat, b: sequential}]\n"
+                                           "frontier: {wise_ft: {toward: sft-only@0, alphas: [0.5]}}\n")
+    r = CliRunner().invoke(app, ["study", str(study), "-o", str(tmp_path / "s")])  # <arm>@0 names an arm too
+    assert r.exit_code == 2 and "no recipe for arm(s) sft-only" in r.output and not (tmp_path / "s").exists()
