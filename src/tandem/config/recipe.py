@@ -53,9 +53,7 @@ from tandem.config.inputs import (  # noqa: F401 - re-exported: tandem.config.re
 # sequence's last token, which the layout keeps too
 LOGPROB_PAIR_OBJECTIVES = ("dpo", "dpop", "orpo", "simpo", "sparse_token")
 PREFIX_SHARING_OBJECTIVES = (*LOGPROB_PAIR_OBJECTIVES, "reward")
-# online objectives whose update reads per-token log-probs of each completion: a prompt's num_generations completions
-# share its prefix the same way (one block per group, tandem.data.prefix)
-GROUP_OBJECTIVES = ("grpo", "rloo")
+GROUP_OBJECTIVES = ("grpo", "rloo")  # per-token log-probs of completions: a prompt's group shares it the same way
 
 
 def prefix_sharing_problem(method: str, objectives: dict) -> str | None:
@@ -77,9 +75,8 @@ def prefix_sharing_problem(method: str, objectives: dict) -> str | None:
     if trained and all(o in PREFIX_SHARING_OBJECTIVES + GROUP_OBJECTIVES for o in trained.values()):
         return None
     what = ", ".join(f"objective {o}" for o in trained.values()) or "no preference pairs"
-    return (f"batching.prefix_sharing: true applies to pair training with {', '.join(PREFIX_SHARING_OBJECTIVES)} "
-            f"and to the groups of {', '.join(GROUP_OBJECTIVES)}; "
-            f"schedule.method {method} trains {what}: set batching.prefix_sharing: false")
+    return (f"batching.prefix_sharing: true applies to pair training with {', '.join(PREFIX_SHARING_OBJECTIVES)} and to "
+            f"the groups of {', '.join(GROUP_OBJECTIVES)}; schedule.method {method} trains {what}: set batching.prefix_sharing: false")
 
 
 class BatchingConfig(Strict):
@@ -92,10 +89,9 @@ class BatchingConfig(Strict):
         "hold several sequences mostly add attention between tokens that cannot see each other (docs/benchmarks.md); "
         "null = one row per micro-batch")
     group_by_length: bool = True
-    prefix_sharing: bool = Field(default=False, description="pack, preference pairs: the prompt once per pair, one "
-                                 "[prompt][chosen][rejected] block with a block attention mask (arXiv 2410.20305); "
-                                 f"objectives {', '.join(PREFIX_SHARING_OBJECTIVES)}; and {', '.join(GROUP_OBJECTIVES)}: "
-                                 "the prompt once per group of num_generations completions")
+    prefix_sharing: bool = Field(default=False, description="pack: the prompt once per pair ([prompt][chosen][rejected], "
+                                 f"a block attention mask, arXiv 2410.20305; {', '.join(PREFIX_SHARING_OBJECTIVES)}) or "
+                                 f"per group of num_generations completions ({', '.join(GROUP_OBJECTIVES)})")
 
     @field_validator("max_tokens_per_row")
     @classmethod
