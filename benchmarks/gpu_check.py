@@ -19,8 +19,9 @@ others still run):
 
 ``--dry-run`` runs the same steps with tiny shapes, fp32, a few steps, on whatever device there is (the CI test runs it
 on CPU, two steps at a time on one thread each: ``--jobs``). Run again into the same ``--out``, every step starts
-over (the hbat run with ``--overwrite``: the directory is the check's own). The tokenizer is SmolLM2's when ``models/smollm2-135m-instruct`` exists, else a byte-level BPE trained here
-on the benchmark data (``tokenizer`` in the JSON says which).
+over (the hbat run with ``--overwrite``: the directory is the check's own). The tokenizer is SmolLM2's when
+``models/smollm2-135m-instruct`` exists, else a byte-level BPE trained here on the benchmark data (``tokenizer`` in
+the JSON says which).
 
     bash benchmarks/gpu_check.sh                 # on the GPU machine: runs/gpu-check/gpu_check.{json,md}
     bash benchmarks/gpu_check.sh --dry-run       # tiny shapes, any machine

@@ -81,16 +81,11 @@ def collate(features: list[dict], mode: str = "pack", pad_id: int = 0, max_token
     if pad_id is None:
         raise ValueError("collate: pad_id is None; pass tokenizer.pad_token_id (or eos_token_id when there is no pad token)")
     seqs = sequences(features)
-    if prefix_sharing and "chosen_input_ids" in features[0]:
+    if prefix_sharing and ("chosen_input_ids" in features[0] or "group" in features[0]):  # pairs; GRPO / RLOO groups
         if mode != "pack":
             raise ValueError(f"collate: prefix_sharing needs mode 'pack', got {mode!r}")
-        blks = blocks(features)
+        blks = blocks(features) if "chosen_input_ids" in features[0] else group_blocks(features)
         return _with_refs(collate_shared(blks, _pack_layout([len(b) for b in blks], max_tokens_per_row), pad_id), features)
-    if prefix_sharing and "group" in features[0]:  # GRPO / RLOO: one prompt's completions
-        if mode != "pack":
-            raise ValueError(f"collate: prefix_sharing needs mode 'pack', got {mode!r}")
-        blks = group_blocks(features)
-        return collate_shared(blks, _pack_layout([len(b) for b in blks], max_tokens_per_row), pad_id)
     if mode == "pad":
         layout = [[i] for i in range(len(seqs))]
     elif mode == "pack" and "kl_input_ids" in features[0]:  # KTO: completions and KL sequences in separate rows

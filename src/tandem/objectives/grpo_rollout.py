@@ -6,8 +6,8 @@ A rollout of ``B`` prompts (this process's share of the step's prompts):
    the group shares the prompt's prefill and KV cache, prompts are left-padded, each row stops at its EOS.
 2. **Sequences**: ``prompt + completion`` with labels on the completion (the SFT feature layout) and the prompt's
    ``group``, packed by the engine's ``batch_fn`` (with ``batching.prefix_sharing`` one block per group: the prompt
-   once, then its completions, :mod:`tandem.data.prefix`); the loss mask covers the completion tokens (0 for truncated completions with
-   ``mask_truncated_completions``).
+   once, then its completions, :mod:`tandem.data.prefix`); the loss mask covers the completion tokens (0 for
+   truncated completions with ``mask_truncated_completions``).
 3. **Log-probs** without gradient: the policy's ``logp_old`` only when the algorithm needs them
    (``num_iterations > 1``, ``steps_per_generation > 1`` or RLOO's KL in the reward), the reference's only with
    ``beta > 0``; both under ``softmax(logits / temperature)``, the distribution sampled from.

@@ -54,8 +54,8 @@ def check_frontier(spec: dict | None, where: str) -> dict:
                 or not all(isinstance(v, (int, float)) and (0 < v < 1 or v == low) for v in block[field]):
             span = "[0, 1)" if low == 0 else "(0, 1)"
             raise ValueError(f"{where}: frontier.{name} needs exactly {sorted(keys)}, with {field} a list of numbers in {span}")
-    if wf is not None and not (isinstance(wf["toward"], str) and wf["toward"].partition("@")[2] in ("", "0")):
-        raise ValueError(f"{where}: frontier.wise_ft.toward must be an arm, or an arm's early stop at 0 ('<arm>@0')")
+    if wf is not None:
+        check_toward(wf["toward"], f"{where}: frontier.wise_ft.toward")
     s = spec.get("style_at")
     if s is not None and not (isinstance(s, (int, float)) and 0 <= s <= 1):
         raise ValueError(f"{where}: frontier.style_at must be a number in [0, 1]")
@@ -84,6 +84,12 @@ def early_stop_checkpoints(run_dir: Path, fractions: list[float]) -> list[tuple[
                              "set checkpoint.every to divide it and checkpoint.keep to at least the number of checkpoints the run writes")
         out.append((f, by_step[step]))
     return out
+
+
+def check_toward(toward, where: str) -> None:
+    """A ``toward`` value (``frontier.wise_ft``, ``group_ratios``): an arm, or an arm's early stop at 0."""
+    if not (isinstance(toward, str) and toward.partition("@")[2] in ("", "0")):
+        raise ValueError(f"{where} must be an arm, or an arm's early stop at 0 ('<arm>@0')")
 
 
 def toward_model(toward: str, seed: int, by_key: dict) -> Path | None:

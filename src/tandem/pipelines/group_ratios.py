@@ -42,8 +42,9 @@ def check_group_ratios(spec: dict | None, where: str) -> dict:
         raise ValueError(f"{where}: group_ratios.grid must be a non-empty list of numbers in [0, 1]")
     if not (isinstance(spec["style_at"], (int, float)) and 0 <= spec["style_at"] <= 1):
         raise ValueError(f"{where}: group_ratios.style_at must be a number in [0, 1]")
-    if not (isinstance(spec["toward"], str) and spec["toward"].partition("@")[2] in ("", "0")):
-        raise ValueError(f"{where}: group_ratios.toward must be an arm, or an arm's early stop at 0 ('<arm>@0')")
+    from tandem.pipelines.frontier import check_toward
+
+    check_toward(spec["toward"], f"{where}: group_ratios.toward")
     if not Path(str(spec["val"])).is_file():
         raise ValueError(f"{where}: group_ratios.val: no file {spec['val']} (`tandem conflict make` writes val.jsonl)")
     return spec
